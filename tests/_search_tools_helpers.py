@@ -62,11 +62,17 @@ class FakeBackend(SearchBackend):
         self.latency, self.fail, self.n_images = latency, fail, n_images
         self.text_calls = 0
         self.image_calls = 0
+        self.in_flight = self.max_in_flight = 0
 
     async def text_search(self, query, top_k):
         self.text_calls += 1
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
         if self.fail:
             raise self.fail
         return [

@@ -175,11 +175,10 @@ async def test_cpu_work_runs_in_worker_pool(monkeypatch):
 async def test_concurrent_trajectories_overlap():
     backend = FakeBackend(latency=0.2)
     runner = runner_for(backend)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
     outs = await asyncio.gather(*(runner.call("text_search", {"query": f"q{i}"}, ToolContext()) for i in range(20)))
     assert all(o.error is None for o in outs) and backend.text_calls == 20
-    assert loop.time() - start < 20 * 0.2 / 2  # calls overlap instead of running one after another
+    # Calls of different trajectories are in flight together instead of running one after another.
+    assert backend.max_in_flight > 1
 
 
 class EchoTool(Tool):
