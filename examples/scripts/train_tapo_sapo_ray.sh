@@ -1,0 +1,43 @@
+#!/bin/bash
+# SAPO + TAPO for the multimodal search agent: train_tapo_ray.sh with the SAPO soft-gated loss.
+#
+# SAPO (`--actor.policy_loss_type sapo`) replaces PPO's hard clip by a per-token soft gate (4/tau) * sigmoid(tau *
+# (r - 1)), tau = SAPO_TAU_POS for positive advantages and SAPO_TAU_NEG otherwise (paper defaults 1.0 / 1.05).
+# It is token-level, so TAPO's per-turn credit reaches the gradient unchanged.
+#
+# Expects
+#   GPUs            one node of 8 x 80 GB (NUM_NODES, GPUS_PER_NODE); hybrid engine (see train_tapo_ray.sh).
+#   Model           MODEL_PATH: a Hugging Face Qwen2.5-VL / Qwen3-VL checkpoint.
+#   Data            DATASET_PATH: jsonl written by `python -m openrlhf_tapo.agent.data`.
+#   Search backend  whatever AGENT_CONFIG's `tools.backend` names (see train_tapo_ray.sh).
+#   Ray             a running cluster at RAY_ADDRESS with openrlhf==0.11.2 and this repository on every node.
+# Every path and size is an environment variable: see common_search_agent.sh.
+
+set -euo pipefail
+RUN_NAME="${RUN_NAME:-tapo-sapo}"
+source "$(dirname "${BASH_SOURCE[0]}")/common_search_agent.sh"
+
+TAPO_CONFIG="${TAPO_CONFIG:-${WORK_DIR}/configs/tapo.yaml}"
+SAPO_TAU_POS="${SAPO_TAU_POS:-1.0}"
+SAPO_TAU_NEG="${SAPO_TAU_NEG:-1.05}"
+
+LOSS_ARGS=(
+   --actor.policy_loss_type sapo
+   --actor.sapo_tau_pos "${SAPO_TAU_POS}"
+   --actor.sapo_tau_neg "${SAPO_TAU_NEG}"
+)
+TAPO_ARGS=(
+   --tapo.config "${TAPO_CONFIG}"
+   --tapo.enable
+   --agent.config "${AGENT_CONFIG}"
+)
+
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${LOSS_ARGS[@]}"
+            "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
+
+if [[ -n "${DRY_RUN:-}" ]]; then
+   exec python3 -m openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}" --dry-run
+fi
+ray job submit --address="${RAY_ADDRESS}" \
+   --runtime-env-json="${RUNTIME_ENV_JSON}" \
+   -- python3 -m openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

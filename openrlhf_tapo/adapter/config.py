@@ -1,0 +1,136 @@
+"""TAPO settings on OpenRLHF's parsed args, and the configurations the TAPO stage refuses.
+
+Our CLI puts the TAPO flags on OpenRLHF's hierarchical args exactly as their dotted names read: `--tapo.beta 0.8`
+becomes `args.tapo.beta`, beside `args.actor`, `args.algo`, ... The args object travels to every Ray actor inside the
+strategy, so the experience stage reads its configuration from `strategy.args` like OpenRLHF's own code does.
+`args.tapo.enable` switches the stage; the other `args.tapo.<field>` are the fields of `TAPOConfig`.
+
+`check_tapo_compatible(args)` holds the rules under which TAPO's correction is not well defined; the CLI runs it
+before any Ray work starts and the stage runs it again when it is built (a launcher other than our CLI may have
+made the args).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+from openrlhf_tapo.algorithms.tapo import TAPOConfig
+
+logger = logging.getLogger(__name__)
+
+TAPO_FIELDS = tuple(f.name for f in dataclasses.fields(TAPOConfig))
+
+# Estimators whose advantage is one group-relative value per trajectory (same on every action token), the quantity
+# TAPO compares and corrects. rloo's leave-one-out baseline is dr_grpo's mean baseline scaled by n / (n - 1).
+SUPPORTED_ESTIMATORS = ("group_norm", "dr_grpo", "rloo")
+_ESTIMATOR_REASONS = {
+    "gae": "its advantages come from a critic's per-token values, not from the prompt group",
+    "reinforce": "it has no baseline, so every rewarded trajectory has a positive advantage and failure is not "
+    "relative to the group",
+    "reinforce_baseline": "after the group baseline OpenRLHF whitens the advantages over the whole batch's tokens, "
+    "which moves the sign of a trajectory's advantage away from its group outcome",
+    "flash_reinforce": "its baseline is the rollout-batch mean with no prompt groups (the n_samples_per_prompt=1 "
+    "regime), so there are no groups to find witnesses in",
+}
+
+
+class TAPOConfigError(ValueError):
+    """A configuration TAPO cannot run under; the message names the flag and the fix."""
+
+
+def tapo_config_from_args(args) -> TAPOConfig | None:
+    """The TAPOConfig on `args.tapo`, or None when TAPO is off (or the args never had TAPO flags)."""
+    tapo = getattr(args, "tapo", None)
+    if tapo is None or not getattr(tapo, "enable", False):
+        return None
+    return TAPOConfig(**{name: getattr(tapo, name) for name in TAPO_FIELDS if hasattr(tapo, name)})
+
+
+def tapo_namespace(enable: bool, config: TAPOConfig) -> SimpleNamespace:
+    """`args.tapo` as the CLI sets it: `enable` plus every TAPOConfig field."""
+    return SimpleNamespace(enable=enable, **dataclasses.asdict(config))
+
+
+def check_tapo_compatible(args) -> None:
+    """Raise TAPOConfigError when TAPO is on and the rest of the configuration makes its correction wrong.
+
+    Also logs a warning for combinations that run but weaken TAPO (OpenRLHF's gspo, dynamic filtering with
+    scope=batch). Does nothing when TAPO is off.
+    """
+    config = tapo_config_from_args(args)
+    if config is None:
+        return
+    estimator = args.algo.advantage.estimator
+    if estimator not in SUPPORTED_ESTIMATORS:
+        reason = _ESTIMATOR_REASONS.get(estimator, "TAPO has not been defined for it")
+        raise TAPOConfigError(
+            f"--tapo.enable does not work with --algo.advantage.estimator {estimator}: {reason}. "
+            f"Use one of {', '.join(SUPPORTED_ESTIMATORS)} (group_norm is GRPO), or drop --tapo.enable."
+        )
+    n = args.rollout.n_samples_per_prompt
+    if n < 2:
+        raise TAPOConfigError(
+            f"--tapo.enable needs several rollouts per prompt (--rollout.n_samples_per_prompt >= 2, got {n}): "
+            "witnesses are the successful trajectories of the same prompt group."
+        )
+    if args.algo.kl.init_coef > 0 and not args.algo.kl.use_loss:
+        raise TAPOConfigError(
+            f"--tapo.enable with --algo.kl.init_coef {args.algo.kl.init_coef} and no --algo.kl.use_loss: OpenRLHF "
+            "then adds a per-token KL penalty to the reward, so advantages vary along a trajectory and the "
+            "trajectory advantage TAPO corrects is not defined. Add --algo.kl.use_loss (GRPO's KL loss) or set "
+            "--algo.kl.init_coef 0."
+        )
+    if not args.train.agent_func_path:
+        raise TAPOConfigError(
+            "--tapo.enable corrects the credit of tool calls, but no agent makes any: pass --agent.config "
+            "(our multimodal search agent) or --train.agent_func_path."
+        )
+    if args.actor.policy_loss_type == "gspo":
+        logger.warning(
+            "TAPO with --actor.policy_loss_type gspo: OpenRLHF's GSPO takes the gradient through the sequence-mean "
+            "ratio, which averages TAPO's per-turn credit over the whole response. Use gspo_token to keep it."
+        )
+    if args.algo.dynamic_filtering_enable and config.scope == "batch":
+        logger.warning(
+            "TAPO scope=batch with --algo.dynamic_filtering_enable: all-correct groups are filtered out before the "
+            "stage, so their successful trajectories cannot serve as witnesses for other groups."
+        )
+
+
+def yaml_sections(data: Any, source: str) -> dict[str, Any]:
+    """Flatten a `--tapo.config` YAML into {dotted flag name: value} for the flags our CLI owns.
+
+    Accepted layout (every key optional)::
+
+        tapo: {enable: true, beta: 0.8, ...}        # TAPOConfig fields + enable
+        actor: {policy_loss_type: sapo, sapo_tau_pos: 1.0, sapo_tau_neg: 1.05}
+        agent: {config: configs/agent.yaml}
+
+    An unknown section or key is an error naming it (a typo must not silently fall back to a default).
+    """
+    allowed = {
+        "tapo": {"enable", *TAPO_FIELDS},
+        "actor": {"policy_loss_type", "sapo_tau_pos", "sapo_tau_neg"},
+        "agent": {"config"},
+    }
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TAPOConfigError(
+            f"{source}: expected a mapping with sections {sorted(allowed)}, got {type(data).__name__}"
+        )
+    flat = {}
+    for section, values in data.items():
+        if section not in allowed:
+            raise TAPOConfigError(f"{source}: unknown section {section!r}; allowed: {', '.join(sorted(allowed))}")
+        if not isinstance(values, dict):
+            raise TAPOConfigError(f"{source}: section {section!r} must be a mapping, got {type(values).__name__}")
+        for key, value in values.items():
+            if key not in allowed[section]:
+                known = ", ".join(sorted(allowed[section]))
+                raise TAPOConfigError(f"{source}: unknown key {section}.{key}; allowed in {section}: {known}")
+            flat[f"{section}.{key}"] = value
+    return flat

@@ -1,0 +1,323 @@
+"""`python -m openrlhf_tapo.cli.train_ppo_ray`: OpenRLHF 0.11.2's Ray PPO launcher with TAPO, our losses and our agent.
+
+Every OpenRLHF flag is accepted unchanged and parsed + validated by OpenRLHF's own parser
+(`adapter.openrlhf_args.parse_openrlhf_args`); training is OpenRLHF's own `train(args)`. Ours sit beside them in the
+same dotted style:
+
+    --tapo.enable / --tapo.disable        TAPO stage on/off (default off)
+    --tapo.beta/theta/alpha_min/...       TAPOConfig fields (algorithms/tapo.py documents each default)
+    --tapo.no_support, --tapo.no_clip     ablations (and --tapo.use_support, --tapo.clip_at_zero)
+    --tapo.similarity TOOL=NAME ...       per-tool similarity (merged over the defaults)
+    --tapo.config FILE.yaml               defaults for the flags above (configs/tapo.yaml); command-line flags win
+    --agent.config FILE.yaml              the search agent's YAML; exported to every Ray worker as
+                                          $OPENRLHF_TAPO_AGENT_CONFIG and, unless --train.agent_func_path is given,
+                                          selects our executor (openrlhf_tapo/agent/executor.py)
+    --actor.policy_loss_type              ppo | gspo (OpenRLHF's) | gspo_token | sapo
+    --actor.sapo_tau_pos/--actor.sapo_tau_neg   SAPO gate temperatures (sapo only)
+    --dry-run                             print the resolved configuration and exit
+
+All flags are checked before any Ray work starts; a bad one ends the program with a message naming it (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+from openrlhf_tapo.adapter.config import (
+    TAPO_FIELDS,
+    TAPOConfigError,
+    check_tapo_compatible,
+    tapo_namespace,
+    yaml_sections,
+)
+from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
+from openrlhf_tapo.algorithms.tapo import TAPOConfig
+
+PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
+OPENRLHF_LOSSES = {"ppo": "ppo", "gspo": "gspo", "gspo_token": "gspo", "sapo": "ppo"}  # ours -> nearest OpenRLHF type
+EXECUTOR_PATH = str(Path(__file__).resolve().parent.parent / "agent" / "executor.py")
+OUR_NAMESPACES = ("--tapo.", "--agent.")
+
+
+class LaunchError(Exception):
+    """A flag our launcher rejects; the message names it."""
+
+
+def _turn_window(value: str) -> int | None:
+    if value.lower() in ("off", "none"):
+        return None
+    return int(value)
+
+
+def _similarity(value: str) -> tuple[str, str]:
+    tool, sep, name = value.partition("=")
+    if not sep or not tool or not name:
+        raise argparse.ArgumentTypeError(f"expected TOOL=SIMILARITY (e.g. text_search=text_exact), got {value!r}")
+    return tool, name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Our flags only (OpenRLHF's are parsed by OpenRLHF). Defaults are suppressed: absent flags stay absent."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+        description="OpenRLHF's PPO launcher with TAPO. Every `python -m openrlhf.cli.train_ppo_ray` flag is accepted "
+        "as is (see its -h); the flags below are ours.",
+    )
+    tapo = parser.add_argument_group("TAPO (defaults: TAPOConfig in openrlhf_tapo/algorithms/tapo.py)")
+    tapo.add_argument("--tapo.enable", action="store_true", help="run the TAPO stage (default off)")
+    tapo.add_argument("--tapo.disable", dest="tapo.enable", action="store_false", help="turn off a YAML's enable")
+    tapo.add_argument("--tapo.config", metavar="YAML", help="defaults for our flags (configs/tapo.yaml)")
+    tapo.add_argument("--tapo.beta", type=float)
+    tapo.add_argument("--tapo.theta", type=float)
+    tapo.add_argument("--tapo.alpha_min", type=float)
+    tapo.add_argument("--tapo.scope", choices=["group", "batch"])
+    tapo.add_argument("--tapo.span", choices=["turn", "call"])
+    tapo.add_argument("--tapo.turn_window", type=_turn_window, metavar="K|off")
+    tapo.add_argument("--tapo.obs_check", choices=["off", "exact", "overlap"])
+    tapo.add_argument("--tapo.obs_min_overlap", type=float)
+    tapo.add_argument("--tapo.use_support", action="store_true")
+    tapo.add_argument("--tapo.no_support", dest="tapo.use_support", action="store_false", help="ablation: drop c_g")
+    tapo.add_argument("--tapo.clip_at_zero", action="store_true")
+    tapo.add_argument("--tapo.no_clip", dest="tapo.clip_at_zero", action="store_false", help="ablation: no min(0, .)")
+    tapo.add_argument("--tapo.success_threshold", type=float)
+    tapo.add_argument("--tapo.similarity", type=_similarity, nargs="+", metavar="TOOL=NAME")
+    loss = parser.add_argument_group("policy loss (OpenRLHF's flag, with our types)")
+    loss.add_argument("--actor.policy_loss_type", choices=sorted(POLICY_LOSSES))
+    loss.add_argument("--actor.sapo_tau_pos", type=float)
+    loss.add_argument("--actor.sapo_tau_neg", type=float)
+    agent = parser.add_argument_group("agent")
+    agent.add_argument("--agent.config", metavar="YAML", help="the search agent's YAML (configs/agent.yaml)")
+    parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the configuration and exit")
+    return parser
+
+
+def _has_flag(argv: list[str], flag: str) -> bool:
+    return any(token == flag or token.startswith(flag + "=") for token in argv)
+
+
+def _load_yaml(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise LaunchError(f"--tapo.config {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise LaunchError(f"--tapo.config {path}: not valid YAML ({err})") from None
+    return yaml_sections(data, f"--tapo.config {path}")
+
+
+def _our_values(argv: list[str]) -> tuple[dict, dict, list[str]]:
+    """(command-line values, YAML values, OpenRLHF's flags), keyed by dotted flag name."""
+    parser = build_parser()
+    known, rest = parser.parse_known_args(argv)
+    cli = vars(known)
+    for token in rest:
+        if token.startswith(OUR_NAMESPACES):
+            raise LaunchError(f"unknown flag {token.split('=')[0]}; ours are listed by `{PROG} -h`")
+    if "tapo.similarity" in cli:
+        cli["tapo.similarity"] = dict(cli["tapo.similarity"])
+    from_yaml = _load_yaml(cli["tapo.config"]) if "tapo.config" in cli else {}
+    return cli, from_yaml, rest
+
+
+def _tapo_config(cli: dict, from_yaml: dict) -> TAPOConfig:
+    """TAPOConfig defaults <- YAML <- command line; each given value is checked alone first, to name its origin."""
+    origin, values = {}, {}
+    for source, label in ((from_yaml, "in the --tapo.config YAML"), (cli, "on the command line")):
+        for name in TAPO_FIELDS:
+            key = f"tapo.{name}"
+            if key in source:
+                value = source[key]
+                if name == "similarity":
+                    if not isinstance(value, dict):
+                        raise LaunchError(f"tapo.similarity {label} must map tool -> similarity, got {value!r}")
+                    value = {**values.get("similarity", TAPOConfig().similarity), **value}
+                values[name], origin[name] = value, f"--{key} ({label})"
+    for name, value in values.items():
+        try:
+            TAPOConfig(**{name: value}).validate()
+        except (ValueError, TypeError) as err:
+            raise LaunchError(f"{origin[name]}: {err}") from None
+    config = TAPOConfig(**values)
+    try:
+        config.validate()
+    except (ValueError, TypeError) as err:
+        raise LaunchError(f"TAPO flags {', '.join(origin.values())}: {err}") from None
+    return config
+
+
+def _loss_values(cli: dict, from_yaml: dict) -> dict:
+    values = {**{k: v for k, v in from_yaml.items() if k.startswith("actor.")}, **cli}
+    loss_type = values.get("actor.policy_loss_type")
+    if loss_type is not None and loss_type not in POLICY_LOSSES:
+        raise LaunchError(f"--actor.policy_loss_type {loss_type}: choose one of {', '.join(sorted(POLICY_LOSSES))}")
+    taus = {k.split(".")[1]: values[k] for k in ("actor.sapo_tau_pos", "actor.sapo_tau_neg") if k in values}
+    if taus and loss_type != "sapo":
+        names = ", ".join(f"--actor.{name}" for name in taus)
+        raise LaunchError(f"{names} only apply to --actor.policy_loss_type sapo (got {loss_type or 'ppo'})")
+    for name, tau in taus.items():
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
+            raise LaunchError(f"--actor.{name} must be a finite number > 0, got {tau!r}")
+    defaults = PolicyLossConfig()
+    return {
+        "policy_loss_type": loss_type,
+        "sapo_tau_pos": taus.get("sapo_tau_pos", defaults.sapo_tau_pos),
+        "sapo_tau_neg": taus.get("sapo_tau_neg", defaults.sapo_tau_neg),
+    }
+
+
+def _agent_config(cli: dict, from_yaml: dict) -> str | None:
+    path = cli.get("agent.config", from_yaml.get("agent.config"))
+    if path is None:
+        return None
+    from openrlhf_tapo.agent.config import load_agent_config
+
+    try:
+        load_agent_config(path)
+    except (OSError, ValueError) as err:
+        raise LaunchError(f"--agent.config {path}: {err}") from None
+    return os.path.abspath(path)
+
+
+@dataclasses.dataclass
+class OurFlags:
+    """Our flags of one command line, validated, and the OpenRLHF flags that came with them."""
+
+    tapo: TAPOConfig
+    tapo_enable: bool
+    loss: dict
+    agent_config: str | None
+    dry_run: bool
+    rest: list[str]  # OpenRLHF's flags, as given
+
+
+def split_flags(argv: list[str]) -> OurFlags:
+    """Parse and check our flags (command line over --tapo.config YAML over defaults); keep OpenRLHF's as given."""
+    cli, from_yaml, rest = _our_values(argv)
+    enable = cli.get("tapo.enable", from_yaml.get("tapo.enable", False))
+    if not isinstance(enable, bool):
+        raise LaunchError(f"tapo.enable in the --tapo.config YAML must be true or false, got {enable!r}")
+    return OurFlags(
+        tapo=_tapo_config(cli, from_yaml),
+        tapo_enable=enable,
+        loss=_loss_values(cli, from_yaml),
+        agent_config=_agent_config(cli, from_yaml),
+        dry_run=cli.get("dry_run", False),
+        rest=rest,
+    )
+
+
+def _openrlhf_flags(ours: OurFlags) -> list[str]:
+    argv = list(ours.rest)
+    if ours.loss["policy_loss_type"] is not None:
+        argv += ["--actor.policy_loss_type", OPENRLHF_LOSSES[ours.loss["policy_loss_type"]]]
+    if ours.agent_config and not _has_flag(argv, "--train.agent_func_path"):
+        argv += ["--train.agent_func_path", EXECUTOR_PATH]
+    return argv
+
+
+def openrlhf_argv(argv: list[str]) -> list[str]:
+    """The flags OpenRLHF's own parser receives for `argv`: all that are not ours; our loss types mapped to the
+    nearest OpenRLHF type (set back after parsing); our executor as --train.agent_func_path when only
+    --agent.config was given."""
+    return _openrlhf_flags(split_flags(argv))
+
+
+def resolve_args(argv: list[str]):
+    """OpenRLHF's hierarchical args for `argv` with ours added (`args.tapo`, `args.agent`, `args.actor.sapo_tau_*`).
+
+    Raises LaunchError / TAPOConfigError naming the bad flag, SystemExit for what OpenRLHF's own parser rejects.
+    """
+    ours = split_flags(argv)  # before importing OpenRLHF, so that -h and our own flag errors come at once
+    from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+    from openrlhf_tapo.adapter.policy_loss import build_policy_loss
+
+    try:
+        args = parse_openrlhf_args(_openrlhf_flags(ours))
+    except AssertionError as err:
+        raise LaunchError(f"OpenRLHF's validation rejected the flags: {err}") from None
+    except (AttributeError, TypeError, ValueError) as err:  # OpenRLHF's validation block dereferencing a missing flag
+        raise LaunchError(f"OpenRLHF's validation failed on these flags ({type(err).__name__}: {err})") from None
+
+    if ours.loss["policy_loss_type"] is not None:
+        args.actor.policy_loss_type = ours.loss["policy_loss_type"]
+    args.actor.sapo_tau_pos, args.actor.sapo_tau_neg = ours.loss["sapo_tau_pos"], ours.loss["sapo_tau_neg"]
+    args.tapo = tapo_namespace(ours.tapo_enable, ours.tapo)
+    args.agent = SimpleNamespace(config=ours.agent_config)
+    args.dry_run = ours.dry_run
+
+    check_tapo_compatible(args)
+    try:
+        build_policy_loss(args)  # the constructor the actors will run, so its checks fail here, before Ray
+    except ValueError as err:
+        raise LaunchError(f"--actor.policy_loss_type {args.actor.policy_loss_type}: {err}") from None
+    return args
+
+
+def _plain(value):
+    if isinstance(value, SimpleNamespace):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def describe(args) -> str:
+    """The resolved configuration as JSON: OpenRLHF's args with ours, and what the Ray workers will get."""
+    from openrlhf_tapo.adapter.inject import worker_runtime_env
+
+    resolved = _plain(args)
+    resolved.pop("dry_run", None)
+    resolved["ray_worker_runtime_env"] = worker_runtime_env(args.agent.config)
+    return json.dumps(resolved, indent=2, sort_keys=True)
+
+
+def launch(args) -> None:
+    """OpenRLHF's `train(args)`, with our experience maker and PolicyLoss injected into every Ray worker."""
+    import ray
+    from openrlhf.cli.train_ppo_ray import train
+
+    from openrlhf_tapo.adapter.inject import ray_init_adds, require_injection_in_session, worker_runtime_env
+
+    if ray.is_initialized():
+        require_injection_in_session(args.agent.config)
+        train(args)
+        return
+    with ray_init_adds(worker_runtime_env(args.agent.config)):
+        train(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from openrlhf_tapo.utils import cuda_stubs
+
+    cuda_stubs.install()  # no-op where vllm / flash_attn import (GPU nodes); lets a CPU machine parse and dry-run
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = resolve_args(argv)
+    except (LaunchError, TAPOConfigError) as err:
+        build_parser().exit(2, f"{PROG}: error: {err}\n")
+    if args.dry_run:
+        print(describe(args))
+        return
+    launch(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The launch scripts, run for real with a stand-in `ray` that records the job it is asked to submit.
+
+For every script the recorded command line must be accepted by OpenRLHF 0.11.2's OWN parser and validation block
+(run, with train() not started) and, for ours, by our launcher; TAPO and baseline must be the same job.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.cli.train_ppo_ray import openrlhf_argv, resolve_args
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "examples" / "scripts"
+TAPO_SCRIPTS = ["train_tapo_ray.sh", "train_tapo_gspo_ray.sh", "train_tapo_sapo_ray.sh"]
+FAKE_RAY = '#!/bin/bash\nprintf "%s\\0" "$@" > "$RAY_ARGS_OUT"\n'
+
+
+@pytest.fixture(scope="module")
+def submit(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scripts")
+    (tmp / "bin").mkdir()
+    (tmp / "bin" / "ray").write_text(FAKE_RAY)
+    (tmp / "bin" / "ray").chmod(0o755)
+    agent_yaml = tmp / "agent.yaml"
+    agent_yaml.write_text("max_turns: 4\n")
+
+    def run(script: str, **env) -> dict:
+        out = tmp / f"{script}.args"
+        environ = {
+            **os.environ,
+            "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
+            "RAY_ARGS_OUT": str(out),
+            "AGENT_CONFIG": str(agent_yaml),
+            "WANDB_API_KEY": "",
+            **env,
+        }
+        subprocess.run(["bash", str(SCRIPTS / script)], env=environ, check=True, timeout=60)
+        args = out.read_text().split("\0")[:-1]
+        split = args.index("--")
+        submit_opts, command = args[:split], args[split + 1 :]
+        assert command[:2] == ["python3", "-m"]
+        return {"submit": submit_opts, "module": command[2], "argv": command[3:]}
+
+    return run
+
+
+@pytest.mark.parametrize("script", ["train_grpo_ray.sh", *TAPO_SCRIPTS])
+def test_every_flag_is_accepted_by_openrlhf_and_by_us(submit, script):
+    job = submit(script)
+    assert job["submit"][0] == "job" and job["submit"][1] == "submit"
+    runtime_env = json.loads(next(o for o in job["submit"] if o.startswith("--runtime-env-json=")).split("=", 1)[1])
+    agent_yaml = runtime_env["env_vars"]["OPENRLHF_TAPO_AGENT_CONFIG"]
+    assert Path(agent_yaml).is_file()
+    if script == "train_grpo_ray.sh":
+        assert job["module"] == "openrlhf.cli.train_ppo_ray"
+        args = parse_openrlhf_args(job["argv"])
+        assert args.train.agent_func_path.endswith("openrlhf_tapo/agent/executor.py")
+        assert not any(flag.startswith(("--tapo.", "--agent.")) for flag in job["argv"])
+    else:
+        assert job["module"] == "openrlhf_tapo.cli.train_ppo_ray"
+        parse_openrlhf_args(openrlhf_argv(job["argv"]))  # OpenRLHF's own parser on everything that is not ours
+        args = resolve_args(job["argv"])
+        assert args.tapo.enable and args.agent.config == agent_yaml
+    assert args.algo.advantage.estimator == "group_norm"
+    assert args.train.colocate_all and args.vllm.enable_sleep and args.ds.enable_sleep
+    assert args.data.max_images_per_prompt > 0
+
+
+def test_loss_settings_per_script(submit):
+    gspo = resolve_args(submit("train_tapo_gspo_ray.sh")["argv"])
+    assert gspo.actor.policy_loss_type == "gspo_token"
+    assert list(gspo.actor.eps_clip_low_high) == [3e-4, 4e-4]
+    assert gspo.algo.kl.init_coef == 0
+    sapo = resolve_args(submit("train_tapo_sapo_ray.sh", SAPO_TAU_NEG="1.2")["argv"])
+    assert (sapo.actor.policy_loss_type, sapo.actor.sapo_tau_pos, sapo.actor.sapo_tau_neg) == ("sapo", 1.0, 1.2)
+    tapo = resolve_args(submit("train_tapo_ray.sh", TAPO_BETA="0.3")["argv"])
+    assert tapo.actor.policy_loss_type == "ppo" and tapo.tapo.beta == 0.3
+
+
+def test_tapo_and_baseline_are_the_same_openrlhf_job(submit):
+    # Only the output location differs by default (RUN_NAME); pinned here.
+    same_output = {"RUN_NAME": "compare", "SAVE_PATH": "/ckpt/compare"}
+    baseline = submit("train_grpo_ray.sh", **same_output)
+    tapo = submit("train_tapo_ray.sh", **same_output)
+    assert openrlhf_argv(tapo["argv"]) == baseline["argv"]
+    assert tapo["submit"] == baseline["submit"]
+
+
+def test_paths_and_sizes_come_from_the_environment(submit):
+    env = {
+        "MODEL_PATH": "/models/Qwen3-VL-4B-Instruct",
+        "DATASET_PATH": "/data/fvqa.jsonl",
+        "SAVE_PATH": "/ckpt/run1",
+        "NUM_NODES": "2",
+        "GPUS_PER_NODE": "4",
+        "VLLM_TP": "2",
+        "ROLLOUT_BATCH": "16",
+        "N_SAMPLES": "4",
+        "TRAIN_BATCH": "64",
+        "MAX_LEN": "8192",
+        "LR": "2e-6",
+        "RAY_ADDRESS": "http://head:8265",
+    }
+    job = submit("train_tapo_ray.sh", **env)
+    args = resolve_args(job["argv"])
+    assert args.actor.model_name_or_path == env["MODEL_PATH"]
+    assert args.data.prompt_dataset == env["DATASET_PATH"]
+    assert args.ckpt.output_dir == env["SAVE_PATH"] and args.ckpt.path == env["SAVE_PATH"] + "/ckpt"
+    assert (args.actor.num_nodes, args.actor.num_gpus_per_node) == (2, 4)
+    assert (args.vllm.num_engines, args.vllm.tensor_parallel_size) == (4, 2)
+    assert (args.rollout.batch_size, args.rollout.n_samples_per_prompt, args.train.batch_size) == (16, 4, 64)
+    assert (args.data.max_len, args.actor.adam.lr) == (8192, 2e-6)
+    assert "--address=http://head:8265" in job["submit"]
+
+
+@pytest.mark.parametrize("script", ["train_grpo_ray.sh", *TAPO_SCRIPTS])
+def test_header_says_what_the_script_expects(script):
+    header = "\n".join(line for line in (SCRIPTS / script).read_text().splitlines() if line.startswith("#"))
+    for topic in ("GPUs", "Model", "Data", "Search backend", "Ray"):
+        assert f"#   {topic}" in header, topic

@@ -1,0 +1,188 @@
+"""`python -m openrlhf_tapo.cli.train_ppo_ray`: flag plumbing, YAML precedence, dry-run, bad-flag messages, launch."""
+
+import json
+
+import pytest
+import ray
+
+from openrlhf_tapo.adapter import inject
+from openrlhf_tapo.cli import train_ppo_ray as cli
+
+BASE = [
+    "--actor.model_name_or_path", "dummy",
+    "--algo.advantage.estimator", "group_norm",
+    "--rollout.n_samples_per_prompt", "4",
+    "--rollout.batch_size", "2",
+    "--actor.num_gpus_per_node", "1",
+    "--algo.kl.use_loss",
+    "--algo.kl.estimator", "k3",
+    "--reward.clip_range", "-5", "5",
+]  # fmt: skip
+
+
+@pytest.fixture
+def agent_yaml(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text("max_turns: 3\n")
+    return str(path)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Fails the test if anything would start training or Ray."""
+
+    def refuse(args):
+        raise AssertionError("launch() must not be reached")
+
+    monkeypatch.setattr(cli, "launch", refuse)
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert not ray.is_initialized()
+    return capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_configuration(capsys, agent_yaml, no_launch):
+    cli.main([*BASE, "--tapo.enable", "--tapo.beta", "0.5", "--tapo.no_support", "--tapo.span", "call",
+              "--tapo.similarity", "text_search=text_exact", "--actor.policy_loss_type", "sapo",
+              "--actor.sapo_tau_pos", "2", "--agent.config", agent_yaml, "--dry-run"])  # fmt: skip
+    out = capsys.readouterr().out
+    resolved = json.loads(out[out.index("{") :])
+    assert resolved["tapo"]["enable"] and resolved["tapo"]["beta"] == 0.5 and resolved["tapo"]["span"] == "call"
+    assert resolved["tapo"]["use_support"] is False and resolved["tapo"]["clip_at_zero"] is True
+    assert resolved["tapo"]["similarity"] == {"text_search": "text_exact", "image_search": "image", "zoom": "bbox_iou"}
+    assert resolved["actor"]["policy_loss_type"] == "sapo"
+    assert (resolved["actor"]["sapo_tau_pos"], resolved["actor"]["sapo_tau_neg"]) == (2.0, 1.05)
+    assert resolved["reward"]["clip_range"] == [-5.0, 5.0]  # negative values pass through to OpenRLHF untouched
+    assert resolved["agent"]["config"] == agent_yaml
+    assert resolved["train"]["agent_func_path"] == cli.EXECUTOR_PATH  # filled in from --agent.config
+    assert resolved["reward"]["remote_url"] == ["agent"]  # OpenRLHF's own validation ran on it
+    env = resolved["ray_worker_runtime_env"]
+    assert env == {"worker_process_setup_hook": inject.SETUP_HOOK, "env_vars": {inject.AGENT_CONFIG_ENV: agent_yaml}}
+
+
+def test_yaml_defaults_and_command_line_precedence(tmp_path, agent_yaml):
+    config = tmp_path / "tapo.yaml"
+    config.write_text(
+        "tapo: {enable: true, beta: 0.5, theta: 0.9, use_support: false, similarity: {zoom: exact_json}}\n"
+        f"actor: {{policy_loss_type: gspo_token}}\nagent: {{config: {agent_yaml}}}\n"
+    )
+    args = cli.resolve_args([*BASE, "--tapo.config", str(config), "--tapo.beta", "0.7", "--tapo.use_support"])
+    assert (args.tapo.enable, args.tapo.beta, args.tapo.theta, args.tapo.use_support) == (True, 0.7, 0.9, True)
+    assert args.tapo.similarity == {"text_search": "text_fuzzy", "image_search": "image", "zoom": "exact_json"}
+    assert args.actor.policy_loss_type == "gspo_token" and args.agent.config == agent_yaml
+    assert cli.openrlhf_argv([*BASE, "--tapo.config", str(config)])[-4:] == [
+        "--actor.policy_loss_type", "gspo", "--train.agent_func_path", cli.EXECUTOR_PATH
+    ]  # fmt: skip
+    off = cli.resolve_args([*BASE, "--tapo.config", str(config), "--tapo.disable"])
+    assert off.tapo.enable is False
+
+
+def test_shipped_tapo_yaml_is_the_documented_defaults(agent_yaml):
+    from openrlhf_tapo.algorithms.tapo import TAPOConfig
+
+    args = cli.resolve_args([*BASE, "--tapo.config", "configs/tapo.yaml", "--agent.config", agent_yaml])
+    assert args.tapo.enable
+    for name, value in vars(TAPOConfig()).items():
+        assert getattr(args.tapo, name) == value, name
+
+
+def test_async_training_flags_pass_with_tapo(agent_yaml):
+    args = cli.resolve_args(
+        [
+            *BASE,
+            "--tapo.enable",
+            "--agent.config",
+            agent_yaml,
+            "--train.async_enable",
+            "--train.partial_rollout_enable",
+        ]
+    )
+    assert args.train.async_enable and args.train.partial_rollout_enable and args.tapo.enable
+
+
+def test_explicit_agent_func_path_is_kept(agent_yaml):
+    args = cli.resolve_args([*BASE, "--agent.config", agent_yaml, "--train.agent_func_path", "/opt/my_agent.py"])
+    assert args.train.agent_func_path == "/opt/my_agent.py"
+    assert cli.resolve_args(BASE).tapo.enable is False and cli.resolve_args(BASE).agent.config is None
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--tapo.bta", "0.5"], "unknown flag --tapo.bta"),
+        (["--tapo.beta", "-1"], "--tapo.beta (on the command line): tapo.beta must be >= 0"),
+        (["--tapo.theta", "0"], "--tapo.theta (on the command line)"),
+        (["--tapo.scope", "world"], "argument --tapo.scope: invalid choice: 'world'"),
+        (["--tapo.similarity", "zoom"], "argument --tapo.similarity"),
+        (["--tapo.similarity", "zoom=nope"], "tapo.similarity['zoom'] = 'nope' is not a registered similarity"),
+        (["--actor.policy_loss_type", "grpo"], "argument --actor.policy_loss_type: invalid choice: 'grpo'"),
+        (["--actor.sapo_tau_pos", "2"], "--actor.sapo_tau_pos only apply to --actor.policy_loss_type sapo"),
+        (["--actor.policy_loss_type", "sapo", "--actor.sapo_tau_neg", "0"], "--actor.sapo_tau_neg must be"),
+        (["--actor.policy_loss_type", "sapo", "--actor.dual_clip", "3"], "dual_clip has no effect on sapo"),
+        (["--agent.config", "/no/such.yaml"], "--agent.config /no/such.yaml"),
+        (["--tapo.config", "/no/such.yaml"], "--tapo.config /no/such.yaml: no such file"),
+        (["--rollout.n_samples_per_prompt", "1"], "group_norm requires n_samples_per_prompt > 1"),
+        (["--tapo.enable"], "--tapo.enable corrects the credit of tool calls, but no agent makes any"),
+        (
+            [
+                "--tapo.enable",
+                "--algo.kl.init_coef",
+                "0.01",
+                "--train.agent_func_path",
+                "a.py",
+                "--reward.clip_range",
+                "-1",
+                "1",
+            ],
+            None,
+        ),  # fmt: skip
+    ],
+)
+def test_bad_flags_are_named_before_anything_starts(capsys, no_launch, extra, expected):
+    argv = [*BASE, *extra]
+    if expected is None:  # KL penalty in the reward (use_loss given in BASE, so drop it) with TAPO
+        argv.remove("--algo.kl.use_loss")
+        expected = "--algo.kl.init_coef 0.01 and no --algo.kl.use_loss"
+    assert expected in _error(capsys, argv)
+
+
+def test_bad_yaml_keys_are_named(tmp_path, capsys, no_launch):
+    config = tmp_path / "tapo.yaml"
+    config.write_text("tapo: {betta: 0.5}\n")
+    assert "unknown key tapo.betta" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    config.write_text("tapo: {beta: high}\n")
+    assert "--tapo.beta (in the --tapo.config YAML): tapo.beta must be a finite number" in _error(
+        capsys, [*BASE, "--tapo.config", str(config)]
+    )
+    config.write_text("critic: {lr: 1}\n")
+    assert "unknown section 'critic'" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+
+
+def test_openrlhf_rejects_its_own_bad_flags(capsys, no_launch):
+    assert "unrecognized arguments: --actor.learning_rate" in _error(capsys, [*BASE, "--actor.learning_rate", "1"])
+
+
+def test_launch_runs_openrlhf_train_with_our_runtime_env(monkeypatch, agent_yaml):
+    """OpenRLHF's real train() initialises Ray with its runtime_env; ours is added to that call."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def recording_init(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ray, "init", recording_init)
+    args = cli.resolve_args([*BASE, "--tapo.enable", "--agent.config", agent_yaml])
+    with pytest.raises(Stop):
+        cli.launch(args)
+    env = seen["runtime_env"]
+    assert env["worker_process_setup_hook"] == inject.SETUP_HOOK
+    assert env["env_vars"][inject.AGENT_CONFIG_ENV] == agent_yaml
+    assert {"TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"} <= set(env["env_vars"])
+    assert ray.init is recording_init  # our wrapper is gone again
