@@ -1,0 +1,329 @@
+"""Question data for the search agent: MMSearch-R1 / FVQA parquet and a plain jsonl format, converted to the prompt
+dataset layout OpenRLHF reads.
+
+Input formats:
+- MMSearch-R1 parquet (FVQA training format): `prompt` (chat list; the last user message is the question),
+  `images` ([{"bytes": ..., "path": ...}]), `reward_model` ({"ground_truth", "candidate_answers" (a JSON list
+  string), "style"}), `data_source`, `image_urls` (optional).
+- jsonl, one object per line: `question`, an image as `image` or a list as `images` (each a file path relative to
+  the jsonl file or absolute, an http(s) URL, a base64 string / data URI, or {"bytes": base64}), `answer`, optional
+  `candidates` (list of aliases), `data_source`, `image_urls`.
+
+Output (`write_openrlhf_jsonl`): one object per line with `prompt` (the question text), `label` (a JSON string
+{"ground_truth", "candidate_answers"} that reward.parse_label reads), `images` (absolute file paths, or data URIs
+with `image_mode="base64"`) and `datasource`. Train with
+`--data.input_key prompt --data.label_key label --data.image_key images` and WITHOUT `--data.apply_chat_template`:
+the agent executor writes the chat prompt itself (tools system turn, labelled images).
+
+A row that cannot be read (missing question or answer, an image that does not decode, ...) raises
+`DatasetRowError` naming the file and the row index; with `on_error="skip"` the row is left out AND reported
+(returned in the error list and logged), never dropped silently.
+
+CLI: `python -m openrlhf_tapo.agent.data INPUT OUTPUT.jsonl [--image-mode file|base64] [--on-error raise|skip]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetRowError(ValueError):
+    def __init__(self, source: str, index: int, message: str):
+        super().__init__(f"{source}: row {index}: {message}")
+        self.source, self.index, self.reason = source, index, message
+
+
+@dataclass
+class AgentSample:
+    """One question. `images` holds raw encoded bytes (decoded and checked) or http(s) URLs."""
+
+    question: str
+    answer: str
+    images: list[bytes | str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    data_source: str = "default"
+    image_urls: list[str] = field(default_factory=list)
+    index: int = -1
+
+    def label(self) -> str:
+        return json.dumps({"ground_truth": self.answer, "candidate_answers": self.candidates}, ensure_ascii=False)
+
+
+def _check_image(data: bytes) -> bytes:
+    """The bytes, after checking they decode fully (a truncated file passes `verify` but not `load`)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as err:
+        raise ValueError(f"image does not decode ({type(err).__name__}: {err})") from None
+    return data
+
+
+def _text(value, what: str) -> str:
+    if value is None:
+        raise ValueError(f"{what} is missing")
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    return value.strip()
+
+
+def _str_list(value, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{what} is not a JSON list: {value[:80]!r}") from None
+    if hasattr(value, "tolist"):  # numpy arrays from parquet
+        value = value.tolist()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of strings")
+    return list(value)
+
+
+# ---------------------------------------------------------------------------------------------------- MMSearch-R1
+
+
+def _question_from_chat(prompt) -> str:
+    if hasattr(prompt, "tolist"):
+        prompt = prompt.tolist()
+    if isinstance(prompt, str):
+        return _text(prompt.replace("<image>", ""), "prompt")
+    if not isinstance(prompt, list) or not prompt:
+        raise ValueError("prompt must be a non-empty chat list")
+    users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise ValueError("prompt has no user message")
+    content = users[-1].get("content")
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return _text(content.replace("<image>", "") if isinstance(content, str) else content, "prompt user content")
+
+
+def _mmsearch_row(row: dict) -> AgentSample:
+    reward_model = row.get("reward_model")
+    if not isinstance(reward_model, dict):
+        raise ValueError("reward_model must be a mapping with ground_truth")
+    images = row.get("images")
+    if hasattr(images, "tolist"):
+        images = images.tolist()
+    encoded = []
+    for k, item in enumerate(images or []):
+        data = item.get("bytes") if isinstance(item, dict) else item
+        if not isinstance(data, bytes | bytearray):
+            raise ValueError(f"images[{k}] has no bytes")
+        try:
+            encoded.append(_check_image(bytes(data)))
+        except ValueError as err:
+            raise ValueError(f"images[{k}]: {err}") from None
+    return AgentSample(
+        question=_question_from_chat(row.get("prompt")),
+        answer=_text(reward_model.get("ground_truth"), "reward_model.ground_truth"),
+        images=encoded,
+        candidates=_str_list(reward_model.get("candidate_answers"), "reward_model.candidate_answers"),
+        data_source=str(row.get("data_source") or "default"),
+        image_urls=_str_list(row.get("image_urls"), "image_urls"),
+    )
+
+
+Rows = tuple[list[AgentSample], list[DatasetRowError]]  # samples read, rows left out (on_error="skip")
+
+
+def read_mmsearch_parquet(path: str | Path, on_error: str = "raise") -> Rows:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(str(path)).to_pylist()
+    return _collect(str(path), rows, _mmsearch_row, on_error)
+
+
+# ---------------------------------------------------------------------------------------------------------- jsonl
+
+
+def _jsonl_image(ref, base_dir: Path, k: int) -> bytes | str:
+    if isinstance(ref, dict) and "bytes" in ref:
+        ref = ref["bytes"]
+        if not isinstance(ref, str):
+            raise ValueError(f"image {k}: 'bytes' must be a base64 string in jsonl")
+        return _check_image(_b64(ref, k))
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"image {k} must be a path, URL, base64 string or {{'bytes': base64}}")
+    if ref.startswith(("http://", "https://")):
+        return ref
+    if ref.startswith("data:image"):
+        return _check_image(_b64(ref.split(",", 1)[-1], k))
+    path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+    if path.is_file():
+        return _check_image(path.read_bytes())
+    if len(ref) > 256:
+        return _check_image(_b64(ref, k))
+    raise ValueError(f"image {k}: file {str(path)!r} does not exist")
+
+
+def _b64(text: str, k: int) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"image {k}: not valid base64") from None
+
+
+def _jsonl_row(row: dict, base_dir: Path) -> AgentSample:
+    if not isinstance(row, dict):
+        raise ValueError("a row must be a JSON object")
+    refs = row.get("images", row.get("image"))
+    refs = [] if refs is None else refs if isinstance(refs, list) else [refs]
+    return AgentSample(
+        question=_text(row.get("question"), "question").replace("<image>", "").strip(),
+        answer=_text(row.get("answer"), "answer"),
+        images=[_jsonl_image(ref, base_dir, k) for k, ref in enumerate(refs)],
+        candidates=_str_list(row.get("candidates"), "candidates"),
+        data_source=str(row.get("data_source") or "default"),
+        image_urls=_str_list(row.get("image_urls"), "image_urls"),
+    )
+
+
+def read_jsonl(path: str | Path, on_error: str = "raise") -> Rows:
+    path = Path(path)
+    rows = []
+    with path.open("r", encoding="utf-8", errors="strict") as f:
+        for line in f:
+            if not line.strip():
+                rows.append(None)  # keeps indices = line numbers - 1; blank lines are reported below
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                rows.append(ValueError(f"not JSON ({err.msg} at column {err.colno})"))
+
+    def parse(row):
+        if row is None:
+            raise ValueError("blank line")
+        if isinstance(row, ValueError):
+            raise row
+        return _jsonl_row(row, path.parent)
+
+    return _collect(str(path), rows, parse, on_error)
+
+
+def _collect(source: str, rows: Sequence, parse, on_error: str) -> Rows:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    samples, errors = [], []
+    for index, row in enumerate(rows):
+        try:
+            sample = parse(row)
+        except (ValueError, TypeError, AttributeError) as err:
+            error = DatasetRowError(source, index, str(err))
+            if on_error == "raise":
+                raise error from None
+            logger.error("skipping %s", error)
+            errors.append(error)
+            continue
+        sample.index = index
+        samples.append(sample)
+    return samples, errors
+
+
+def read_dataset(path: str | Path, on_error: str = "raise") -> Rows:
+    """Samples of a `.parquet` (MMSearch-R1 layout) or `.jsonl` file, and the rows that could not be read."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        return read_mmsearch_parquet(path, on_error)
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(path, on_error)
+    raise ValueError(f"{path}: unsupported dataset format {suffix!r} (expected .parquet or .jsonl)")
+
+
+# ------------------------------------------------------------------------------------------------------- convert
+
+
+def _extension(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:
+        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}.get(image.format or "", "png")
+
+
+def openrlhf_rows(
+    samples: Iterable[AgentSample], image_dir: str | Path | None, image_mode: str = "file"
+) -> list[dict]:
+    """OpenRLHF prompt-dataset rows. `image_mode="file"` writes image bytes under `image_dir` (absolute paths in
+    the rows, as OpenRLHF's image loader opens paths relative to the working directory); "base64" inlines data URIs.
+    """
+    if image_mode not in ("file", "base64"):
+        raise ValueError(f"image_mode must be 'file' or 'base64', got {image_mode!r}")
+    rows = []
+    for sample in samples:
+        refs = []
+        for k, image in enumerate(sample.images):
+            if isinstance(image, str):
+                refs.append(image)
+                continue
+            ext = _extension(image)
+            if image_mode == "base64":
+                mime = "jpeg" if ext == "jpg" else ext
+                refs.append(f"data:image/{mime};base64,{base64.b64encode(image).decode()}")
+            else:
+                if image_dir is None:
+                    raise ValueError("image_dir is required with image_mode='file'")
+                target = Path(image_dir).resolve() / f"{sample.index:07d}_{k}.{ext}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(image)
+                refs.append(str(target))
+        rows.append(
+            {"prompt": sample.question, "label": sample.label(), "images": refs, "datasource": sample.data_source}
+        )
+    return rows
+
+
+def write_openrlhf_jsonl(samples: Iterable[AgentSample], out_path: str | Path, image_mode: str = "file") -> Path:
+    """Write the rows; images (file mode) go to `<out_path without suffix>_images/`."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = openrlhf_rows(samples, out.with_name(out.stem + "_images"), image_mode)
+    with out.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
+def convert(input_path: str | Path, out_path: str | Path, image_mode: str = "file", on_error: str = "raise") -> dict:
+    """Read a dataset, write OpenRLHF rows; returns {"rows": n, "errors": [messages of the rows left out]}."""
+    samples, errors = read_dataset(input_path, on_error)
+    write_openrlhf_jsonl(samples, out_path, image_mode)
+    return {"rows": len(samples), "errors": [str(e) for e in errors]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Convert MMSearch-R1 parquet / agent jsonl to OpenRLHF prompt rows.")
+    parser.add_argument("input", help=".parquet (MMSearch-R1 layout) or .jsonl (question/image/answer/candidates)")
+    parser.add_argument("output", help="output .jsonl (images go to <output stem>_images/)")
+    parser.add_argument("--image-mode", choices=["file", "base64"], default="file")
+    parser.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="skip = leave out and report")
+    args = parser.parse_args(argv)
+    try:
+        report = convert(args.input, args.output, args.image_mode, args.on_error)
+    except DatasetRowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for message in report["errors"]:
+        print(f"left out: {message}", file=sys.stderr)
+    print(f"wrote {report['rows']} rows to {args.output} ({len(report['errors'])} left out)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""A tiny Qwen2.5-VL built offline: tokenizer trained on a given corpus, image-only processor, random weights.
+
+Nothing is downloaded. The saved folder loads through the same code paths as a real checkpoint:
+
+- `Qwen2_5_VLForConditionalGeneration.from_pretrained(path)` / `AutoConfig` (OpenRLHF detects a VLM by the
+  `vision_config` in the config).
+- `AutoProcessor.from_pretrained(path, trust_remote_code=True)`, which is what OpenRLHF's `get_tokenizer` and
+  `create_vllm_engines` call for a VLM. The stock `Qwen2_5_VLProcessor` also needs a video processor, and every
+  video processor in transformers 5.15 imports torchvision; PyPI's torchvision is a CUDA build that breaks
+  transformers next to CPU torch (REFERENCE.md §6). So the folder ships a one-line remote-code module that
+  re-exports `ImageOnlyQwen2_5_VLProcessor` (below) and names it in `processor_config.json`'s `auto_map`:
+  AutoProcessor then builds the image-only processor, on CPU, with no torchvision. It needs `openrlhf_tapo`
+  importable in the loading process (true for our Ray workers). Loading without remote code: `load_processor`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
+from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+from transformers.processing_utils import ProcessorMixin
+
+ENDOFTEXT = "<|endoftext|>"
+SPECIAL_TOKENS = [
+    ENDOFTEXT,
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Qwen2.5 keeps these as added (atomic, but not "special") tokens; so do we, so a call's tags are one token each.
+ADDED_TOKENS = ["<tool_call>", "</tool_call>"]
+
+# ChatML with Qwen2-VL's image items: {"type": "image"} (or any item carrying an "image" key) becomes a placeholder.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' or 'image' in item -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+REMOTE_CODE_FILE = "processing_openrlhf_tapo_tiny.py"
+REMOTE_CODE = (
+    '"""Loads the image-only Qwen2.5-VL processor of openrlhf_tapo (no torchvision needed)."""\n\n'
+    "from openrlhf_tapo.task.tiny_model import ImageOnlyQwen2_5_VLProcessor  # noqa: F401\n"
+)
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` without the video processor (the part that needs torchvision).
+
+    Same tokens, same image-token expansion, same outputs (`input_ids`, `pixel_values`, `image_grid_thw`) for text
+    and images; videos are not supported.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def build_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus_texts`, with Qwen's special tokens and a ChatML template.
+
+    Byte-level means every string round-trips (unknown words fall back to bytes), whatever the corpus covered.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus_texts), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token=ENDOFTEXT,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+    fast.add_tokens(ADDED_TOKENS)
+    return fast
+
+
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112
+) -> ImageOnlyQwen2_5_VLProcessor:
+    """Image processor (PIL backend, Qwen2-VL patching) + tokenizer. Pixel bounds keep images at 4-16 tokens."""
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    return ImageOnlyQwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, num_layers: int = 2) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config sized for CPU tests: vocab = the tokenizer's, 2 text layers, a 2-block vision tower."""
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=True,
+            bos_token_id=ids(ENDOFTEXT),
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids(ENDOFTEXT),
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            fullatt_block_indexes=[1],
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_vlm(out_dir: str | Path, corpus_texts: Iterable[str], seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Build and save a tiny random-weight Qwen2.5-VL with its tokenizer and processor; returns the folder.
+
+    Deterministic for a given corpus and seed. The folder holds config + weights (safetensors), the tokenizer,
+    the processor config and the remote-code shim that lets `AutoProcessor(..., trust_remote_code=True)` load it
+    without torchvision (module docstring).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(corpus_texts, vocab_size)
+    processor = build_processor(tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / REMOTE_CODE_FILE).write_text(REMOTE_CODE)
+    config_path = out / "processor_config.json"
+    processor_config = json.loads(config_path.read_text())
+    processor_config["auto_map"] = {"AutoProcessor": f"{REMOTE_CODE_FILE[:-3]}.ImageOnlyQwen2_5_VLProcessor"}
+    config_path.write_text(json.dumps(processor_config, indent=2))
+    return out
+
+
+def load_processor(path: str | Path) -> ImageOnlyQwen2_5_VLProcessor:
+    """The saved processor, without remote code (works for any Qwen2-VL-family folder with a tokenizer)."""
+    return ImageOnlyQwen2_5_VLProcessor.from_pretrained(str(path))
+
+
+def load_tiny_vlm(path: str | Path, dtype: torch.dtype = torch.float32):
+    """(model in eval mode, processor) from a folder written by `build_tiny_vlm` (or any Qwen2.5-VL folder)."""
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    model.eval()
+    return model, load_processor(path)

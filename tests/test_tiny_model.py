@@ -1,0 +1,121 @@
+"""The offline tiny Qwen2.5-VL: tokenizer, processor (no torchvision), OpenRLHF's loading path, the HF engine."""
+
+import asyncio
+import sys
+
+import pytest
+import torch
+from _agent_helpers import picture, tiny_vlm_dir
+
+from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
+from openrlhf_tapo.task.tiny_model import (
+    SPECIAL_TOKENS,
+    ImageOnlyQwen2_5_VLProcessor,
+    load_tiny_vlm,
+    tiny_config,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path = tiny_vlm_dir()
+    model, processor = load_tiny_vlm(path)
+    return path, model, processor
+
+
+def test_tokenizer_round_trips_and_keeps_special_tokens_atomic(tiny):
+    _, _, processor = tiny
+    tok = processor.tokenizer
+    text = '<|im_start|>user\nÜber 42 °C — 東京? <tool_call>{"a": [1]}</tool_call><|im_end|>\n'
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids, skip_special_tokens=False) == text
+    for token in [*SPECIAL_TOKENS, "<tool_call>", "</tool_call>"]:
+        assert len(tok.encode(token, add_special_tokens=False)) == 1, token
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]
+    rendered = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_processor_expands_image_tokens_to_the_grid(tiny):
+    _, _, processor = tiny
+    out = processor(
+        text=["a <|vision_start|><|image_pad|><|vision_end|> b"],
+        images=[picture(0, (84, 56))],
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
+    grid = out["image_grid_thw"]
+    (t, h, w) = grid[0].tolist()
+    assert out["pixel_values"].shape[0] == t * h * w
+    pads = (out["input_ids"][0] == processor.image_token_id).sum().item()
+    assert pads == t * h * w // 4 and 4 <= pads <= 16  # pixel bounds of the tiny processor
+
+
+def test_openrlhf_loading_path_works_without_torchvision(tiny):
+    from openrlhf.utils.utils import get_tokenizer, is_vlm_model
+    from transformers import AutoProcessor
+
+    path, _, _ = tiny
+    assert "torchvision" not in sys.modules
+    assert is_vlm_model(str(path))
+    auto = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    assert isinstance(auto, ImageOnlyQwen2_5_VLProcessor)
+    tok = get_tokenizer(str(path), None, padding_side="left")
+    assert hasattr(tok, "image_processor") and tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None
+    assert "torchvision" not in sys.modules
+
+
+def test_build_is_deterministic_for_a_seed(tiny):
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    _, model, processor = tiny
+    torch.manual_seed(0)
+    fresh = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer))
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert model.config.text_config.vocab_size == len(processor.tokenizer)
+
+
+def test_hf_engine_follows_vllm_conventions(tiny):
+    from vllm import SamplingParams
+
+    _, model, processor = tiny
+    engine = HFGenerationEngine(model, processor)
+    tok = processor.tokenizer
+    prompt = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n"
+    collapsed = tok.encode(prompt, add_special_tokens=False)
+    expanded = processor(text=[prompt], images=[picture(1)], add_special_tokens=False)["input_ids"][0]
+    image = picture(1)
+
+    async def run():
+        greedy = SamplingParams(max_tokens=12, temperature=0.0, logprobs=0)
+        a = await engine.generate(collapsed, greedy, multi_modal_data={"image": [image]})
+        b = await engine.generate(list(expanded), greedy, multi_modal_data={"image": [image]})
+        return a, b
+
+    a, b = asyncio.run(run())
+    out = a.outputs[0]
+    # one placeholder per image or already expanded: same inputs to the model, same greedy tokens
+    assert out.token_ids == b.outputs[0].token_ids and len(out.token_ids) <= 12
+    assert out.finish_reason in ("stop", "length") and len(out.logprobs) == len(out.token_ids)
+    assert all(lp[t].logprob <= 0 for lp, t in zip(out.logprobs, out.token_ids, strict=True))
+
+    # stop strings: generation ends with the token that completes the first occurrence of one
+    k = next(i for i, t in enumerate(out.token_ids) if t not in tok.all_special_ids)
+    stop_text = tok.decode([out.token_ids[k]])
+    stopped = asyncio.run(
+        engine.generate(
+            collapsed,
+            SamplingParams(max_tokens=12, temperature=0.0, stop=[stop_text], include_stop_str_in_output=True),
+            multi_modal_data={"image": [image]},
+        )
+    ).outputs[0]
+    assert stopped.finish_reason == "stop" and stopped.stop_reason == stop_text
+    assert stopped.text.endswith(stop_text) and stopped.token_ids == out.token_ids[: len(stopped.token_ids)]
+    assert len(stopped.token_ids) <= k + 1
+
+    with pytest.raises(ValueError, match="image placeholders"):
+        asyncio.run(engine.generate(collapsed, SamplingParams(max_tokens=2), multi_modal_data={"image": [image] * 2}))
