@@ -1,0 +1,151 @@
+"""Summary of a demo run: accuracy before/after RL on the eval split, tool use, TAPO diagnostics, and plots (PNG).
+
+Inputs are what the run wrote or returned: the eval responses before and after RL (agent-executor dicts), and the
+per-step metrics (`metrics.jsonl`, OpenRLHF's status keys: `rollout/reward_mean`, `policy_loss`, the agent's
+`extra_logs` under `agent/`, the TAPO stage's `tapo/*`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+TAPO_KEYS = (
+    "tapo/failing_traj_correctable_frac",
+    "tapo/failing_calls_correctable_frac",
+    "tapo/failing_traj_corrected_frac",
+    "tapo/corrected_calls",
+    "tapo/corrected_tokens",
+    "tapo/mean_advantage_change",
+)
+
+
+def accuracy_by_kind(responses: list[dict], kinds: list[str]) -> dict[str, float]:
+    """Mean score per question kind (`kinds[i]` is the kind of `responses[i]`), plus `all`."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for r, kind in zip(responses, kinds, strict=True):
+        score = float(r["scores"] or 0.0)
+        scores[kind].append(score)
+        scores["all"].append(score)
+    return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
+
+
+def _tool_rate(responses: list[dict]) -> float:
+    return sum(r["extra_logs"]["tool_calls"] > 0 for r in responses) / max(1, len(responses))
+
+
+def _mean(metrics: list[dict], key: str) -> float:
+    values = [m[key] for m in metrics if key in m]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(before: list[dict], after: list[dict], kinds: list[str], metrics: list[dict]) -> dict:
+    return {
+        "eval_accuracy_before": accuracy_by_kind(before, kinds),
+        "eval_accuracy_after": accuracy_by_kind(after, kinds),
+        "eval_tool_call_rate_before": _tool_rate(before),
+        "eval_tool_call_rate_after": _tool_rate(after),
+        "eval_tool_calls_per_traj_before": sum(r["extra_logs"]["tool_calls"] for r in before) / max(1, len(before)),
+        "eval_tool_calls_per_traj_after": sum(r["extra_logs"]["tool_calls"] for r in after) / max(1, len(after)),
+        "train_steps": len(metrics),
+        "train_reward_first": metrics[0]["rollout/reward_mean"] if metrics else float("nan"),
+        "train_reward_last": metrics[-1]["rollout/reward_mean"] if metrics else float("nan"),
+        "train_tool_calls_per_traj": _mean(metrics, "agent/tool_calls"),
+        "tapo": {key: _mean(metrics, key) for key in TAPO_KEYS},
+        "tapo_total_corrected_calls": sum(m.get("tapo/corrected_calls", 0.0) for m in metrics),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    before, after = summary["eval_accuracy_before"], summary["eval_accuracy_after"]
+    lines = ["eval accuracy (greedy)     before -> after"]
+    for kind in sorted(set(before) | set(after)):
+        lines.append(f"  {kind:<24} {before.get(kind, float('nan')):.3f} -> {after.get(kind, float('nan')):.3f}")
+    lines.append(
+        f"eval tool-call rate        {summary['eval_tool_call_rate_before']:.3f} -> "
+        f"{summary['eval_tool_call_rate_after']:.3f} (calls/traj {summary['eval_tool_calls_per_traj_before']:.2f} -> "
+        f"{summary['eval_tool_calls_per_traj_after']:.2f})"
+    )
+    lines.append(
+        f"train reward               step 1 {summary['train_reward_first']:.3f} -> step {summary['train_steps']} "
+        f"{summary['train_reward_last']:.3f}"
+    )
+    lines.append("TAPO (mean over steps)")
+    for key, value in summary["tapo"].items():
+        lines.append(f"  {key:<40} {value:.3f}")
+    lines.append(f"  total corrected calls                    {summary['tapo_total_corrected_calls']:.0f}")
+    return "\n".join(lines)
+
+
+def plot_run(run_dir: str | Path, summary: dict, metrics: list[dict]) -> list[Path]:
+    """training.png (reward/accuracy, tool calls, TAPO, loss per step) and accuracy.png (eval before/after)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    steps = [m["step"] for m in metrics]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    panels = [
+        (axes[0, 0], "reward and accuracy", [("rollout/reward_mean", "reward"), ("accuracy", "accuracy")]),
+        (
+            axes[0, 1],
+            "tool use per trajectory",
+            [("agent/tool_calls", "tool calls"), ("agent/format_ok", "format ok")],
+        ),
+        (
+            axes[1, 0],
+            "TAPO",
+            [
+                ("tapo/failing_traj_correctable_frac", "failing traj. correctable"),
+                ("tapo/failing_traj_corrected_frac", "failing traj. corrected"),
+                ("tapo/mean_advantage_change", "mean advantage change"),
+            ],
+        ),
+        (axes[1, 1], "policy loss", [("policy_loss", "policy loss"), ("actor_grad_norm", "grad norm")]),
+    ]
+    for ax, title, series in panels:
+        for key, label in series:
+            values = [m.get(key, float("nan")) for m in metrics]
+            ax.plot(steps, values, marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    training = run_dir / "training.png"
+    fig.savefig(training, dpi=100)
+    plt.close(fig)
+
+    before, after = summary["eval_accuracy_before"], summary["eval_accuracy_after"]
+    kinds = sorted(set(before) | set(after))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(kinds))
+    ax.bar([x - 0.2 for x in xs], [before.get(k, 0.0) for k in kinds], width=0.4, label="before RL (warm start)")
+    ax.bar([x + 0.2 for x in xs], [after.get(k, 0.0) for k in kinds], width=0.4, label="after RL")
+    ax.set_xticks(list(xs), kinds)
+    ax.set_ylabel("eval accuracy (greedy)")
+    ax.set_title("eval accuracy by question kind")
+    ax.legend()
+    fig.tight_layout()
+    accuracy = run_dir / "accuracy.png"
+    fig.savefig(accuracy, dpi=100)
+    plt.close(fig)
+    return [training, accuracy]
+
+
+def write_report(
+    run_dir: str | Path, before: list[dict], after: list[dict], kinds: list[str], metrics: list[dict], extra: dict
+) -> dict:
+    """summary.json + summary.txt + the plots under `run_dir`; returns the summary with the written paths.
+
+    `before` / `after` are the eval responses in eval-row order, `kinds` the question kind of each row."""
+    run_dir = Path(run_dir)
+    summary = {**summarize(before, after, kinds, metrics), **extra}
+    plots = plot_run(run_dir, summary, metrics) if metrics else []
+    summary["plots"] = [str(p) for p in plots]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (run_dir / "summary.txt").write_text(format_summary(summary) + "\n")
+    return summary

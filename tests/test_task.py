@@ -1,0 +1,166 @@
+"""The bundled task: knowledge base, questions, prompt rows, gold traces through the real agent, InProcessStrategy."""
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from openrlhf_tapo.agent import protocol
+from openrlhf_tapo.agent.config import AgentConfig
+from openrlhf_tapo.agent.data import openrlhf_rows
+from openrlhf_tapo.agent.executor import AgentExecutor
+from openrlhf_tapo.agent.reward import parse_label
+from openrlhf_tapo.search.local_index import LocalIndex
+from openrlhf_tapo.task.inprocess import InProcessStrategy
+from openrlhf_tapo.task.knowledge_base import CITIES, CORNERS, KnowledgeBase, KnowledgeBaseConfig
+from openrlhf_tapo.task.prepare import TaskConfig, agent_config_data, agent_sample, tokenizer_corpus
+from openrlhf_tapo.task.questions import QuestionSetConfig, generate_questions, read_questions, write_questions
+from openrlhf_tapo.task.tiny_model import build_processor, build_tokenizer
+from openrlhf_tapo.task.warm_start import gold_traces
+from openrlhf_tapo.tools import canonical_params
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    kb = KnowledgeBase.generate(KnowledgeBaseConfig(num_entities=10, seed=3))
+    index_dir = kb.build_index(root)
+    splits = generate_questions(kb, QuestionSetConfig(num_train=12, num_eval=4, seed=5), root)
+    return SimpleNamespace(root=root, kb=kb, index=LocalIndex.load(index_dir), index_dir=index_dir, splits=splits)
+
+
+def test_knowledge_base_is_a_function_of_the_seed():
+    a = KnowledgeBase.generate(KnowledgeBaseConfig(num_entities=6, seed=1))
+    b = KnowledgeBase.generate(KnowledgeBaseConfig(num_entities=6, seed=1))
+    c = KnowledgeBase.generate(KnowledgeBaseConfig(num_entities=6, seed=2))
+    assert a.entities == b.entities
+    assert a.entities != c.entities
+    assert a.draw(a.entities[0]).tobytes() == b.draw(b.entities[0]).tobytes()
+    assert len({(e.shape, e.pattern) for e in a.entities}) == 6  # one emblem layout per entity
+    assert len({e.name for e in a.entities}) == 6
+
+
+def test_bad_sizes_are_refused_with_the_limit():
+    with pytest.raises(ValueError, match="num_entities"):
+        KnowledgeBaseConfig(num_entities=57).validate()
+    with pytest.raises(ValueError, match="kind_weights"):
+        QuestionSetConfig(kind_weights=(1.0, 0.0)).validate()
+
+
+def test_image_search_finds_the_entity_of_every_question_image(built):
+    for questions in built.splits.values():
+        for q in questions:
+            from PIL import Image
+
+            hits = built.index.search_image(Image.open(built.root / q.image).convert("RGB"), 2)
+            assert hits[0].id == q.entity_id
+
+
+def test_text_search_on_the_name_returns_the_answer_and_a_distractor(built):
+    for e in built.kb.entities:
+        hits = built.index.search_text(e.name, 2)
+        assert {h.id for h in hits} == {e.profile_id, e.news_id}
+        text = " ".join(h.text for h in hits)
+        assert e.city in text and e.other_city in text and e.city != e.other_city
+        assert str(e.founded) in text and str(e.other_year) in text
+
+
+def test_questions_gold_traces_are_valid_calls_and_answers(built, tmp_path):
+    paths = write_questions(built.splits, tmp_path)
+    assert read_questions(paths["train"]) == built.splits["train"]
+    for q in built.splits["train"]:
+        entity = built.kb.by_id[q.entity_id]
+        *calls, answer = q.gold_actions
+        assert protocol.parse_answer(answer) == q.answer
+        parsed = [protocol.parse_tool_calls(c)[0] for c in calls]
+        assert all(p.ok and canonical_params(p.name, p.arguments) is not None for p in parsed)
+        names = [p.name for p in parsed]
+        if q.kind == "badge":
+            assert names == ["zoom"] and tuple(parsed[0].arguments["bbox"]) == CORNERS[entity.badge_corner]
+            assert q.answer == str(entity.badge_digit)
+        else:
+            assert names == ["image_search", "text_search"]
+            assert parsed[1].arguments["query"] == entity.name
+            assert q.answer == (entity.city if q.kind == "city" else str(entity.founded))
+        if q.kind == "city":
+            assert set(q.choices) == set(CITIES)
+
+
+def _rows(built, questions, tmp_path):
+    return openrlhf_rows([agent_sample(q, built.root, i) for i, q in enumerate(questions)], tmp_path / "images")
+
+
+def test_prompt_rows_go_through_the_agent_data_converter(built, tmp_path):
+    q = built.splits["eval"][0]
+    (row,) = _rows(built, [q], tmp_path)
+    assert set(row) == {"prompt", "label", "images", "datasource"}
+    assert row["prompt"] == q.question and row["datasource"] == q.kind
+    assert parse_label(row["label"]).ground_truth == q.answer
+    assert json.loads(row["label"])["candidate_answers"] == []
+    with open(row["images"][0], "rb") as copied:
+        assert copied.read() == (built.root / q.image).read_bytes()
+
+
+def test_gold_traces_through_the_real_agent_get_full_reward(built, tmp_path):
+    config = TaskConfig()
+    agent_config = AgentConfig.from_dict(agent_config_data(built.index_dir, config))
+    questions = built.splits["train"][:6]
+    processor = build_processor(build_tokenizer(tokenizer_corpus(built.kb, questions, agent_config), 512))
+    from vllm import SamplingParams
+
+    sp = SamplingParams(temperature=1.0, max_tokens=None, skip_special_tokens=False, logprobs=None)
+    rows = _rows(built, questions, tmp_path)
+    executor = AgentExecutor(agent_config)
+    responses = gold_traces(executor, rows, [list(q.gold_actions) for q in questions], processor, sp, 2048)
+    for q, r in zip(questions, responses, strict=True):
+        assert r["reward"] == pytest.approx(1.0) and r["scores"] == 1.0
+        assert r["extra_logs"]["tool_calls"] == len(q.gold_actions) - 1
+        assert r["extra_logs"]["errors"] == 0
+        assert len(r["action_ranges"]) == len(q.gold_actions)
+        text = processor.tokenizer.decode(r["observation_tokens"], skip_special_tokens=False)
+        if q.kind != "badge":  # the text search result shown to the model holds the answer
+            responses = text.split("<|im_start|>user\n<tool_response>")
+            assert built.kb.by_id[q.entity_id].name in responses[1]
+            assert q.answer in responses[2]
+        # one image per question, +2 per image search (top-k 2), +1 per zoom
+        expected_images = 1 + (1 if q.kind == "badge" else 2)
+        assert r["mm_train_inputs"]["image_grid_thw"].shape[0] == expected_images
+
+
+def test_inprocess_strategy_accumulates_and_clips_like_deepspeed():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False)
+    start = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    strategy = InProcessStrategy(args=None, accumulated_gradient=2, max_norm=1e9)
+    xs = [torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 2.0, 0.0]])]
+    for i, x in enumerate(xs):
+        loss = model(x).sum()
+        strategy.backward(loss, model, opt)
+        strategy.optimizer_step(opt, model, None)
+        if i == 0:
+            assert torch.equal(model.weight, start)  # accumulation boundary not reached
+    # mean of the two micro-batch gradients (DeepSpeed's 1/gas scaling): [0.5, 1.0, 0]
+    assert torch.allclose(model.weight, start - torch.tensor([[0.5, 1.0, 0.0]]))
+    assert strategy.get_grad_norm(model) == pytest.approx((0.25 + 1.0) ** 0.5)
+    assert strategy.optimizer_steps == 1
+
+    clipped = InProcessStrategy(args=None, accumulated_gradient=1, max_norm=0.5)
+    model.weight.grad = None
+    before = model.weight.detach().clone()
+    clipped.backward(model(torch.tensor([[3.0, 4.0, 0.0]])).sum(), model, opt)
+    clipped.optimizer_step(opt, model, None)
+    assert clipped.get_grad_norm(model) == pytest.approx(5.0)  # reported before clipping
+    assert torch.allclose(before - model.weight, torch.tensor([[0.3, 0.4, 0.0]]))  # applied after clipping to 0.5
+
+
+def test_question_images_are_jittered_copies_not_the_indexed_files(built):
+    q = built.splits["train"][0]
+    from PIL import Image
+
+    question_image = Image.open(built.root / q.image).convert("RGB")
+    original = built.kb.draw(built.kb.by_id[q.entity_id])
+    assert question_image.tobytes() != original.tobytes()
+    assert built.kb.draw(built.kb.by_id[q.entity_id], random.Random(1)).size == original.size
