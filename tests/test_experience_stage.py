@@ -143,13 +143,15 @@ def test_call_span_corrects_only_the_call_tokens(openrlhf_args):
 
 
 def test_batch_scope_hand_values(openrlhf_args):
-    # 3 successful trajectories in the batch: support 1/3 for each single-witness group (confidence 1/3 >= 0.25).
+    # 3 successful trajectories in the batch: support 1/3 for each single-witness text group (confidence 1/3 >= 0.25).
+    # Image tools keep witnesses of the same prompt even in batch scope (img_0 is each prompt's own picture), so the
+    # zoom of trajectory 6 has support 1/1 in its group: min(0, -0.5 + 0.8 * 1.5) = 0.
     base, out = _run(openrlhf_args["group_norm"], scope="batch")
-    credit_search, credit_zoom = 0.8 * H / 3, 0.8 * 1.5 / 3
+    credit_search = 0.8 * H / 3
     changed = {
         2: (_first_turn(*out[2]), -H + credit_search),
         4: (_first_turn(*out[4]), -0.5 + credit_search),
-        6: (_first_turn(*out[6]), -0.5 + credit_zoom),
+        6: (_first_turn(*out[6]), 0.0),
     }
     _expect_unchanged_except(base, out, changed)
 
