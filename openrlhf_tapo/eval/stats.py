@@ -1,0 +1,120 @@
+"""Means with Student-t confidence intervals, for results over a handful of seeds (stdlib only, no scipy)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` (possibly fractional) degrees of freedom."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse of `t_cdf` by bisection (|t| < 1e4 covers every df >= 1 at p in [1e-6, 1 - 1e-6])."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile: p must be in (0, 1), got {p}")
+    if df <= 0:
+        raise ValueError(f"t_quantile: df must be > 0, got {df}")
+    lo, hi = -1e4, 1e4
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """Mean of n samples with a two-sided confidence interval (Student t; width 0 when n == 1 is unknown: nan)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    std: float  # sample standard deviation (n - 1)
+    level: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2.0
+
+    def fmt(self, digits: int = 3) -> str:
+        if self.n < 2:
+            return f"{self.mean:.{digits}f} (n={self.n}, no CI)"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+
+
+def mean_ci(samples: Sequence[float], level: float = 0.95) -> MeanCI:
+    """Mean and Student-t interval mean ± t_{(1+level)/2, n-1} · s / sqrt(n)."""
+    values = [float(v) for v in samples]
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci: no samples")
+    mean = sum(values) / n
+    if n == 1:
+        return MeanCI(mean, math.nan, math.nan, 1, math.nan, level)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile((1.0 + level) / 2.0, n - 1) * std / math.sqrt(n)
+    return MeanCI(mean, mean - half, mean + half, n, std, level)
+
+
+def welch_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> MeanCI:
+    """mean(a) - mean(b) with Welch's interval (unequal variances, Welch–Satterthwaite df). std holds the SE."""
+    ma, mb = mean_ci(a, level), mean_ci(b, level)
+    if ma.n < 2 or mb.n < 2:
+        raise ValueError("welch_diff_ci: need at least 2 samples on each side")
+    va, vb = ma.std**2 / ma.n, mb.std**2 / mb.n
+    diff = ma.mean - mb.mean
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return MeanCI(diff, diff, diff, ma.n + mb.n, 0.0, level)
+    df = (va + vb) ** 2 / (va**2 / (ma.n - 1) + vb**2 / (mb.n - 1))
+    half = t_quantile((1.0 + level) / 2.0, df) * se
+    return MeanCI(diff, diff - half, diff + half, ma.n + mb.n, se, level)

@@ -1,0 +1,126 @@
+"""Confidence intervals of the CPU study, checked against hand-computed values and published t tables."""
+
+import math
+
+import pytest
+
+from openrlhf_tapo.eval.stats import betainc, mean_ci, t_cdf, t_quantile, welch_diff_ci
+
+
+@pytest.mark.parametrize(
+    ("df", "t975"),
+    [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045), (1000, 1.962)],
+)
+def test_t_quantile_matches_the_t_table(df, t975):
+    assert t_quantile(0.975, df) == pytest.approx(t975, abs=1e-3)
+    assert t_quantile(0.025, df) == pytest.approx(-t975, abs=1e-3)  # symmetric
+
+
+def test_t_cdf_known_values():
+    assert t_cdf(0.0, 5) == pytest.approx(0.5)
+    assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+    assert t_cdf(2.0, 2) == pytest.approx(0.5 + 2.0 / (2.0 * math.sqrt(6.0)))  # closed form for df = 2
+    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248)  # 1 - sum_{j<2} C(4,j) .4^j .6^(4-j)
+
+
+def test_mean_ci_of_one_to_five():
+    # mean 3, s = sqrt(2.5), half width = t_{.975,4} * s / sqrt(5) = 2.7764 * 0.70711 = 1.96324
+    ci = mean_ci([1, 2, 3, 4, 5])
+    assert ci.mean == 3.0 and ci.n == 5
+    assert ci.std == pytest.approx(math.sqrt(2.5))
+    assert (ci.low, ci.high) == (pytest.approx(1.03676, abs=1e-4), pytest.approx(4.96324, abs=1e-4))
+    assert ci.fmt(2) == "3.00 ± 1.96"
+
+
+def test_mean_ci_degenerate_cases():
+    same = mean_ci([0.4, 0.4, 0.4])
+    assert (same.low, same.high) == (pytest.approx(0.4), pytest.approx(0.4))
+    one = mean_ci([0.7])
+    assert one.mean == 0.7 and math.isnan(one.low) and "no CI" in one.fmt()
+    with pytest.raises(ValueError, match="no samples"):
+        mean_ci([])
+
+
+def test_welch_difference_interval():
+    # a = 1..5 (var 2.5), b = 2,4,..,10 (var 10): se = sqrt(.5 + 2) = 1.5811,
+    # df = 2.5^2 / (.5^2/4 + 2^2/4) = 5.882, t_{.975,5.882} = 2.4596 -> half width 3.889
+    d = welch_diff_ci([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
+    assert d.mean == -3.0 and d.std == pytest.approx(math.sqrt(2.5))
+    assert d.half_width == pytest.approx(2.4596 * math.sqrt(2.5), abs=2e-3)
+    assert d.low < 0 < d.high  # not significant at 95 %
+    assert welch_diff_ci([1.0, 1.0], [0.0, 0.0]).low == 1.0  # zero variance: a point
+    with pytest.raises(ValueError, match="at least 2"):
+        welch_diff_ci([1.0], [1.0, 2.0])
+
+
+# ------------------------------------------------------------------------------------- study aggregation
+
+
+def _run(arm, seed, acc, correctable=0.0, corrected=0.0, curve=(0.1, 0.2)):
+    from openrlhf_tapo.eval.study import RunResult
+
+    return RunResult(
+        arm,
+        seed,
+        acc,
+        0.5,
+        1.5,
+        acc,
+        correctable,
+        correctable / 2,
+        corrected,
+        0.1,
+        60.0,
+        curve=list(curve),
+        failing_trajectories=10.0,
+        failing_calls=20.0,
+    )
+
+
+def test_paired_comparison_uses_common_seeds_only():
+    from openrlhf_tapo.eval.study import paired_comparison
+
+    results = [_run("ppo", s, a) for s, a in enumerate([0.2, 0.3, 0.4])]
+    results += [_run("ppo+tapo", s, a) for s, a in enumerate([0.3, 0.3, 0.6, 0.9])]  # seed 3 has no base run
+    c = paired_comparison(results, "ppo")
+    assert c.seeds == [0, 1, 2]
+    # differences 0.1, 0.0, 0.2: mean 0.1, s = 0.1, half width t_{.975,2} * 0.1 / sqrt(3) = 4.3027 * 0.057735
+    assert c.paired.mean == pytest.approx(0.1)
+    assert c.paired.half_width == pytest.approx(4.3027 * 0.1 / math.sqrt(3), abs=1e-3)
+    assert c.welch.mean == pytest.approx((0.3 + 0.3 + 0.6 + 0.9) / 4 - 0.3)
+
+
+def test_study_tables_and_plots(tmp_path):
+    from PIL import Image
+
+    from openrlhf_tapo.eval.study import comparison_table, correctable_table, plot_study, results_table
+
+    results = [_run("ppo", s, a, correctable=c) for s, (a, c) in enumerate([(0.2, 0.5), (0.4, 0.7)])]
+    results += [_run("ppo+tapo", s, a, corrected=0.3) for s, a in enumerate([0.3, 0.5])]
+    table = results_table(results)
+    # accuracy 0.2, 0.4: mean 0.3, half width 12.706 * 0.14142 / sqrt(2) = 1.271
+    assert "| GRPO | 2 | 0.300 ± 1.271 |" in table and "| GRPO + TAPO | 2 | 0.400 ± 1.271 |" in table
+    assert "| GRPO + TAPO vs GRPO | 2 | +0.100 [+0.100, +0.100] |" in comparison_table(results)
+    # pooled: (0.5 * 10 + 0.7 * 10) / 20 trajectories, (0.25 * 20 + 0.35 * 20) / 40 calls
+    assert "| GRPO | 2 | 0.600 ± 1.271 | 0.300 ± 0.635 | 12/20 trajectories, 12/40 calls |" in correctable_table(
+        results
+    )
+    for path in plot_study(results, tmp_path):
+        assert path.stat().st_size < 200_000
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+
+
+def test_tapo_counts_pool_over_steps_instead_of_averaging_fractions():
+    from openrlhf_tapo.eval.study import tapo_counts
+
+    keys = ("failing_trajectories", "failing_traj_correctable_frac", "failing_calls")
+    keys += ("failing_calls_correctable_frac", "corrected_calls", "mean_transferred_credit")
+    rows = [(4.0, 0.5, 8.0, 0.25, 2.0, 0.3), (0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 2.0, 1.0, 1.0, 0.6)]
+    steps = [{f"tapo/{k}": v for k, v in zip(keys, row, strict=True)} for row in rows]
+    c = tapo_counts(steps)
+    assert c["failing_traj_correctable"] == pytest.approx((2 + 1) / 5)  # averaging fractions would give 0.5
+    assert c["failing_calls_correctable"] == pytest.approx((2 + 2) / 10)
+    assert c["failing_calls_corrected"] == pytest.approx(3 / 10)
+    assert c["transferred_credit"] == pytest.approx((0.3 * 2 + 0.6 * 1) / 3)
+    assert tapo_counts([])["failing_traj_correctable"] == 0.0
