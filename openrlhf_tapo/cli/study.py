@@ -63,16 +63,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def suppress_vision_tokens(model, processor) -> None:
-    """Never sample the vision placeholder tokens: a sampled `<|image_pad|>` has no image behind it and breaks the
-    log-prob forward (M-RoPE finds an image token without an image grid). vLLM users pass `bad_words`; the
-    transformers engine takes the model's generation config (`suppress_tokens`), which this sets."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    names = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in names]
-    model.generation_config.suppress_tokens = [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
-
-
 def prepare(args, out: Path, log):
     """The task and the warm-started initial policy (built once; reused when OUT already has them)."""
     from openrlhf.utils import get_tokenizer
@@ -158,7 +148,6 @@ def run_one(arm: str, seed: int, args, paths, agent_config, processor, warm_dir:
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(1000 + seed)
     actor = load_actor(str(warm_dir))
-    suppress_vision_tokens(actor.model, processor)
     rl = InProcessRL(actor, processor, agent_config, config, warm_dir, run_dir)
     result = rl.train(read_prompt_rows(paths.prompts["train"]), progress=log)
     summary, _ = evaluate(
@@ -267,10 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
         from openrlhf_tapo.task.inprocess import load_actor
         from openrlhf_tapo.task.prepare import read_prompt_rows
-        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args, evaluate
+        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args, evaluate, suppress_vision_tokens
 
         actor = load_actor(str(warm_dir))
-        suppress_vision_tokens(actor.model, processor)
+        suppress_vision_tokens(actor.model)
         oargs = build_openrlhf_args(RLConfig(), warm_dir, out / "warm_args")
         rows = read_prompt_rows(paths.prompts["eval"])
         summary, _ = evaluate(
