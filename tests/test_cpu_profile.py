@@ -1,0 +1,186 @@
+"""The CPU profile (openrlhf_tapo/adapter/cpu_profile.py): each patch, exercised on the real OpenRLHF 0.11.2 code path
+it adapts. The patches change process-wide state, so they run in a fresh interpreter (tests/_cpu_profile_probe.py)
+and the tests here read what it observed. The end-to-end check against a real vllm-cpu engine runs only where
+vllm-cpu is installed (see docs/cpu_profile.md)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openrlhf_tapo.adapter import cpu_profile
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in cpu_profile.CPU_PROFILE_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "_cpu_profile_probe.py")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=REPO,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
+    assert done.returncode == 0 and lines, f"probe failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return json.loads(lines[-1].removeprefix("PROBE_RESULT "))
+
+
+def test_every_patch_applies_once(probe):
+    names = [patch.patch_name for patch in cpu_profile.PATCHES]
+    assert probe["applied"] == names
+    assert probe["applied_again"] == names  # idempotent: a second call changes nothing
+    assert probe["active"] is True
+
+
+def test_profile_environment_and_user_values_win(probe):
+    assert probe["env"]["DS_ACCELERATOR"] == "cpu"
+    assert probe["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert probe["env"]["VLLM_CPU_KVCACHE_SPACE"] == "7"  # set by the user before the profile: kept
+
+
+def test_flash_attn_stub_lets_openrlhf_models_import(probe):
+    assert probe["flash_attn_module"] == "module"
+
+
+def test_cuda_calls_become_cpu(probe):
+    assert probe["current_device"] == "cpu"
+    assert probe["tensor_to_current_device"] == "cpu"
+    assert probe["dynamo_imports"] is True  # one no-op per torch.cuda name, or torch._dynamo refuses to import
+
+
+def test_replay_buffer_targets_cpu_and_restores_current_device(probe):
+    assert probe["replay_buffer_target_device"] == "cpu"
+    assert probe["current_device_after_buffer"] == "cpu"
+
+
+def test_deepspeed_strategy_trains_on_cpu(probe):
+    assert probe["mesh_device_type"] == "cpu"
+    assert probe["dist_backend"] == "gloo"
+    assert probe["all_reduce"] == 3.0  # world of one: the sum is the value
+    assert probe["all_gather"] == [5.0]
+    assert probe["optimizer_class"] == "torch.optim.adamw.AdamW"  # not DeepSpeed's JIT-built FusedAdam
+    assert probe["weights_moved"] > 0
+
+
+def test_weight_sync_group_broadcasts_bf16_over_gloo(probe):
+    assert probe["ppo_actor_sync_fn"] == "gloo_stateless_init_process_group"
+    assert probe["sync_received"] == {"0": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}
+
+
+def test_rollout_actor_starts_vllm_with_cpu_worker_extension(probe):
+    assert probe["worker_extension_cls"] == cpu_profile.CPU_WORKER_EXTENSION
+    assert probe["model_impl"] == "transformers"  # a VLM: vLLM's Transformers backend (no torchvision)
+    assert probe["rollout_actor_bases"] == ["CPURolloutRayActor", "RolloutRayActor", "object"]
+
+
+def test_cpu_worker_wrap_receives_loads_and_repacks(probe):
+    assert probe["worker_wrap_is_openrlhf_subclass"] is True
+    assert probe["weight_kept_after_dispatch"] is True  # vllm-cpu would drop it (remove_weight=True)
+    assert probe["worker_weight_after_sync"] == [[1.5, 1.5], [1.5, 1.5]]
+    # after the last parameter, the kernel is rebuilt once from the NEW weight (sum 4 * 1.5), keeping the weight
+    assert probe["repack_dispatch_calls"] == [[6.0, False]]
+
+
+def test_ray_init_starts_a_cpu_node_and_chains_the_callers_hook(probe):
+    (_, chained), (_, explicit), (_, connect) = probe["ray_init_calls"]
+    assert chained["num_gpus"] >= 2  # fake GPUs: OpenRLHF's {"GPU": 1, "CPU": 1} bundles schedule
+    assert chained["runtime_env"]["worker_process_setup_hook"] == cpu_profile.SETUP_HOOK
+    assert chained["runtime_env"]["env_vars"][cpu_profile.NEXT_SETUP_HOOK_ENV] == "pkg.mod.hook"
+    assert chained["runtime_env"]["env_vars"]["A"] == "1"
+    assert explicit["num_cpus"] == 3  # the caller's explicit value wins
+    assert "num_gpus" not in connect and connect["address"] == "auto"  # joining a cluster: no resources added
+    assert connect["runtime_env"]["worker_process_setup_hook"] == cpu_profile.SETUP_HOOK
+
+
+def test_ray_init_kwargs_fake_gpus_and_chained_hook(monkeypatch):
+    for key in cpu_profile.CPU_PROFILE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    kwargs = cpu_profile.cpu_ray_init_kwargs(
+        runtime_env={"worker_process_setup_hook": "pkg.mod.hook", "env_vars": {"A": "1"}, "working_dir": "/x"}
+    )
+    assert kwargs["num_gpus"] >= 2 and kwargs["num_cpus"] >= 4
+    env = kwargs["runtime_env"]
+    assert env["worker_process_setup_hook"] == cpu_profile.SETUP_HOOK
+    assert env["env_vars"][cpu_profile.NEXT_SETUP_HOOK_ENV] == "pkg.mod.hook"
+    assert env["env_vars"]["A"] == "1" and env["env_vars"]["DS_ACCELERATOR"] == "cpu"
+    assert env["working_dir"] == "/x"  # other runtime_env keys pass through
+    plain = cpu_profile.cpu_ray_init_kwargs()["runtime_env"]["env_vars"]
+    assert cpu_profile.NEXT_SETUP_HOOK_ENV not in plain
+
+
+def test_ray_init_kwargs_rejects_callable_hook():
+    with pytest.raises(TypeError, match="package.module.function"):
+        cpu_profile.cpu_ray_init_kwargs(runtime_env={"worker_process_setup_hook": print})
+
+
+def test_setup_worker_runs_the_next_hook_after_the_profile(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_profile, "apply_cpu_profile", lambda: calls.append("profile"))
+    monkeypatch.setitem(sys.modules, "_cpu_profile_next_hook", type(sys)("_cpu_profile_next_hook"))
+    sys.modules["_cpu_profile_next_hook"].hook = lambda: calls.append("next")
+    monkeypatch.setenv(cpu_profile.NEXT_SETUP_HOOK_ENV, "_cpu_profile_next_hook.hook")
+    cpu_profile.setup_worker()
+    assert calls == ["profile", "next"]
+    monkeypatch.setenv(cpu_profile.NEXT_SETUP_HOOK_ENV, "no_module_part")
+    with pytest.raises(ValueError, match="package.module.function"):
+        cpu_profile.setup_worker()
+
+
+def test_vllm_model_impl_choice(tmp_path, monkeypatch):
+    from transformers import Qwen2_5_VLConfig, Qwen2Config
+
+    monkeypatch.delenv(cpu_profile.MODEL_IMPL_ENV, raising=False)
+    Qwen2Config(hidden_size=32, num_attention_heads=1, num_hidden_layers=1).save_pretrained(tmp_path / "text")
+    Qwen2_5_VLConfig().save_pretrained(tmp_path / "vlm")
+    assert cpu_profile.vllm_model_impl(str(tmp_path / "text")) == "auto"
+    assert cpu_profile.vllm_model_impl(str(tmp_path / "vlm")) == "transformers"
+    monkeypatch.setenv(cpu_profile.MODEL_IMPL_ENV, "vllm")
+    assert cpu_profile.vllm_model_impl(str(tmp_path / "vlm")) == "vllm"
+
+
+def test_checkpoint_names_revert_transformers_renaming():
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1, vocab_size=64)
+    text["num_key_value_heads"] = 1
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=1, out_hidden_size=32)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision))
+    names = cpu_profile.checkpoint_names(model)
+    assert names["model.language_model.embed_tokens.weight"] == "model.embed_tokens.weight"
+    assert names["model.visual.patch_embed.proj.weight"] == "visual.patch_embed.proj.weight"
+    assert len(set(names.values())) == len(names)
+
+
+def _real_vllm_cpu() -> bool:
+    if "vllm" in sys.modules and getattr(sys.modules["vllm"], "__file__", None) is None:
+        return False  # the import stub (tests/conftest.py)
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.skipif(not _real_vllm_cpu(), reason="needs vllm-cpu (docs/cpu_profile.md); CI's venv has the stub")
+def test_vllm_cpu_engine_follows_synced_weights(tmp_path):
+    """A real vllm-cpu engine + CPUWorkerWrap's load/repack: after a sync, vLLM's log-probs match transformers'."""
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "_cpu_profile_vllm_sync.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SYNC_RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-6000:]
+    result = json.loads(lines[-1].removeprefix("SYNC_RESULT "))
+    assert result["hf_change"] > 0.3  # the perturbation moves the model's log-probs a lot
+    assert result["vllm_vs_hf_after"] < 0.05  # and vLLM followed it (bf16 noise only)
