@@ -84,6 +84,7 @@ class ScriptedEngine:
                 "max_tokens": sampling_params.max_tokens,
                 "stop": list(sampling_params.stop or []),
                 "include_stop": getattr(sampling_params, "include_stop_str_in_output", False),
+                "bad_words": list(getattr(sampling_params, "bad_words", None) or []),
                 "images": list((multi_modal_data or {}).get("image", [])),
             }
         )

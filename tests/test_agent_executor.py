@@ -216,6 +216,8 @@ async def test_limits_turns_tokens_and_context(processor, index_dir):
     out = await executor.execute("Q?", "a", params(), MAX_LEN, processor, engine, [picture(3)])
     text = collapsed(processor, out["observation_tokens"])
     assert executor.config.last_turn_notice in text and text.count("<tool_response>\n") == 1
+    # Every turn bans the vision special tokens (a placeholder the policy wrote would have no image behind it).
+    assert all(set(protocol.VISION_SPECIAL_TOKENS) <= set(r["bad_words"]) for r in engine.requests)
     assert out["extra_logs"]["errors/turn_limit"] == 1 and out["extra_logs"]["calls/zoom"] == 1
     assert (out["truncated"], out["reward"]) == (False, 0.0)
 

@@ -119,3 +119,30 @@ def test_hf_engine_follows_vllm_conventions(tiny):
 
     with pytest.raises(ValueError, match="image placeholders"):
         asyncio.run(engine.generate(collapsed, SamplingParams(max_tokens=2), multi_modal_data={"image": [image] * 2}))
+
+
+def test_hf_engine_honours_bad_words(tiny):
+    import copy
+
+    from vllm import SamplingParams
+
+    _, model, processor = tiny
+    tok = processor.tokenizer
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    # A model that prefers <|image_pad|> everywhere: greedy decoding writes it unless it is banned.
+    eager = copy.deepcopy(model)
+    head = torch.nn.Linear(eager.lm_head.in_features, eager.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(eager.lm_head.weight)
+        head.bias.zero_()
+        head.bias[pad] = 1e4
+    eager.lm_head = head
+    engine = HFGenerationEngine(eager, processor)
+    prompt = tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+
+    async def run(**kw):
+        out = await engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0, **kw))
+        return out.outputs[0].token_ids
+
+    assert pad in asyncio.run(run())
+    assert pad not in asyncio.run(run(bad_words=["<|image_pad|>"]))

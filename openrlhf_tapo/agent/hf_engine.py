@@ -142,6 +142,9 @@ class HFGenerationEngine:
         )
         if temperature > 0:
             kwargs.update(temperature=temperature, top_k=top_k if top_k and top_k > 0 else None, top_p=top_p or 1.0)
+        banned = [self.tokenizer.encode(w, add_special_tokens=False) for w in getattr(sp, "bad_words", None) or []]
+        if any(banned):
+            kwargs["bad_words_ids"] = [ids for ids in banned if ids]  # vLLM's `bad_words`, as token sequences
         if stops:
             criteria = _StopOnStrings(self.tokenizer, stops, len(token_ids), _skip_special(sp))
             kwargs["stopping_criteria"] = StoppingCriteriaList([criteria])

@@ -40,6 +40,9 @@ VISION_START = "<|vision_start|>"
 IMAGE_PAD = "<|image_pad|>"
 VISION_END = "<|vision_end|>"
 IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END
+# Tokens the policy must never generate: a placeholder it writes has no image behind it, which breaks the next
+# turn's prompt/image alignment and Qwen-VL's M-RoPE index in the training forward. Passed as vLLM `bad_words`.
+VISION_SPECIAL_TOKENS = (VISION_START, IMAGE_PAD, VISION_END, "<|video_pad|>")
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

@@ -379,7 +379,8 @@ def _load_question_images(refs) -> tuple[list[Image.Image], list[str | None], in
 
 
 def _turn_sampling_params(sampling_params, max_tokens: int, stops: list[str]):
-    """A copy of OpenRLHF's sampling params for one turn: per-turn token limit, our stop strings kept in the output.
+    """A copy of OpenRLHF's sampling params for one turn: per-turn token limit, our stop strings kept in the output,
+    the vision special tokens banned (`bad_words`, tokenised by the engine).
 
     vLLM's SamplingParams derives `output_text_buffer_length` from the stops at construction; with
     `include_stop_str_in_output` the buffer is 0, so it is set directly rather than left stale.
@@ -388,6 +389,8 @@ def _turn_sampling_params(sampling_params, max_tokens: int, stops: list[str]):
     own = getattr(params, "stop", None) or []
     own = [own] if isinstance(own, str) else list(own)
     params.stop = own + [s for s in stops if s not in own]
+    banned = list(getattr(params, "bad_words", None) or [])
+    params.bad_words = banned + [t for t in protocol.VISION_SPECIAL_TOKENS if t not in banned]
     params.include_stop_str_in_output = True
     params.max_tokens = max_tokens
     if hasattr(params, "output_text_buffer_length"):

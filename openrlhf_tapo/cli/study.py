@@ -256,10 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
         from openrlhf_tapo.task.inprocess import load_actor
         from openrlhf_tapo.task.prepare import read_prompt_rows
-        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args, evaluate, suppress_vision_tokens
+        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args, evaluate
 
         actor = load_actor(str(warm_dir))
-        suppress_vision_tokens(actor.model)
         oargs = build_openrlhf_args(RLConfig(), warm_dir, out / "warm_args")
         rows = read_prompt_rows(paths.prompts["eval"])
         summary, _ = evaluate(

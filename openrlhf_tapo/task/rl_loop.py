@@ -196,20 +196,6 @@ def evaluate(executor, rows, processor, engine, args, max_len: int) -> tuple[dic
     return summarize_responses(responses), responses
 
 
-def suppress_vision_tokens(model) -> list[int]:
-    """Never sample the vision placeholder tokens (set in the model's generation config, which `generate` reads).
-
-    A barely trained VLM sometimes writes `<|image_pad|>` itself; a placeholder with no image behind it makes the
-    next turn's prompt disagree with its images and breaks Qwen2.5-VL's M-RoPE index in the training forward. A
-    trained model never writes them, so suppressing them changes nothing else.
-    """
-    config = model.config
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    ids = sorted({getattr(config, n) for n in names if getattr(config, n, None) is not None})
-    model.generation_config.suppress_tokens = ids
-    return ids
-
-
 @dataclass
 class RLResult:
     steps: int
@@ -229,7 +215,6 @@ class InProcessRL:
         self.actor = actor
         self.processor = processor
         self.executor = AgentExecutor(agent_config)
-        suppress_vision_tokens(actor.model)
         self.engine = HFGenerationEngine(actor.model, processor)
         args = self.args
         batch = config.prompts_per_step * config.n_samples_per_prompt
