@@ -155,7 +155,9 @@ def read_mmsearch_parquet(path: str | Path, on_error: str = "raise") -> Rows:
 # ---------------------------------------------------------------------------------------------------------- jsonl
 
 
-def _jsonl_image(ref, base_dir: Path, k: int) -> bytes | str:
+def image_reference(ref, base_dir: Path, k: int) -> bytes | str:
+    """Image `k` of a jsonl row as checked image bytes, or an http(s) URL left as is. `ref` is a path (relative to
+    `base_dir`), a URL, a data URI, a base64 string or `{"bytes": base64}`; anything else raises ValueError."""
     if isinstance(ref, dict) and "bytes" in ref:
         ref = ref["bytes"]
         if not isinstance(ref, str):
@@ -190,7 +192,7 @@ def _jsonl_row(row: dict, base_dir: Path) -> AgentSample:
     return AgentSample(
         question=_text(row.get("question"), "question").replace("<image>", "").strip(),
         answer=_text(row.get("answer"), "answer"),
-        images=[_jsonl_image(ref, base_dir, k) for k, ref in enumerate(refs)],
+        images=[image_reference(ref, base_dir, k) for k, ref in enumerate(refs)],
         candidates=_str_list(row.get("candidates"), "candidates"),
         data_source=str(row.get("data_source") or "default"),
         image_urls=_str_list(row.get("image_urls"), "image_urls"),

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openrlhf_tapo.agent.data import AgentSample, _jsonl_image, read_jsonl, read_mmsearch_parquet
+from openrlhf_tapo.agent.data import AgentSample, image_reference, read_jsonl, read_mmsearch_parquet
 from openrlhf_tapo.agent.reward import parse_label
 
 FORMATS = ("mmsearch_r1", "mmsearch", "infoseek", "simplevqa", "jsonl", "prompts")
@@ -111,7 +111,7 @@ def _image(ref, base_dirs: list[Path], where: str) -> bytes | str:
         if found is not None:
             ref = str(found.resolve())
     try:
-        return _jsonl_image(ref, base_dirs[0], 0)
+        return image_reference(ref, base_dirs[0], 0)
     except ValueError as e:
         raise BenchmarkFormatError(f"{where}: {e} (searched {[str(b) for b in base_dirs]})") from None
 
