@@ -24,6 +24,7 @@ from pathlib import Path
 
 from openrlhf_tapo.agent.data import AgentSample, image_reference, read_jsonl, read_mmsearch_parquet
 from openrlhf_tapo.agent.reward import parse_label
+from openrlhf_tapo.utils.jsonl import iter_json_objects
 
 FORMATS = ("mmsearch_r1", "mmsearch", "infoseek", "simplevqa", "jsonl", "prompts")
 _IMAGE_EXTENSIONS = (".jpg", ".JPEG", ".jpeg", ".png", ".webp")
@@ -67,31 +68,15 @@ def _from_agent_sample(s: AgentSample, index: int) -> EvalSample:
     return EvalSample(str(index), s.question, _golds(s.answer, s.candidates), list(s.images), split=s.data_source)
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkFormatError(f"{path}:{lineno}: expected one JSON object per line")
-            rows.append((lineno, row))
-    return rows
-
-
 def detect_format(path: str | Path) -> str:
     """The format of a benchmark file from its suffix and the keys of its first record."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         return "mmsearch_r1"
-    rows = _read_rows(path)
-    if not rows:
+    first = next(iter_json_objects(path, BenchmarkFormatError), None)
+    if first is None:
         raise BenchmarkFormatError(f"{path}: empty file")
-    keys = set(rows[0][1])
+    keys = set(first[1])
     if "query" in keys and "gt_answer" in keys:
         return "mmsearch"
     if "prompt" in keys and "label" in keys:
@@ -204,7 +189,7 @@ def read_benchmark(path: str | Path, fmt: str | None = None, image_root: str | P
         base_dirs = ([Path(image_root)] if image_root else []) + [path.parent, path.parent / "images"]
         samples = [
             _jsonl_sample(fmt, row, str(row.get("id", row.get("data_id", lineno - 1))), f"{path}:{lineno}", base_dirs)
-            for lineno, row in _read_rows(path)
+            for lineno, row in iter_json_objects(path, BenchmarkFormatError)
         ]
     if not samples:
         raise BenchmarkFormatError(f"{path}: no samples")

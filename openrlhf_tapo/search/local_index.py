@@ -40,6 +40,7 @@ from openrlhf_tapo.search.images import (
     thumbnail,
 )
 from openrlhf_tapo.search.workers import run_cpu
+from openrlhf_tapo.utils.jsonl import iter_json_objects
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +55,10 @@ class CorpusError(ValueError):
 def read_jsonl(path: str | os.PathLike, *, images: bool = False) -> Iterator[dict]:
     """Rows of a jsonl corpus. For an image corpus, an `image` path is resolved relative to the jsonl file."""
     path = Path(path)
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}: line {line_no + 1} is not valid JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise CorpusError(f"{path}: line {line_no + 1} is not a JSON object")
-            if images and isinstance(row.get("image"), str) and decode_base64_image(row["image"]) is None:
-                row["image"] = path.parent / row["image"]
-            yield row
+    for _, row in iter_json_objects(path, CorpusError):
+        if images and isinstance(row.get("image"), str) and decode_base64_image(row["image"]) is None:
+            row["image"] = path.parent / row["image"]
+        yield row
 
 
 def read_parquet(path: str | os.PathLike, *, images: bool = False) -> Iterator[dict]:
