@@ -76,9 +76,6 @@ class AgentConfig:
     last_turn_notice: str = "This was your last tool call: answer now inside <answer></answer>."  # "" = none
     reward: RewardConfig = field(default_factory=RewardConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> AgentConfig:
         data = dict(data or {})

@@ -15,7 +15,6 @@ for OR-queries with common terms. Passage bodies live in SQLite so the index nev
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -356,7 +355,3 @@ class LocalIndexBackend(SearchBackend):
         if not isinstance(image, Image.Image):
             raise SearchBadImage(f"image must be bytes or a PIL image, got {type(image).__name__}")
         return self.index.search_image(image, top_k)
-
-
-def image_to_base64(image: Image.Image, fmt: str = "PNG") -> str:
-    return base64.b64encode(encode_image(image, fmt)).decode("ascii")
