@@ -1,11 +1,19 @@
 """TAPO credit transfer on small hand-computed batches: one test per option, gate, statistic and input check."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from openrlhf_tapo.algorithms.tapo import TAPOConfig, ToolCall, correctable_rate, tapo_correct, trajectory_advantages
+from openrlhf_tapo.algorithms.tapo import (
+    MAX_BLOCK_GROUPS,
+    TAPOConfig,
+    ToolCall,
+    correctable_rate,
+    tapo_correct,
+    trajectory_advantages,
+)
 
 WIDTH = 8
 
@@ -259,6 +267,44 @@ def test_unknown_tool_uses_canonical_json_and_unreadable_params_are_counted():
     out, stats = tapo_correct(adv, _mask(3), [0, 0, 0], [True, False, False], calls, TAPOConfig())
     assert torch.allclose(out[1, :4], torch.full((4,), -0.2)) and torch.equal(out[2], adv[2])
     assert stats["unkeyable_calls"] == 2 and stats["calls_calculator"] == 2
+
+
+def test_failed_calls_are_never_witnesses_and_never_credited(batch):
+    # Row 0's search failed (an error observation): the exact group keeps row 1 only, c = 1/2, Ā = 0.5, so row 2
+    # gets 0.8 * 1 * 0.5 * 0.5 = 0.2. Row 3's zoom failed: it matches row 1's zoom but receives nothing.
+    calls = list(batch.calls)
+    calls[0] = dataclasses.replace(calls[0], succeeded=False)
+    calls[5] = dataclasses.replace(calls[5], succeeded=False)
+    batch.calls = calls
+    out, stats = _run(batch)
+    expected = batch.advantages.clone()
+    expected[2, 0:4] = -1.0 + 0.8 * 1.0 * 0.5 * 0.5
+    assert torch.allclose(out, expected)
+    assert stats["failed_calls"] == 2 and stats["failing_calls"] == 3
+    assert stats["failing_calls_correctable_frac"] == pytest.approx(1 / 3) and stats["corrected_calls"] == 1
+    assert stats["ref_groups"] == 2 and stats["ref_group_size_max"] == 1 and stats["ref_group_support_mean"] == 0.5
+    assert correctable_rate(batch.groups, batch.success, calls, TAPOConfig(theta=0.75))[
+        "failing_calls_correctable_frac"
+    ] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    "witnesses, correctable, dropped", [(MAX_BLOCK_GROUPS, 1.0, 0), (MAX_BLOCK_GROUPS + 1, 0.5, 1)]
+)
+def test_a_block_shared_by_too_many_groups_is_dropped_like_a_stop_word(witnesses, correctable, dropped):
+    # scope=batch, theta 0.3: "photographically y" matches every witness "photographically zK" at Jaccard 1/3
+    # through their one shared block, the long word. Once more than MAX_BLOCK_GROUPS groups share it, that block is
+    # dropped: the fuzzy match is lost, the exact duplicate of "photographically z0" is still found by its hash.
+    queries = [f"photographically z{k}" for k in range(witnesses)] + ["photographically y", "photographically z0"]
+    calls = [_call(i, "text_search", {"query": q}) for i, q in enumerate(queries)]
+    adv = _rows(*([1.0] * witnesses + [-1.0, -1.0]))
+    success = [True] * witnesses + [False, False]
+    config = TAPOConfig(scope="batch", theta=0.3, alpha_min=0.0)
+    out, stats = tapo_correct(adv, _mask(len(queries)), list(range(len(queries))), success, calls, config)
+    assert stats["failing_calls_correctable_frac"] == correctable and stats["dropped_blocks"] == dropped
+    assert torch.allclose(out[-1, :4], torch.full((4,), -1.0 + 0.8 / witnesses))
+    fuzzy_credit = 0.8 * (1 / 3) * (1 / witnesses) if dropped == 0 else 0.0
+    assert torch.allclose(out[-2, :4], torch.full((4,), -1.0 + fuzzy_credit))
 
 
 def test_identity_cases(batch):

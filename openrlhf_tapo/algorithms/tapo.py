@@ -12,13 +12,15 @@ Definitions (B trajectories, T advantage columns):
 - Scope of trajectory i: its group (`scope="group"`) or the whole batch (`scope="batch"`). Tools whose similarity
   is `prompt_local` (image refs such as img_0 name different images in different prompts) always use the group.
 - Reference group g: the calls of successful trajectories in one scope with the same tool and the same
-  equivalence key (`similarity.key(params)`, hashed). Support c_g = (# successful trajectories in scope with a
+  equivalence key (`similarity.key(params)`, hashed). A call whose execution failed (`ToolCall.succeeded` False) is
+  in no group and is never matched. Support c_g = (# successful trajectories in scope with a
   call in g) / (# successful trajectories in scope); reference advantage Ā_g = mean A_j over those trajectories.
   With `turn_window` / `obs_check` only witness calls passing those checks count (c_g and Ā_g are then computed
   for each failing call from the witnesses that qualify for it).
 - Match of a failing call k: m_k = max over groups g (same scope, same tool, >= 1 qualifying witness) of
   sim(p_k, p_g); ties go to the larger c_g, then the larger Ā_g. The exact key is a dict lookup (m = 1); fuzzy
-  groups are found through the similarity's blocks (inverted index), only within the scope and tool.
+  groups are found through the similarity's blocks (inverted index), only within the scope and tool, leaving out
+  blocks shared by more than MAX_BLOCK_GROUPS groups (stop words: the cost stays linear in the calls).
 - Correctable: m_k >= theta, i.e. a qualifying witness at similarity >= theta exists. A failing trajectory is
   correctable when one of its calls is.
 - Gate and correction: a correctable call is corrected when confidence m_k * c_g >= alpha_min and the credit
@@ -31,7 +33,9 @@ Statistics (python floats, all present on every call; fractions are 0 when their
 - trajectories, successful_trajectories, failing_trajectories: counts.
 - num_calls: tool calls given; calls_<tool>: calls per tool name; unkeyable_calls: calls the matcher read (those
   of successful and failing trajectories in scopes holding both) whose parameters the tool's similarity could not
-  key (such a call is never matched).
+  key (such a call is never matched); failed_calls: calls whose execution failed (`ToolCall.succeeded` False),
+  never witnesses and never corrected; dropped_blocks: fuzzy blocks left out of the inverted index because more
+  than MAX_BLOCK_GROUPS reference groups share them.
 - failing_calls: calls made by failing trajectories.
 - failing_traj_correctable_frac / failing_calls_correctable_frac: share of failing trajectories / failing calls
   that are correctable (the paper's "over half" numbers).
@@ -47,6 +51,8 @@ Statistics (python floats, all present on every call; fractions are 0 when their
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +87,9 @@ class ToolCall:
     turn_span: tuple[int, int]  # half-open column range of the whole assistant turn that made the call
     turn: int  # 0-based assistant-turn index within the trajectory
     observation: str = ""  # text of the tool response that came back
+    # False when the call's execution failed (its observation is the tools' error text): parameter determinism does
+    # not hold for it, so it is never a witness and never receives credit.
+    succeeded: bool = True
 
 
 def _default_similarity() -> dict[str, str]:
@@ -187,6 +196,14 @@ class _Match:
     ref_adv: float
 
 
+# A fuzzy block (a query token, an image ref) shared by more reference groups than this, in one scope and tool, is
+# dropped from the inverted index, like a stop word: it says little about which group a call matches, and under
+# scope="batch" it is what makes matching quadratic (every call sharing it would be compared with every group
+# holding it). Within one prompt group a block holds at most n_samples x turns groups (8 x 10 = 80 in the usual
+# setup), so group-scope matching is unaffected; a fuzzy match is lost only when every block the two calls share is
+# dropped (exact matches are hashed and never lost). Bounds the fuzzy comparisons of one call by this x its blocks.
+MAX_BLOCK_GROUPS = 128
+
 _WHOLE_BATCH = object()  # scope key of scope="batch" (a group id can be any hashable, None included)
 
 
@@ -218,7 +235,7 @@ class _Matcher:
         self.block_index: dict[tuple, list[_RefGroup]] = {}
         for c, call in enumerate(calls):
             i = call.traj
-            if not (success[i] or failing[i]):
+            if not (success[i] or failing[i]) or not call.succeeded:
                 continue
             sim = self.sims.get(call.tool)
             if sim is None:
@@ -243,6 +260,10 @@ class _Matcher:
                         self.block_index.setdefault((scope, call.tool, block), []).append(group)
             group.trajs.add(i)
             group.witnesses.append((i, call.turn, c))
+        crowded = [block for block, groups in self.block_index.items() if len(groups) > MAX_BLOCK_GROUPS]
+        for block in crowded:
+            del self.block_index[block]
+        self.dropped_blocks = len(crowded)
         for (scope, _, _), group in self.groups.items():
             group.support, group.ref_adv = self._stats(group.trajs, scope)
 
@@ -333,16 +354,36 @@ def _base_stats(calls: Sequence[ToolCall], success: list[bool], failing: list[bo
         "successful_trajectories": float(sum(success)),
         "failing_trajectories": float(sum(failing)),
         "num_calls": float(len(calls)),
+        "failed_calls": float(sum(not call.succeeded for call in calls)),
     }
     for call in calls:
         stats[f"calls_{call.tool}"] = stats.get(f"calls_{call.tool}", 0.0) + 1.0
     return stats
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    """Pause Python's cyclic garbage collector (restored on exit, also on error).
+
+    The matcher allocates a few containers per call and per reference group, none of them in a reference cycle
+    (reference counting frees them). With the collector on, those allocations trigger collections that traverse
+    the whole heap again and again, which made matching grow faster than the batch (x10 for a x8 batch, x7-8 with
+    the collector paused; benchmarks/bench_tapo.py). The pause covers one matching pass: tens of milliseconds.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _match_failing_calls(calls, group_ids, success, failing, traj_adv, config):
-    matcher = _Matcher(calls, group_ids, success, failing, traj_adv, config)
-    failing_calls = [c for c, call in enumerate(calls) if failing[call.traj]]
-    matches = {c: m for c in failing_calls if (m := matcher.best_match(c)) is not None}
+    with _cyclic_gc_paused():
+        matcher = _Matcher(calls, group_ids, success, failing, traj_adv, config)
+        failing_calls = [c for c, call in enumerate(calls) if failing[call.traj]]
+        matches = {c: m for c in failing_calls if (m := matcher.best_match(c)) is not None}
     return matcher, failing_calls, matches
 
 
@@ -435,6 +476,7 @@ def tapo_correct(
     groups = list(matcher.groups.values())
     stats.update(
         unkeyable_calls=float(matcher.unkeyable),
+        dropped_blocks=float(matcher.dropped_blocks),
         failing_calls=float(len(failing_calls)),
         failing_traj_correctable_frac=_frac(len({calls[c].traj for c in matches}), failing_trajs),
         failing_calls_correctable_frac=_frac(len(matches), len(failing_calls)),
