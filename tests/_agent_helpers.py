@@ -4,6 +4,7 @@
 - `ScriptedEngine`: the vLLM `generate` contract, answering each turn with the next scripted text (exact
   multi-turn checks independent of a model), honouring `max_tokens` and stop strings like vLLM.
 - `make_index` / `runner_for`: a small real LocalIndex and ToolRunner.
+- `LookupTool`: a custom tool, enabled in an agent YAML as `_agent_helpers:LookupTool` (tests/ is on sys.path).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 from openrlhf_tapo.agent.hf_engine import CompletionOutput, Logprob, RequestOutput
 from openrlhf_tapo.agent.protocol import DEFAULT_INSTRUCTIONS
 from openrlhf_tapo.task.tiny_model import build_tiny_vlm
+from openrlhf_tapo.tools.base import Tool, ToolArgumentError, ToolResult, check_keys
 
 CORPUS = [
     '<tool_call>{"name": "text_search", "arguments": {"query": "Eiffel Tower height"}}</tool_call>',
@@ -99,3 +101,26 @@ class ScriptedEngine:
             [{t: Logprob(-0.5)} for t in tokens] if getattr(sampling_params, "logprobs", None) is not None else None
         )
         return RequestOutput(list(prompt_token_ids), [CompletionOutput(0, text, tokens, finish, None, logprobs)])
+
+
+class LookupTool(Tool):
+    """lookup {"key": str}: a tool outside the built-in ones; its canonical form lower-cases and strips the key."""
+
+    name = "lookup"
+    description = "Look a key up in a fixed table."
+    cacheable = False
+
+    def __init__(self, *, backend, config):
+        self.config = config
+
+    def parameters_schema(self) -> dict:
+        return {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}
+
+    def canonicalize(self, arguments: dict) -> dict:
+        key = check_keys(arguments, self.name, ("key",))["key"]
+        if not isinstance(key, str) or not key.strip():
+            raise ToolArgumentError("lookup: 'key' must be a non-empty string")
+        return {"key": key.strip().lower()}
+
+    async def execute(self, params: dict, ctx) -> ToolResult:
+        return ToolResult(text=f"{params['key']} = 42")

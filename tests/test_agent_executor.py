@@ -15,6 +15,7 @@ from openrlhf.utils.vlm_utils import dedup_media_tokens, process_prompt_with_ima
 from PIL import Image
 from vllm import SamplingParams
 
+from openrlhf_tapo.adapter.trajectory import ToolCallRecovery
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.rollout import ERROR_KINDS, AgentExecutor
@@ -26,6 +27,30 @@ from openrlhf_tapo.tools.runner import build_tool_runner
 MAX_LEN = 4096
 SEARCH = '<tool_call>{"name": "text_search", "arguments": {"query": "Eiffel Tower"}}</tool_call>'
 ZOOM = '<tool_call>{"name": "zoom", "arguments": {"image": "img_0", "bbox": [0, 0, 500, 500]}}</tool_call>'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def records_from_tokens_equal_records_from_rollout():
+    """Every trajectory any test of this file makes: the tool calls the TAPO stage rebuilds from OpenRLHF's tensors
+    (with the run's tools config) equal the records the rollout built while it ran them. Module-scoped so that the
+    hypothesis test is checked too; yields how many trajectories were checked and how many calls they held."""
+    execute = AgentExecutor.execute
+    checked = {"trajectories": 0, "calls": 0}
+
+    async def checked_execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
+        out = await execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images)
+        exp = SamplesGenerator._process_response_into_experience(None, out, max_len=max_length)
+        recovery = ToolCallRecovery(hf_tokenizer, self.config.tools)
+        recovered = recovery.recover(exp.sequences, exp.action_mask, exp.attention_mask)
+        assert recovered.calls == out["tool_calls"]
+        checked["trajectories"] += 1
+        checked["calls"] += len(out["tool_calls"])
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AgentExecutor, "execute", checked_execute)
+        yield checked
+    assert checked["trajectories"] > 0 and checked["calls"] > 0
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +217,37 @@ async def test_bad_calls_become_error_observations_and_are_counted(processor, in
     assert "502" in responses[5]
     # searched (text_search was called) + correct, format broken: 0.9 * 1 * 0.9 + 0
     assert out["reward"] == pytest.approx(0.81)
+
+
+async def test_custom_tools_raised_limits_and_failed_calls_are_recorded_as_tapo_reads_them(processor, index_dir):
+    tools = {
+        "enabled": ["text_search", "_agent_helpers:LookupTool"],
+        "max_calls_per_tool": 1,
+        "text_search": {"max_query_chars": 2000},
+    }
+    executor = agent(index_dir, tools=tools)
+    long_query = "Eiffel Tower height " * 40  # 800 characters: over the default limit of 512, under this run's
+    lookup = '<tool_call>{{"name": "lookup", "arguments": {{"key": "{}"}}}}</tool_call>'
+    search = json.dumps({"name": "text_search", "arguments": {"query": long_query}})
+    turns = [lookup.format(" Paris "), f"<tool_call>{search}</tool_call>", lookup.format("Rome"), "<answer>x</answer>"]
+    engine = ScriptedEngine(processor, turns)
+    out = await executor.execute("Q?", "x", params(), MAX_LEN, processor, engine, [picture(4)])
+
+    records = out["tool_calls"]
+    assert [(r.traj, r.turn, r.tool, dict(r.params), r.succeeded) for r in records] == [
+        (0, 0, "lookup", {"key": "paris"}, True),
+        (0, 1, "text_search", {"query": long_query.strip()}, True),
+        (0, 2, "lookup", {"key": "rome"}, False),  # the second lookup hit max_calls_per_tool
+    ]
+    assert records[0].observation == "paris = 42" and records[1].observation.startswith("1. Eiffel Tower")
+    assert records[2].observation.startswith("Error: ") and out["extra_logs"]["errors/call_limit"] == 1
+    # Spans in OpenRLHF's columns: action_mask[j] is token j + 1, so turn k's columns are its action range - 1.
+    for record, (start, end) in zip(records, out["action_ranges"], strict=False):
+        assert record.turn_span == (start - 1, end - 1) and record.call_span == record.turn_span
+    # With the tools' defaults (no custom tool, 512 characters) the TAPO stage would have lost all three calls.
+    exp = SamplesGenerator._process_response_into_experience(None, out, max_len=MAX_LEN)
+    defaults = ToolCallRecovery(processor).recover(exp.sequences, exp.action_mask, exp.attention_mask)
+    assert defaults.calls == [] and defaults.invalid_calls == [3]
 
 
 async def test_undecodable_question_image_and_bad_label_do_not_raise(processor, index_dir):

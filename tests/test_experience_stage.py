@@ -17,6 +17,7 @@ Defaults beta 0.8, theta 0.8, alpha_min 0.25, scope group, span turn:
 """
 
 import copy
+import json
 import math
 from types import SimpleNamespace
 
@@ -29,6 +30,7 @@ from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
 from openrlhf_tapo.adapter.trajectory import turn_spans
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
+from openrlhf_tapo.tools.base import error_text
 
 N = 4
 EIFFEL = call("text_search", '{"query": "eiffel tower height"}')
@@ -76,8 +78,9 @@ def openrlhf_args():
     }
 
 
-def _maker(args, **tapo):
+def _maker(args, agent_config=None, **tapo):
     args = copy.deepcopy(args)
+    args.agent = SimpleNamespace(config=agent_config)
     args.tapo = tapo_namespace(enable=tapo.pop("enable", True), config=TAPOConfig(**tapo))
     return TAPOExperienceMaker(
         None, None, None, None, SimpleNamespace(value=0.0), SimpleNamespace(args=args), tokenizer()
@@ -182,6 +185,45 @@ def test_info_holds_per_sample_diagnostics(openrlhf_args):
     delta = torch.cat([exps[b].info["tapo/advantage_delta"] for b in batches])
     assert delta[[0, 1, 3, 4, 5, 7]].tolist() == [0.0] * 6
     assert delta[2] > 0 and delta[6] > 0
+
+
+def test_calls_are_read_with_the_runs_agent_config_and_failed_calls_get_no_credit(openrlhf_args, tmp_path):
+    # The run's YAML enables a custom tool and raises the query limit; the stage must read calls as the rollout ran
+    # them. Group 0: t0's lookup witnesses t2's (exact_json, support 1/2, Ā = H). Group 1: t5 witnesses t6's long
+    # search (support 1, Ā = 1.5: corrected to 0); t4 made the same search but it failed, t5's zoom failed so it
+    # is no witness for t7's.
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "tools:\n  enabled: [text_search, zoom, '_agent_helpers:LookupTool']\n  text_search: {max_query_chars: 2000}\n"
+    )
+    lookup = call("lookup", '{"key": "Paris"}')
+    long_search = call("text_search", json.dumps({"query": "eiffel tower height " * 40}))
+    failed = error_text("text_search took longer than 60 s; try again")
+    answer = ("<answer>330 m</answer>", None)
+    responses = [
+        response([(lookup, "paris = 42"), answer], 1.0),
+        response([answer], 1.0),
+        response([(call("lookup", '{"key": " paris"}'), "paris = 42"), answer], 0.0),
+        response([answer], 0.0),
+        response([(long_search, failed), answer], 0.0),
+        response([(long_search, "1. Eiffel Tower"), (ZOOM, error_text("zoom failed")), answer], 1.0),
+        response([(long_search, "1. Eiffel Tower"), answer], 0.0),
+        response([(ZOOM, "[img_1] zoomed"), answer], 0.0),
+    ]
+    maker = _maker(openrlhf_args["group_norm"], agent_config=str(config))
+    batches = experiences(maker, responses)
+    base = rows(super(TAPOExperienceMaker, maker).compute_advantages_and_returns(copy.deepcopy(batches)))
+    out = rows(maker.compute_advantages_and_returns(batches))
+    changed = {2: (_first_turn(*out[2]), -H + 0.8 * 0.5 * H), 6: (_first_turn(*out[6]), 0.0)}
+    _expect_unchanged_except(base, out, changed)
+    exp, _ = out[0]
+    assert exp.info["tapo/failed_calls"][0] == 2 and exp.info["tapo/calls_lookup"][0] == 2
+    assert torch.cat([e.info["tapo/tool_calls"][[r]] for e, r in out]).tolist() == [1, 0, 1, 0, 1, 2, 1, 1]
+
+    # With the tools' defaults the lookups and the long searches are invalid: nothing is corrected.
+    default_maker = _maker(openrlhf_args["group_norm"])
+    out = rows(default_maker.compute_advantages_and_returns(experiences(default_maker, responses)))
+    _expect_unchanged_except(base, out, {})
 
 
 def test_tapo_off_is_openrlhf(openrlhf_args):

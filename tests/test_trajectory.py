@@ -6,7 +6,8 @@ import pytest
 import torch
 from _tapo_rollouts import call, decode_columns, experiences, response, rows, tokenizer
 
-from openrlhf_tapo.adapter.trajectory import Decoder, TokenText, ToolCallRecovery, observation_text, turn_spans
+from openrlhf_tapo.adapter.trajectory import ToolCallRecovery, turn_spans
+from openrlhf_tapo.agent.call_record import Decoder, TokenText, observation_text
 
 EIFFEL = call("text_search", '{"query": "Eiffel  tower height"}')
 ZOOM = call("zoom", '{"image": "img_0", "bbox": [100, 100, 500, 600]}')

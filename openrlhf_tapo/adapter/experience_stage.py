@@ -13,7 +13,10 @@ Inputs TAPO needs, and where they come from:
   so group = index // n_samples_per_prompt (how OpenRLHF's own group baselines reshape the rewards);
 - success: `experience.scores` (the agent's correctness score) >= `tapo.success_threshold`; an experience without
   scores falls back to its raw reward, with a warning;
-- advantages / action mask: the (B, A) tensors OpenRLHF just computed, padded to one width across micro-batches.
+- advantages / action mask: the (B, A) tensors OpenRLHF just computed, padded to one width across micro-batches;
+- tool calls: rebuilt from the tokens (adapter/trajectory.py) with the tools of the run's agent YAML
+  (`args.agent.config`, else `$OPENRLHF_TAPO_AGENT_CONFIG`), so custom tools and raised limits count as in the
+  rollout; calls whose execution failed are flagged and logged as `tapo/failed_calls`.
 `returns` are left as OpenRLHF computed them (no critic reads them with the supported estimators).
 
 Diagnostics go into `info` as per-sample float tensors (OpenRLHF's actor averages `info` over samples when it logs, and
@@ -38,6 +41,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
 from openrlhf_tapo.adapter.config import check_tapo_compatible, tapo_config_from_args
 from openrlhf_tapo.adapter.trajectory import RecoveredCalls, ToolCallRecovery
+from openrlhf_tapo.agent.config import load_agent_config
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, tapo_correct
 
 logger = logging.getLogger(__name__)
@@ -118,7 +122,10 @@ class TAPOExperienceMaker(RemoteExperienceMaker):
         if self.tapo_config is not None:
             check_tapo_compatible(self.args)
             self.tapo_config.validate()
-            self.tool_call_recovery = ToolCallRecovery(self.tokenizer)
+            # The run's own agent YAML (--agent.config; else $OPENRLHF_TAPO_AGENT_CONFIG, which the launcher exports
+            # to every worker; else the defaults): calls are canonicalised with the tools and limits the rollout ran.
+            agent_config = load_agent_config(getattr(getattr(self.args, "agent", None), "config", None))
+            self.tool_call_recovery = ToolCallRecovery(self.tokenizer, agent_config.tools)
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences: list[Experience]) -> list[Experience]:

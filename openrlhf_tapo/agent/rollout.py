@@ -15,6 +15,9 @@ One trajectory (token in, token out; see protocol.py for the text format):
    training as `mm_train_inputs`, accumulated in placeholder order.
 4. The reward (reward.py) is computed from the answer, the label and the format; `extra_logs` hold per-trajectory
    counts with the same keys for every trajectory (OpenRLHF stacks them per key across the batch).
+5. Every call the model made gets its record (`tool_calls` in the result: `ToolCall`s with `traj = 0`), built by
+   `call_record.turn_records` from the turn's tokens and the response appended after it: the same code the TAPO
+   stage rebuilds them with from OpenRLHF's tensors. OpenRLHF ignores the key; tests and offline tools read it.
 
 Nothing the model writes, no tool or backend failure and no undecodable image makes `execute` raise: the model
 reads an error observation and the failure is counted. Engine errors and a prompt that cannot fit `max_length`
@@ -33,10 +36,12 @@ from openrlhf.utils.vlm_utils import accumulate_mm_inputs, load_images, process_
 from PIL import Image
 
 from openrlhf_tapo.agent import protocol
+from openrlhf_tapo.agent.call_record import Decoder, turn_records
 from openrlhf_tapo.agent.config import AgentConfig, load_agent_config
 from openrlhf_tapo.agent.reward import Label, LLMJudge, compute_reward, parse_label
+from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.search.workers import run_cpu
-from openrlhf_tapo.tools.base import ToolContext, ToolOutput
+from openrlhf_tapo.tools.base import ToolContext, ToolOutput, error_text
 from openrlhf_tapo.tools.runner import ToolRunner, build_tool_runner
 
 logger = logging.getLogger(__name__)
@@ -82,7 +87,9 @@ class _Trajectory:
     pil_images: list[Image.Image]
     mm_train_inputs: dict | None
     ctx: ToolContext
+    decoder: Decoder
     action_ranges: list[tuple[int, int]] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     answer: str | None = None
     format_ok: bool = True
@@ -163,6 +170,7 @@ class AgentExecutor(AgentExecutorBase):
             pil_images=list(pil),
             mm_train_inputs=mm_train_inputs,
             ctx=ctx,
+            decoder=Decoder(hf_tokenizer),
         )
         traj.counts["errors/question_image"] += failed
 
@@ -193,7 +201,7 @@ class AgentExecutor(AgentExecutorBase):
         if traj.log_probs is not None:
             traj.log_probs.extend(_action_log_probs(action, output.logprobs))
 
-        text = tokenizer.decode(action, skip_special_tokens=False)
+        text = traj.decoder.decode(action)  # exactly what the TAPO stage will parse
         calls = protocol.parse_tool_calls(text)
         answer_end = text.find(protocol.ANSWER_CLOSE)
         answer = protocol.parse_answer(text[: answer_end + len(protocol.ANSWER_CLOSE)]) if answer_end >= 0 else None
@@ -212,6 +220,7 @@ class AgentExecutor(AgentExecutorBase):
         if turn == cfg.max_turns - 1:
             traj.format_ok = False
             traj.counts["errors/turn_limit"] += 1
+            self._record_calls(traj, turn, start, action, text, calls, "")
             return True
 
         result = await self._call_tool(call, traj.ctx, cfg.max_tokens_per_turn)
@@ -220,7 +229,25 @@ class AgentExecutor(AgentExecutorBase):
             traj.format_ok = False
         notice = cfg.last_turn_notice if turn == cfg.max_turns - 2 else ""
         ended_turn = bool(action) and action[-1] == tokenizer.convert_tokens_to_ids(protocol.IM_END)
-        return not await self._append_response(traj, result, notice, ended_turn, max_length, hf_tokenizer, tokenizer)
+        response = await self._append_response(traj, result, notice, ended_turn, max_length, hf_tokenizer, tokenizer)
+        self._record_calls(traj, turn, start, action, text, calls, response or "")
+        return response is None
+
+    def _record_calls(self, traj: _Trajectory, turn: int, start: int, action, text, calls, response: str) -> None:
+        """The records of this turn's calls; the turn's advantage columns are its token range shifted by one
+        (OpenRLHF's action_mask[j] is token j + 1)."""
+        records, _ = turn_records(
+            traj.decoder,
+            0,
+            turn,
+            (start - 1, start - 1 + len(action)),
+            action,
+            text,
+            calls,
+            self.runner.canonical_params,
+            lambda: response,
+        )
+        traj.tool_calls.extend(records)
 
     async def _call_tool(self, call: protocol.ParsedToolCall, ctx: ToolContext, turn_limit: int) -> ToolOutput:
         if call.error == protocol.UNCLOSED:
@@ -239,7 +266,7 @@ class AgentExecutor(AgentExecutorBase):
                 return await self.runner.call(call.name, call.arguments, ctx)
             except Exception as err:  # the runner never raises; this keeps the rollout alive if that breaks
                 logger.exception("tool runner raised for %s", call.name)
-                return ToolOutput(text=protocol.format_error("internal", f"{type(err).__name__}"), error="internal")
+                return ToolOutput(text=error_text(f"{call.name} failed ({type(err).__name__})"), error="internal")
         return ToolOutput(text=protocol.format_error(call.error, message), error=call.error)
 
     def _count_call(self, traj: _Trajectory, call: protocol.ParsedToolCall, result: ToolOutput) -> None:
@@ -256,8 +283,11 @@ class AgentExecutor(AgentExecutorBase):
         elif tool is not None and tool.cacheable and self.runner.cache is not None:
             counts["cache_hits" if result.cached else "cache_misses"] += 1
 
-    async def _append_response(self, traj, result, notice, ended_turn, max_length, hf_tokenizer, tokenizer) -> bool:
-        """Append the tool response turn; False when it cannot fit (the trajectory then ends, truncated)."""
+    async def _append_response(
+        self, traj, result, notice, ended_turn, max_length, hf_tokenizer, tokenizer
+    ) -> str | None:
+        """Append the tool response turn and return its text; None when it cannot fit (the trajectory then ends,
+        truncated)."""
         vision = hasattr(hf_tokenizer, "image_processor")
         images = list(result.images) if vision else []
         body = result.text
@@ -283,7 +313,7 @@ class AgentExecutor(AgentExecutorBase):
                 traj.pil_images.extend(pil)
                 traj.mm_train_inputs = accumulate_mm_inputs(traj.mm_train_inputs, mm)
                 traj.counts["images_added"] += len(pil)
-                return True
+                return text
             traj.counts["errors/context_limit"] += 1
             traj.counts["errors"] += 1
             if not images:
@@ -291,7 +321,7 @@ class AgentExecutor(AgentExecutorBase):
             images, body = [], body + "\n(images not shown: the context length limit is reached)"
         traj.truncated = True
         traj.format_ok = False
-        return False
+        return None
 
     async def _finish(self, traj: _Trajectory, prompt, label, images) -> dict:
         cfg = self.config
@@ -338,6 +368,7 @@ class AgentExecutor(AgentExecutorBase):
             "scores": result.score,
             "truncated": traj.truncated,
             "extra_logs": extra_logs,
+            "tool_calls": traj.tool_calls,
         }
 
 

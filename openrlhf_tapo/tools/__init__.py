@@ -12,7 +12,7 @@ from openrlhf_tapo.tools.base import (
 )
 from openrlhf_tapo.tools.cache import ToolCache
 from openrlhf_tapo.tools.config import BackendConfig, CacheConfig, ToolsConfig
-from openrlhf_tapo.tools.runner import ToolRunner, build_tool_runner, canonical_params
+from openrlhf_tapo.tools.runner import ToolRunner, build_tool_runner, canonical_params, canonicalizer
 
 __all__ = [
     "BackendConfig",
@@ -29,4 +29,5 @@ __all__ = [
     "ToolsConfig",
     "build_tool_runner",
     "canonical_params",
+    "canonicalizer",
 ]

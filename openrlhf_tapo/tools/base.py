@@ -46,6 +46,20 @@ class ToolLimitError(ToolError):
     kind = "call_limit"
 
 
+ERROR_PREFIX = "Error: "
+
+
+def error_text(message: str) -> str:
+    """The observation of a failed call: what the model reads, and what `is_error_text` recognises in a transcript
+    (the TAPO stage tells failed calls from the tokens this way). A tool's successful text must not start so."""
+    return ERROR_PREFIX + message
+
+
+def is_error_text(observation: str) -> bool:
+    """Whether an observation (as written by `error_text`, possibly truncated after the prefix) reports a failure."""
+    return observation.startswith(ERROR_PREFIX)
+
+
 # ---- data ---------------------------------------------------------------------------------------------------
 @dataclass
 class ToolContext:

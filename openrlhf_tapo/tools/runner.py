@@ -19,7 +19,15 @@ from PIL import Image
 
 from openrlhf_tapo.search.base import SearchBackend, SearchError
 from openrlhf_tapo.search.workers import run_cpu
-from openrlhf_tapo.tools.base import Tool, ToolArgumentError, ToolContext, ToolError, ToolOutput, ToolResult
+from openrlhf_tapo.tools.base import (
+    Tool,
+    ToolArgumentError,
+    ToolContext,
+    ToolError,
+    ToolOutput,
+    ToolResult,
+    error_text,
+)
 from openrlhf_tapo.tools.cache import ToolCache
 from openrlhf_tapo.tools.config import ToolsConfig
 from openrlhf_tapo.tools.image_search import ImageSearchTool
@@ -148,7 +156,7 @@ class ToolRunner:
 
     def _error(self, kind: str, message: str, params: dict | None) -> ToolOutput:
         return ToolOutput(
-            text=truncate(f"Error: {message}", self.config.max_observation_chars), error=kind, params=params
+            text=truncate(error_text(message), self.config.max_observation_chars), error=kind, params=params
         )
 
     async def close(self) -> None:
@@ -275,14 +283,20 @@ def build_tool_runner(config: ToolsConfig | dict | None = None, backend: SearchB
     return ToolRunner([cls(backend=backend, config=config) for cls in classes], config, cache)
 
 
+def canonicalizer(config: ToolsConfig | None = None) -> ToolRunner:
+    """A runner of the tools `config` enables (custom ones included, with its limits), built without backend or cache:
+    for `canonical_params` only, the canonicalisation the rollout's runner applies (the TAPO stage uses it)."""
+    config = config or ToolsConfig()
+    return ToolRunner(build_tools(config, backend=None), config)
+
+
 _DEFAULT_RUNNER: ToolRunner | None = None
 
 
 def canonical_params(name: str, arguments) -> dict | None:
     """The canonical parameters of a call to a built-in tool with default settings, or None when the
-    arguments do not validate (the TAPO stage compares calls with this; no backend is built)."""
+    arguments do not validate (no backend is built)."""
     global _DEFAULT_RUNNER
     if _DEFAULT_RUNNER is None:
-        config = ToolsConfig()
-        _DEFAULT_RUNNER = ToolRunner([cls(backend=None, config=config) for cls in TOOL_CLASSES.values()], config)
+        _DEFAULT_RUNNER = canonicalizer()
     return _DEFAULT_RUNNER.canonical_params(name, arguments)
