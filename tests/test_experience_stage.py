@@ -29,6 +29,7 @@ from openrlhf_tapo.adapter.config import TAPOConfigError, check_tapo_compatible,
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
 from openrlhf_tapo.adapter.trajectory import turn_spans
+from openrlhf_tapo.agent.config import load_agent_config
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.tools.base import error_text
 
@@ -219,6 +220,17 @@ def test_calls_are_read_with_the_runs_agent_config_and_failed_calls_get_no_credi
     exp, _ = out[0]
     assert exp.info["tapo/failed_calls"][0] == 2 and exp.info["tapo/calls_lookup"][0] == 2
     assert torch.cat([e.info["tapo/tool_calls"][[r]] for e, r in out]).tolist() == [1, 0, 1, 0, 1, 2, 1, 1]
+
+    # The in-process driver hands its AgentConfig over directly: same reading.
+    args = copy.deepcopy(maker.args)
+    args.agent.config = None
+    direct = TAPOExperienceMaker(
+        None, None, None, None, SimpleNamespace(value=0.0), SimpleNamespace(args=args), tokenizer(),
+        agent_config=load_agent_config(config),
+    )  # fmt: skip
+    _expect_unchanged_except(
+        base, rows(direct.compute_advantages_and_returns(experiences(direct, responses))), changed
+    )
 
     # With the tools' defaults the lookups and the long searches are invalid: nothing is corrected.
     default_maker = _maker(openrlhf_args["group_norm"])

@@ -41,7 +41,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
 from openrlhf_tapo.adapter.config import check_tapo_compatible, tapo_config_from_args
 from openrlhf_tapo.adapter.trajectory import RecoveredCalls, ToolCallRecovery
-from openrlhf_tapo.agent.config import load_agent_config
+from openrlhf_tapo.agent.config import AgentConfig, load_agent_config
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, tapo_correct
 
 logger = logging.getLogger(__name__)
@@ -116,15 +116,18 @@ def apply_tapo(
 class TAPOExperienceMaker(RemoteExperienceMaker):
     """OpenRLHF's experience maker with the TAPO stage after its advantage computation (see the module doc)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, agent_config: AgentConfig | None = None, **kwargs):
+        """OpenRLHF's arguments; `agent_config` is the run's agent configuration when the caller holds it (the
+        in-process driver). Otherwise it is the YAML of `--agent.config` (`args.agent.config`), else the file
+        $OPENRLHF_TAPO_AGENT_CONFIG names (the launcher exports it to every worker), else the defaults: calls are
+        canonicalised with the tools and limits the rollout ran with."""
         super().__init__(*args, **kwargs)
         self.tapo_config = tapo_config_from_args(self.args)
         if self.tapo_config is not None:
             check_tapo_compatible(self.args)
             self.tapo_config.validate()
-            # The run's own agent YAML (--agent.config; else $OPENRLHF_TAPO_AGENT_CONFIG, which the launcher exports
-            # to every worker; else the defaults): calls are canonicalised with the tools and limits the rollout ran.
-            agent_config = load_agent_config(getattr(getattr(self.args, "agent", None), "config", None))
+            if agent_config is None:
+                agent_config = load_agent_config(getattr(getattr(self.args, "agent", None), "config", None))
             self.tool_call_recovery = ToolCallRecovery(self.tokenizer, agent_config.tools)
 
     @torch.no_grad()

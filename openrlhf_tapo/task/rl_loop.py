@@ -235,7 +235,9 @@ class InProcessRL:
             self.strategy, actor, self.optimizer, self.scheduler, build_policy_loss(args), processor
         )
         self.kl_ctl = FixedKLController(args.algo.kl.init_coef)
-        self.maker = TAPOExperienceMaker(None, None, None, None, self.kl_ctl, self.strategy, processor)
+        self.maker = TAPOExperienceMaker(
+            None, None, None, None, self.kl_ctl, self.strategy, processor, agent_config=agent_config
+        )
         self._steps_done = 0
         self.last_advantages: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
 
