@@ -21,6 +21,8 @@ import bisect
 import re
 from collections.abc import Callable, Sequence
 
+from tokenizers import decoders
+
 from openrlhf_tapo.agent.protocol import (
     IMAGE_PAD,
     TOOL_RESPONSE_CLOSE,
@@ -62,26 +64,42 @@ class Decoder:
     Goes straight to the Rust tokenizer of a fast HF tokenizer (`backend_tokenizer`; transformers' own `decode` does
     the same call plus Python-side argument handling that costs more than the decoding); other tokenizers use their
     `decode` / `batch_decode` with the same settings. A processor's own tokenizer is used.
+
+    Byte-level BPE (GPT-2, Qwen: a `ByteLevel` decoder) maps each token to its bytes and reads them all as UTF-8, so
+    a token list decodes to the concatenation of its tokens decoded alone whenever none of those holds a partial
+    character (U+FFFD alone). Those texts are cached per token id, and joining them is several times cheaper than
+    decoding again (the TAPO stage decodes every turn of the batch); any U+FFFD sends the list to the real decoder.
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
         self._pieces: dict[int, str] = {}  # token id -> its text decoded alone (bounded by the vocabulary)
+        self._piecewise = self._backend is not None and isinstance(self._backend.decoder, decoders.ByteLevel)
 
     def decode(self, ids: Sequence[int]) -> str:
-        if self._backend is not None:
-            return self._backend.decode(list(ids), skip_special_tokens=False)
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if self._piecewise:
+            text = "".join(self.pieces(ids))
+            if REPLACEMENT_CHAR not in text:
+                return text
+        return self._decode_exact([ids])[0]
+
+    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        if self._piecewise:
+            return [self.decode(ids) for ids in batch]
+        return self._decode_exact(batch)
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """Each token decoded alone; tokens not seen before are decoded in one batch and remembered."""
-        missing = list({i for i in ids if i not in self._pieces})
-        if missing:
-            self._pieces.update(zip(missing, self.decode_batch([[i] for i in missing]), strict=True))
-        return [self._pieces[i] for i in ids]
+        known = self._pieces
+        try:
+            return [known[i] for i in ids]
+        except KeyError:
+            missing = list({i for i in ids if i not in known})
+            known.update(zip(missing, self._decode_exact([[i] for i in missing]), strict=True))
+            return [known[i] for i in ids]
 
-    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+    def _decode_exact(self, batch: Sequence[Sequence[int]]) -> list[str]:
         if self._backend is not None:
             return self._backend.decode_batch([list(ids) for ids in batch], skip_special_tokens=False)
         return self.tokenizer.batch_decode(

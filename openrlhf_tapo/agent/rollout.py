@@ -109,6 +109,13 @@ class AgentExecutor(AgentExecutorBase):
         judge_config = self.config.reward.judge
         self.judge = judge if judge is not None else (LLMJudge(judge_config) if judge_config.enabled else None)
         self._warned_text_only = False
+        self._decoders: dict[int, Decoder] = {}  # id(tokenizer) -> its Decoder: token texts shared by trajectories
+
+    def _decoder(self, tokenizer) -> Decoder:
+        decoder = self._decoders.get(id(tokenizer))
+        if decoder is None or decoder.tokenizer is not tokenizer:
+            decoder = self._decoders[id(tokenizer)] = Decoder(tokenizer)
+        return decoder
 
     @property
     def runner(self) -> ToolRunner:
@@ -170,7 +177,7 @@ class AgentExecutor(AgentExecutorBase):
             pil_images=list(pil),
             mm_train_inputs=mm_train_inputs,
             ctx=ctx,
-            decoder=Decoder(hf_tokenizer),
+            decoder=self._decoder(tokenizer),
         )
         traj.counts["errors/question_image"] += failed
 
