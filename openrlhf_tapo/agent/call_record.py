@@ -18,6 +18,7 @@ The rollout does not know its row in the training batch: its records have `traj 
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Callable, Sequence
 
@@ -120,8 +121,9 @@ class TokenText:
         ids = list(ids)
         self.text = decoder.decode(ids) if text is None else text
         pieces = decoder.pieces(ids)
-        if any(REPLACEMENT_CHAR in p for p in pieces) and REPLACEMENT_CHAR not in self.text:
-            pieces = self._grouped_pieces(decoder, ids, pieces)
+        if "".join(pieces) != self.text and REPLACEMENT_CHAR not in self.text:
+            if any(REPLACEMENT_CHAR in p for p in pieces):
+                pieces = self._grouped_pieces(decoder, ids, pieces)
         if "".join(p for p in pieces if p is not None) == self.text:
             starts = self._starts_from_pieces(pieces)
         else:
@@ -161,6 +163,8 @@ class TokenText:
     @staticmethod
     def _starts_from_pieces(pieces: Sequence[str | None]) -> list[int]:
         """Start char of each token; a group's continuation tokens (None pieces) start where the group starts."""
+        if pieces and None not in pieces:  # no group: the running sum of the lengths
+            return list(itertools.accumulate((len(piece) for piece in pieces[:-1]), initial=0))
         starts, pos = [], 0
         for piece in pieces:
             starts.append(starts[-1] if piece is None else pos)
