@@ -31,22 +31,27 @@ from openrlhf_tapo.tools import ToolsConfig, canonicalizer
 
 def turn_spans(action_mask: torch.Tensor) -> list[tuple[int, int]]:
     """Half-open column ranges of the runs of 1s in one row of an action mask, in order."""
-    mask = action_mask.to(torch.int8).flatten()
-    if mask.numel() == 0:
-        return []
-    padded = torch.cat([mask.new_zeros(1), mask, mask.new_zeros(1)])
-    edges = torch.diff(padded)
-    starts = torch.nonzero(edges == 1).flatten().tolist()
-    ends = torch.nonzero(edges == -1).flatten().tolist()
-    return list(zip(starts, ends, strict=True))
+    return rows_turn_spans(action_mask.reshape(1, -1))[0]
 
 
-def sequence_length(attention_mask: torch.Tensor | None, width: int) -> int:
-    """Real (unpadded) length of one row: one past the last attended token; `width` without a mask."""
-    if attention_mask is None:
-        return width
-    nonzero = torch.nonzero(attention_mask.flatten()).flatten()
-    return int(nonzero[-1]) + 1 if nonzero.numel() else 0
+def rows_turn_spans(action_mask: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """`turn_spans` of every row of a (B, T) mask, with one pass of tensor operations for the whole batch."""
+    padded = torch.nn.functional.pad(action_mask.to(torch.int8), (1, 1))
+    edges = torch.diff(padded, dim=1)
+    spans: list[list[tuple[int, int]]] = [[] for _ in range(action_mask.shape[0])]
+    # nonzero lists (row, column) pairs row by row, columns ascending: the k-th start and k-th end form a run.
+    starts, ends = torch.nonzero(edges == 1).tolist(), torch.nonzero(edges == -1).tolist()
+    for (row, start), (_, end) in zip(starts, ends, strict=True):
+        spans[row].append((start, end))
+    return spans
+
+
+def sequence_lengths(attention_mask: torch.Tensor | None, batch: int, width: int) -> list[int]:
+    """Real (unpadded) length of each row: one past its last attended token (0 for none); `width` without a mask."""
+    if attention_mask is None or width == 0:
+        return [width if attention_mask is None else 0] * batch
+    positions = torch.arange(1, width + 1) * (attention_mask != 0)
+    return positions.max(dim=1).values.tolist()
 
 
 @dataclass
@@ -80,10 +85,16 @@ class ToolCallRecovery:
     ) -> RecoveredCalls:
         """Calls of rows `b` of a (B, T) batch, numbered as trajectories `first_traj + b`; appended to `out`."""
         out = RecoveredCalls() if out is None else out
-        for b in range(sequences.shape[0]):
-            length = sequence_length(None if attention_mask is None else attention_mask[b], sequences.shape[1])
-            ids = sequences[b, :length].tolist()
-            spans = turn_spans(action_mask[b, : max(length - 1, 0)])
+        batch, width = sequences.shape
+        lengths = sequence_lengths(attention_mask, batch, width)
+        # Turns end before the row's last real token (column j is token j + 1).
+        limits = (torch.tensor(lengths, dtype=torch.long) - 1).clamp(min=0)
+        in_row = torch.arange(action_mask.shape[1]) < limits[:, None]
+        all_spans = rows_turn_spans(action_mask.bool() & in_row)
+        all_ids = sequences.tolist()
+        for b in range(batch):
+            length, spans = lengths[b], all_spans[b]
+            ids = all_ids[b][:length]
             # Column j <-> token j + 1, so turn (s, e) is ids[s + 1 : e + 1].
             texts = self.decoder.decode_batch([ids[s + 1 : e + 1] for s, e in spans])
             valid = invalid = 0

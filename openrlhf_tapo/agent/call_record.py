@@ -121,9 +121,13 @@ class TokenText:
         ids = list(ids)
         self.text = decoder.decode(ids) if text is None else text
         pieces = decoder.pieces(ids)
-        if "".join(pieces) != self.text and REPLACEMENT_CHAR not in self.text:
-            if any(REPLACEMENT_CHAR in p for p in pieces):
-                pieces = self._grouped_pieces(decoder, ids, pieces)
+        if pieces and all(pieces) and "".join(pieces) == self.text:
+            # The common case, every token with its own non-empty text: the spans are running sums of the lengths.
+            self.starts = list(itertools.accumulate(map(len, pieces[:-1]), initial=0))
+            self.ends = self.starts[1:] + [len(self.text)]
+            return
+        if any(REPLACEMENT_CHAR in p for p in pieces) and REPLACEMENT_CHAR not in self.text:
+            pieces = self._grouped_pieces(decoder, ids, pieces)
         if "".join(p for p in pieces if p is not None) == self.text:
             starts = self._starts_from_pieces(pieces)
         else:
@@ -163,8 +167,6 @@ class TokenText:
     @staticmethod
     def _starts_from_pieces(pieces: Sequence[str | None]) -> list[int]:
         """Start char of each token; a group's continuation tokens (None pieces) start where the group starts."""
-        if pieces and None not in pieces:  # no group: the running sum of the lengths
-            return list(itertools.accumulate((len(piece) for piece in pieces[:-1]), initial=0))
         starts, pos = [], 0
         for piece in pieces:
             starts.append(starts[-1] if piece is None else pos)
