@@ -222,7 +222,9 @@ def canonical_bbox(value: Any, tool: str) -> list[int]:
             raise ToolArgumentError(f"{tool}: 'bbox' coordinates must be integers in 0-1000, got {v!r}")
         coords.append(int(v))
     if any(c < 0 or c > 1000 for c in coords):
-        raise ToolArgumentError(f"{tool}: 'bbox' {coords} is outside the image: coordinates are relative, 0-1000")
+        # Huge values shown abbreviated: str() of an int over 4,300 digits raises ValueError.
+        shown = ", ".join(str(c) if abs(c) < 10**9 else "(huge)" for c in coords)
+        raise ToolArgumentError(f"{tool}: 'bbox' [{shown}] is outside the image: coordinates are relative, 0-1000")
     x1, y1, x2, y2 = coords
     if x1 >= x2 or y1 >= y2:
         raise ToolArgumentError(f"{tool}: 'bbox' {coords} is empty: it needs x1 < x2 and y1 < y2")

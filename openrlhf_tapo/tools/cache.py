@@ -97,7 +97,12 @@ class ToolCache:
         if replay and not self.path.is_file():
             raise FileNotFoundError(f"replay mode needs an existing cache file; {self.path} does not exist")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn()  # create the schema now, so a bad path fails at start-up, not mid-rollout
+        try:
+            self._conn()  # create the schema now, so a bad path fails at start-up, not mid-rollout
+        except sqlite3.DatabaseError as err:
+            raise ValueError(
+                f"tools.cache.path {self.path} is not a usable SQLite tool cache ({err}); delete it or choose another"
+            ) from None
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections must not be used (nor closed) here
