@@ -234,6 +234,9 @@ def _jsonl_row(row: dict, base_dir: Path) -> AgentSample:
     )
 
 
+_BLANK = object()  # a blank jsonl line (a `null` line is a row, and an error of its own)
+
+
 def read_jsonl(path: str | Path, on_error: str = "raise") -> Rows:
     path = Path(path)
     rows = []
@@ -245,7 +248,7 @@ def read_jsonl(path: str | Path, on_error: str = "raise") -> Rows:
                 rows.append(ValueError(f"not UTF-8 (byte {err.start} of the line); re-save the file as UTF-8"))
                 continue
             if not line.strip():
-                rows.append(None)  # keeps indices = line numbers - 1; blank lines are reported below
+                rows.append(_BLANK)  # keeps indices = line numbers - 1; blank lines are reported below
                 continue
             try:
                 rows.append(json.loads(line))
@@ -257,7 +260,7 @@ def read_jsonl(path: str | Path, on_error: str = "raise") -> Rows:
                 rows.append(ValueError("not JSON this reader accepts (nested too deeply)"))
 
     def parse(row):
-        if row is None:
+        if row is _BLANK:
             raise ValueError("blank line")
         if isinstance(row, ValueError):
             raise row
