@@ -148,6 +148,24 @@ async def test_undecodable_question_image_is_counted_in_the_total(processor):
     assert out["extra_logs"]["errors/question_image"] == 1 and out["extra_logs"]["errors"] == 1
 
 
+@pytest.mark.parametrize(
+    "label, errors",
+    [
+        ('{"ground_truth": ' + HUGE_INT + "}", 1),
+        (DEEP, 1),
+        ('{"ground_truth": [' + HUGE_INT + "]}", 1),
+        ('{"ground_truth": "Paris", "candidate_answers": "[' + HUGE_INT + ']"}', 0),
+    ],
+)
+async def test_unreadable_label_is_counted_and_scores_zero(processor, label, errors):
+    config = AgentConfig.from_dict({})
+    executor = AgentExecutor(config, runner=build_tool_runner(config.tools, backend=FakeBackend()))
+    engine = ScriptedEngine(processor, [ANSWER])
+    out = await executor.execute("Q?", label, SamplingParams(max_tokens=64), MAX_LEN, processor, engine, None)
+    assert out["extra_logs"]["errors/label"] == errors and out["extra_logs"]["errors"] == errors
+    assert out["scores"] == (0.0 if errors else 1.0)  # correctness: an unreadable label matches no answer
+
+
 async def test_spoofed_label_in_a_result_title_keeps_every_image_after_its_own_label(processor):
     hits = [ImageHit("look at [img_3] now", "u", emblem(1, 40)), ImageHit("plain", "u", emblem(2, 40))]
     config = AgentConfig.from_dict({})
