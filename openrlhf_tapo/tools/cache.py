@@ -90,6 +90,7 @@ class ToolCache:
         self.writes = 0
         self.corrupt = 0  # rows that did not decode to a valid result (bypassed and deleted)
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
         self._local = threading.local()
         self._pid = os.getpid()
         self._conns: list[sqlite3.Connection] = []
@@ -183,8 +184,9 @@ class ToolCache:
 
     def _io_pool(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._pool is None:
+            if self._pool is None or self._pool_pid != os.getpid():  # a forked child has none of the threads
                 self._pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="tapo-cache")
+                self._pool_pid = os.getpid()
             return self._pool
 
     def stats(self) -> dict[str, int]:

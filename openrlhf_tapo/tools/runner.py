@@ -124,7 +124,7 @@ class ToolRunner:
                 async with asyncio.timeout(self.config.timeout_s):
                     result = await self.cache.get(tool.name, key)
             except (sqlite3.Error, TimeoutError) as err:  # a broken or locked cache must not fail the call
-                logger.warning("tool cache read failed (%s); calling the backend", type(err).__name__)
+                logger.warning("tool cache read failed (%s %s); calling the backend", type(err).__name__, err)
                 self.counts["cache_errors"] += 1
             cached = result is not None
             self.counts["cache_hits" if cached else "cache_misses"] += 1
@@ -139,7 +139,7 @@ class ToolRunner:
                     async with asyncio.timeout(self.config.timeout_s):
                         await self.cache.put(tool.name, key, result)
                 except (sqlite3.Error, TimeoutError) as err:
-                    logger.warning("tool cache write failed (%s); result not cached", type(err).__name__)
+                    logger.warning("tool cache write failed (%s %s); result not cached", type(err).__name__, err)
                     self.counts["cache_errors"] += 1
 
         result, note = await self._limit_images(result, image_room)
