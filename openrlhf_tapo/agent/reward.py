@@ -59,7 +59,7 @@ def _as_list(value) -> list[str]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or JSON Python cannot read (huge integers, deep nesting)
                 return [value]
         else:
             return [value]
@@ -82,6 +82,8 @@ def parse_label(label) -> Label:
                 label = json.loads(text)
             except json.JSONDecodeError:
                 return Label(label)
+            except (ValueError, RecursionError):  # an integer of over 4,300 digits, nesting deeper than the stack
+                raise ValueError(f"label JSON cannot be read (a huge integer or deep nesting): {text[:80]}") from None
         else:
             return Label(label)
     if isinstance(label, dict):
