@@ -181,12 +181,24 @@ _ABLATION_COLOURS = {
 }
 
 
-def _grid_plot(cells, key: str, arms: dict[str, tuple[str, str]], ylabel: str, path: Path) -> Path:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _grid_plot(cells, key: str, arms: dict[str, tuple[str, str]], ylabel: str, path: Path) -> Path:
+    plt = _pyplot()
     settings = _settings(cells)
     regimes = list(dict.fromkeys(r for r, _ in settings))
     groups = sorted({g for _, g in settings}, reverse=True)
@@ -212,18 +224,11 @@ def _grid_plot(cells, key: str, arms: dict[str, tuple[str, str]], ylabel: str, p
     axes[0][0].legend(fontsize=6, loc="best")
     for ax in axes[-1]:
         ax.set_xlabel("RL step", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _differences_plot(cells, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     tapo_arms = [a for a in ARMS if base_of(a) is not None]
     settings = _settings(cells)
     fig, ax = plt.subplots(figsize=(7.5, 0.22 * len(settings) * len(tapo_arms) + 1), dpi=80)
@@ -247,18 +252,11 @@ def _differences_plot(cells, path: Path) -> Path:
     ax.set_yticks(ticks, labels, fontsize=6)
     ax.set_xlabel("final accuracy: TAPO arm − its base arm (paired over seeds, 95 % CI)", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _correctable_plot(cells, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     groups = sorted({g for _, g in _settings(cells)}, reverse=True)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 2.8), dpi=80, squeeze=False)
     for j, group in enumerate(groups):
@@ -276,10 +274,7 @@ def _correctable_plot(cells, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_all(cells: dict[str, dict], out: Path) -> list[Path]:
