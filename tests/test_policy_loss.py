@@ -201,3 +201,58 @@ def test_dual_clip_floors_the_sequence_ratio_losses(name):
     torch.testing.assert_close(loss, torch.tensor([[3.0, 6.0]], dtype=torch.float64))
     torch.testing.assert_close(grad, torch.zeros(1, 2, dtype=torch.float64))
     assert metrics["clip_fraction"].item() == 0.0  # for A < 0 and s > 1 the hard clip itself is not active
+
+
+def test_sapo_tau_is_exact_in_float64():
+    # tau_neg = 1.05 is not a float32 number: built as float32, the loss is off by ~5e-8 relative.
+    config = PolicyLossConfig(sapo_tau_pos=1.0, sapo_tau_neg=1.05)
+    loss, _, _ = _run(sapo_loss, [[0.3, -0.2]], [[-1.5, 2.0]], config=config)
+    r0, r1 = math.exp(0.3), math.exp(-0.2)
+    expected0 = -(4 / 1.05) * (1 / (1 + math.exp(-1.05 * (r0 - 1)))) * -1.5
+    expected1 = -(4 / 1.0) * (1 / (1 + math.exp(-1.0 * (r1 - 1)))) * 2.0
+    assert loss.dtype == torch.float64
+    assert loss[0, 0].item() == pytest.approx(expected0, rel=1e-12, abs=0)
+    assert loss[0, 1].item() == pytest.approx(expected1, rel=1e-12, abs=0)
+
+
+def test_gspo_token_value_is_the_sequence_ratio_in_float64():
+    log_ratio = [[0.1, -0.3, 0.05, 0.2]]
+    seq = sum(log_ratio[0]) / 4
+    loss, _, _ = _run(gspo_token_loss, log_ratio, [[1.0, -2.0, 0.5, 3.0]], config=PolicyLossConfig(0.5, 0.5))
+    expected = [-math.exp(seq) * a for a in (1.0, -2.0, 0.5, 3.0)]
+    for got, want in zip(loss[0].tolist(), expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_gspo_token_clamps_a_sequence_log_ratio_just_above_the_limit():
+    # Rows whose sequence log-ratio is exactly 10 + 1 ulp: every token is above the clamp, so every token's value is
+    # exp(10) and no gradient passes. Rounding per token ((seq + lp) - sg(lp)) brings some tokens back to 10.
+    above = math.nextafter(GSPO_TOKEN_LOG_RATIO_MAX, math.inf)
+    log_probs = -torch.rand(200, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 60
+    old = log_probs - above
+    rows = ((log_probs - old).mean(-1) == above).nonzero().squeeze(-1)
+    log_probs, old = log_probs[rows].clone().requires_grad_(True), old[rows]
+    assert len(rows) >= 20
+    advantages = -torch.ones_like(old)  # A < 0: the loss is r |A| however far r is above the band
+    loss, _ = gspo_token_loss(log_probs, old, advantages, torch.ones_like(old), CFG)
+    loss.sum().backward()
+    assert torch.equal(loss.detach(), torch.full_like(old, math.exp(GSPO_TOKEN_LOG_RATIO_MAX)))
+    assert torch.equal(log_probs.grad, torch.zeros_like(old))
+
+
+def test_gspo_token_one_clip_decision_per_sequence_in_float32():
+    # Sequences whose log-ratio sits on the upper clip edge, with token log-probs of very different sizes: rounding
+    # per token ((seq + lp) - sg(lp)) would put some tokens of one sequence inside the band and others outside.
+    generator = torch.Generator().manual_seed(0)
+    log_probs = -torch.rand(64, 32, generator=generator, dtype=torch.float32) * 40
+    edge = math.log(1.2)
+    seq = edge + torch.linspace(-3e-7, 3e-7, 64, dtype=torch.float32).unsqueeze(-1)
+    old = log_probs - seq
+    log_probs.requires_grad_(True)
+    mask = torch.ones_like(old)
+    loss, _ = gspo_token_loss(log_probs, old, torch.ones_like(old), mask, PolicyLossConfig())
+    loss.sum().backward()
+    clipped = log_probs.grad == 0  # A > 0 above the band: the clipped branch carries no gradient
+    assert all(row.all() or not row.any() for row in clipped)
+    assert all(len(set(row.tolist())) == 1 for row in loss.detach())  # one ratio per sequence
+    assert 0 < int(clipped.all(-1).sum()) < 64  # the batch does straddle the edge

@@ -24,6 +24,13 @@ def test_normalize_answer_squad_style():
     assert normalize_answer("Theatre") == "theatre"  # articles only as whole words
 
 
+def test_answers_are_normalised_like_tapo_queries():
+    # One rule for both: full-width letters and punctuation, decomposed accents, zero-width spaces.
+    assert normalize_answer("ＰＡＲＩＳ！") == "paris"
+    assert normalize_answer("Cafe\u0301 de\u200b Flore") == normalize_answer("Café de Flore") == "café de flore"
+    assert normalize_answer("São Paulo — Brazil") == "são paulo brazil"
+
+
 def test_matches_by_hand():
     golds = ["Gautama Buddha", "Shakyamuni"]
     assert exact_match("the gautama buddha.", golds)

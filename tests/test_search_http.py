@@ -29,6 +29,9 @@ def png_b64(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
 async def post(url, path, body=None, *, data=None, headers=None):
     async with aiohttp.ClientSession() as s, s.post(url + path, json=body, data=data, headers=headers) as r:
         return r.status, await r.json(content_type=None)
@@ -97,7 +100,10 @@ async def test_oversized_body_rejected(index):
         async def chunked():  # no Content-Length header: the limit must hold while reading
             yield b'{"query": "x", "pad": "' + b"a" * 30_000 + b'"}'
 
-        async with aiohttp.ClientSession() as s, s.post(url + "/v1/text_search", data=chunked()) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(url + "/v1/text_search", data=chunked(), headers=JSON_TYPE) as r,
+        ):
             assert r.status == 413
 
 
@@ -157,7 +163,7 @@ async def test_image_pixel_and_byte_limits(index):
 
         status, out = await post(url, "/v1/image_search", {"image": png_b64(Image.fromarray(noise))})
         assert status == 400 and "the limit is 50000" in out["error"]
-        status, out = await post(url, "/v1/text_search", data=b"\xff\xfe not json")
+        status, out = await post(url, "/v1/text_search", data=b"\xff\xfe not json", headers=JSON_TYPE)
         assert status == 400 and "UTF-8 JSON" in out["error"]
 
 

@@ -28,6 +28,27 @@ def test_normalize_text_is_squad_style(text, expected):
     assert normalize_text(text) == expected
 
 
+@pytest.mark.parametrize(
+    "variant, plain",
+    [
+        ("Cafe\u0301 Zu\u0308rich", "Caf\u00e9 Z\u00fcrich"),  # decomposed vs composed letters
+        ("\uff25\uff49\uff46\uff46\uff45\uff4c\uff0c tower\uff1f", "Eiffel, tower?"),  # full-width letters/punct.
+        ("Eif\u200bfel\u200d tower\ufeff", "Eiffel tower"),  # zero-width space, joiner, BOM
+        ("\ufb01nal \u2460", "final 1"),  # ligature, circled digit
+    ],
+)
+def test_normalize_text_applies_nfkc_and_drops_invisible_characters(variant, plain):
+    assert normalize_text(variant) == normalize_text(plain)
+    assert get_similarity("text_exact").score({"query": variant}, {"query": plain}) == 1.0
+    assert get_similarity("text_fuzzy").score({"query": variant}, {"query": plain}) == 1.0
+
+
+@pytest.mark.parametrize("name", ["text_exact", "text_fuzzy", "image", "bbox_iou"])
+@pytest.mark.parametrize("params", [None, "Eiffel tower", 7, ["query", "x"]])
+def test_key_of_params_that_are_not_a_dict_is_none(name, params):
+    assert get_similarity(name).key(params) is None
+
+
 def test_text_exact_matches_normalised_queries_only():
     sim = get_similarity("text_exact")
     assert sim.score({"query": "The Eiffel Tower height"}, {"query": "eiffel tower, HEIGHT"}) == 1.0

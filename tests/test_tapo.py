@@ -439,3 +439,30 @@ def test_bad_inputs_are_rejected(batch):
         run(calls=[_call(0, "zoom", ZOOM, call=(6, 8), turn_span=(6, 10))])
     with pytest.raises(ValueError, match="tapo.scope"):
         run(config=TAPOConfig(scope="nope"))
+
+
+def test_trajectory_advantage_selects_instead_of_multiplying():
+    # A non-finite value in a masked column must not reach A_i (NaN * 0 is NaN).
+    adv = torch.tensor([[-1.0, -3.0, float("nan")], [2.0, float("inf"), float("-inf")]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert trajectory_advantages(adv, mask).tolist() == [-2.0, 2.0]
+    assert trajectory_advantages(adv.half().float(), mask.bool()).tolist() == [-2.0, 2.0]
+
+
+def test_nan_in_a_masked_column_keeps_the_correction():
+    adv = _rows(1.0, -1.0)
+    adv[1, 7] = float("nan")
+    mask = _mask(2)
+    mask[1, 7] = False
+    calls = [_call(0, "text_search", EIFFEL), _call(1, "text_search", EIFFEL)]
+    out, stats = tapo_correct(adv, mask, [0, 0], [True, False], calls, TAPOConfig())
+    assert stats["corrected_calls"] == 1
+    assert torch.allclose(out[1, :4], torch.full((4,), -1.0 + 0.8 * 1.0 * 1.0 * 1.0))
+
+
+@pytest.mark.parametrize("params", [None, "Eiffel tower height", 42, ["query"]])
+def test_params_that_are_not_a_dict_are_unkeyable(params):
+    adv = _rows(1.0, -1.0)
+    calls = [_call(0, "text_search", EIFFEL), _call(1, "text_search", params)]
+    out, stats = tapo_correct(adv, _mask(2), [0, 0], [True, False], calls, TAPOConfig())
+    assert stats["unkeyable_calls"] == 1 and torch.equal(out, adv)

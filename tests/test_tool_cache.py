@@ -38,7 +38,7 @@ def test_round_trip_keeps_text_and_pixels(tmp_path):
     for (_, a), (_, b) in zip(got.images, result.images, strict=True):
         assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
     assert cache.get_sync("image_search", {"k": 2}) is None
-    assert cache.stats() == {"cache_hits": 1, "cache_misses": 1, "cache_writes": 1}
+    assert cache.stats() == {"cache_hits": 1, "cache_misses": 1, "cache_writes": 1, "cache_corrupt": 0}
     cache.put_sync("image_search", {"k": 1}, ToolResult(text="other"))  # first writer wins
     assert cache.get_sync("image_search", {"k": 1}).text == "héllo\nworld" and len(cache) == 1
     cache.close()
@@ -128,7 +128,12 @@ async def test_replay_serves_only_from_cache(tmp_path):
     )
     assert hit.cached and hit.text == recorded.text and hit.error is None
     assert miss.error == "cache_miss" and "replay mode" in miss.text
-    assert backend.text_calls == 0 and replay.cache.stats() == {"cache_hits": 1, "cache_misses": 1, "cache_writes": 0}
+    assert backend.text_calls == 0 and replay.cache.stats() == {
+        "cache_hits": 1,
+        "cache_misses": 1,
+        "cache_writes": 0,
+        "cache_corrupt": 0,
+    }
 
 
 async def test_broken_cache_never_fails_a_call(tmp_path, monkeypatch):

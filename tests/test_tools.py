@@ -126,7 +126,9 @@ async def test_observation_truncated_to_limit():
 
 
 async def test_image_limits_per_call_and_trajectory():
-    runner = runner_for(FakeBackend(n_images=4), max_images_per_call=3, max_images_per_trajectory=5)
+    runner = runner_for(
+        FakeBackend(n_images=4), max_images_per_call=3, max_images_per_trajectory=5, image_search={"top_k": 4}
+    )
     ctx = ToolContext(images={"img_0": emblem(0)})
     out = await runner.call("image_search", {}, ctx)
     assert len(out.images) == 3 and "1 more image(s) not shown" in out.text and out.error is None

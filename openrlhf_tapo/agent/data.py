@@ -15,9 +15,10 @@ with `image_mode="base64"`) and `datasource`. Train with
 `--data.input_key prompt --data.label_key label --data.image_key images` and WITHOUT `--data.apply_chat_template`:
 the agent executor writes the chat prompt itself (tools system turn, labelled images).
 
-A row that cannot be read (missing question or answer, an image that does not decode, ...) raises
-`DatasetRowError` naming the file and the row index; with `on_error="skip"` the row is left out AND reported
-(returned in the error list and logged), never dropped silently.
+A row that cannot be read (missing question or answer, an image that does not decode, invalid UTF-8 or JSON, ...)
+raises `DatasetRowError` naming the file, the row index and the field; with `on_error="skip"` the row is left out
+AND reported (returned in the error list and logged), never dropped silently. A file that cannot be read at all (not
+parquet, truncated, a required column missing, an unknown extension) raises `DatasetFileError` naming the file.
 
 CLI: `python -m openrlhf_tapo.agent.data INPUT OUTPUT.jsonl [--image-mode file|base64] [--on-error raise|skip]`.
 """
@@ -37,6 +38,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from openrlhf_tapo.search.images import decode_base64_image
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +47,14 @@ class DatasetRowError(ValueError):
     def __init__(self, source: str, index: int, message: str):
         super().__init__(f"{source}: row {index}: {message}")
         self.source, self.index, self.reason = source, index, message
+
+
+class DatasetFileError(ValueError):
+    """A dataset file that cannot be read at all (not a parquet file, truncated, a required column missing)."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__(f"{source}: {message}")
+        self.source, self.reason = source, message
 
 
 @dataclass
@@ -88,7 +99,7 @@ def _str_list(value, what: str) -> list[str]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer of over 4,300 digits, nesting too deep
             raise ValueError(f"{what} is not a JSON list: {value[:80]!r}") from None
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         value = value.tolist()
@@ -145,11 +156,26 @@ def _mmsearch_row(row: dict) -> AgentSample:
 Rows = tuple[list[AgentSample], list[DatasetRowError]]  # samples read, rows left out (on_error="skip")
 
 
+MMSEARCH_COLUMNS = ("prompt", "images", "reward_model")
+
+
 def read_mmsearch_parquet(path: str | Path, on_error: str = "raise") -> Rows:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(str(path)).to_pylist()
-    return _collect(str(path), rows, _mmsearch_row, on_error)
+    try:
+        table = pq.read_table(str(path))
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetFileError(str(path), f"not a readable parquet file ({type(err).__name__}: {err})") from None
+    # A missing `images` column would silently make every question text-only: refused, like the other columns.
+    missing = [c for c in MMSEARCH_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DatasetFileError(
+            str(path),
+            f"missing column(s) {', '.join(missing)}; the MMSearch-R1 layout needs {', '.join(MMSEARCH_COLUMNS)} "
+            f"(found: {', '.join(table.column_names) or 'none'}); text-only rows have an empty images list",
+        )
+    return _collect(str(path), table.to_pylist(), _mmsearch_row, on_error)
 
 
 # ---------------------------------------------------------------------------------------------------------- jsonl
@@ -169,8 +195,17 @@ def image_reference(ref, base_dir: Path, k: int) -> bytes | str:
         return ref
     if ref.startswith("data:image"):
         return _check_image(_b64(ref.split(",", 1)[-1], k))
-    path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
-    if path.is_file():
+    data = decode_base64_image(ref)  # raw base64 first: as a path it is "File name too long"
+    if data is not None:
+        return _check_image(data)
+    try:
+        path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+        is_file = path.is_file()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+        raise ValueError(
+            f"image {k}: neither base64 image bytes nor a usable file path ({type(err).__name__})"
+        ) from None
+    if is_file:
         return _check_image(path.read_bytes())
     if len(ref) > 256:
         return _check_image(_b64(ref, k))
@@ -199,21 +234,33 @@ def _jsonl_row(row: dict, base_dir: Path) -> AgentSample:
     )
 
 
+_BLANK = object()  # a blank jsonl line (a `null` line is a row, and an error of its own)
+
+
 def read_jsonl(path: str | Path, on_error: str = "raise") -> Rows:
     path = Path(path)
     rows = []
-    with path.open("r", encoding="utf-8", errors="strict") as f:
-        for line in f:
+    with path.open("rb") as f:  # decoded line by line, so invalid UTF-8 is an error of its row
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                rows.append(ValueError(f"not UTF-8 (byte {err.start} of the line); re-save the file as UTF-8"))
+                continue
             if not line.strip():
-                rows.append(None)  # keeps indices = line numbers - 1; blank lines are reported below
+                rows.append(_BLANK)  # keeps indices = line numbers - 1; blank lines are reported below
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 rows.append(ValueError(f"not JSON ({err.msg} at column {err.colno})"))
+            except ValueError:
+                rows.append(ValueError("not JSON this reader accepts (an integer of over 4,300 digits)"))
+            except RecursionError:
+                rows.append(ValueError("not JSON this reader accepts (nested too deeply)"))
 
     def parse(row):
-        if row is None:
+        if row is _BLANK:
             raise ValueError("blank line")
         if isinstance(row, ValueError):
             raise row
@@ -229,8 +276,8 @@ def _collect(source: str, rows: Sequence, parse, on_error: str) -> Rows:
     for index, row in enumerate(rows):
         try:
             sample = parse(row)
-        except (ValueError, TypeError, AttributeError) as err:
-            error = DatasetRowError(source, index, str(err))
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as err:
+            error = DatasetRowError(source, index, str(err) if isinstance(err, ValueError) else repr(err))
             if on_error == "raise":
                 raise error from None
             logger.error("skipping %s", error)
@@ -248,7 +295,7 @@ def read_dataset(path: str | Path, on_error: str = "raise") -> Rows:
         return read_mmsearch_parquet(path, on_error)
     if suffix in (".jsonl", ".json"):
         return read_jsonl(path, on_error)
-    raise ValueError(f"{path}: unsupported dataset format {suffix!r} (expected .parquet or .jsonl)")
+    raise DatasetFileError(str(path), f"unsupported dataset format {suffix!r} (expected .parquet, .jsonl or .json)")
 
 
 # ------------------------------------------------------------------------------------------------------- convert
@@ -318,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = convert(args.input, args.output, args.image_mode, args.on_error)
-    except DatasetRowError as err:
+    except (ValueError, OSError) as err:  # DatasetRowError / DatasetFileError name the file (and row)
         print(f"error: {err}", file=sys.stderr)
         return 1
     for message in report["errors"]:

@@ -34,6 +34,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from openrlhf_tapo.utils.text import replace_surrogates
+
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 VISION_START = "<|vision_start|>"
@@ -110,7 +112,7 @@ def _decode_call(raw: str) -> tuple[str | None, dict | None, str | None]:
         body = fenced.group(1)
     try:
         obj, stop = json.JSONDecoder().raw_decode(body)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError, not only JSONDecodeError: an integer of over 4,300 digits
         return None, None, BAD_JSON
     if body[stop:].strip():
         return None, None, BAD_JSON
@@ -124,7 +126,7 @@ def _decode_call(raw: str) -> tuple[str | None, dict | None, str | None]:
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return name, None, BAD_CALL
     if args is None:
         args = {}
@@ -327,8 +329,9 @@ _PROTECTED = re.compile(r"<\|[a-z_]+\|>|</?(?:tool_call|tool_response|answer|too
 
 
 def sanitize(text: str) -> str:
-    """Neutralise special tokens and protocol tags in untrusted text by escaping their `<` as `&lt;`."""
-    return _PROTECTED.sub(lambda m: "&lt;" + m.group(0)[1:], text)
+    """Neutralise special tokens and protocol tags in untrusted text by escaping their `<` as `&lt;`, and replace
+    lone surrogates (which no tokenizer accepts)."""
+    return _PROTECTED.sub(lambda m: "&lt;" + m.group(0)[1:], replace_surrogates(text))
 
 
 def place_images(text: str, refs: Sequence[str]) -> tuple[str, list[str]]:

@@ -1,6 +1,7 @@
 """Answer reward: rule-based matching after SQuAD-style normalisation, MMSearch-R1's weighting, an optional LLM judge.
 
-- `normalize_answer`: lower-case, drop punctuation, drop the articles a/an/the, collapse whitespace (SQuAD v1.1).
+- `normalize_answer`: `algorithms.similarity.normalize_text` (NFKC, lower-case, drop punctuation and the articles
+  a/an/the, collapse whitespace; SQuAD v1.1 plus Unicode), the same rule as TAPO's query keys.
 - Golds are the ground truth plus the candidate answers (aliases, when `use_candidates`).
 - `exact`: the normalised prediction equals a normalised gold. `substring`: a normalised gold occurs in the
   normalised prediction on word boundaries (the "contains the answer" check of Search-R1-style evaluations; the
@@ -20,23 +21,18 @@ import json
 import logging
 import os
 import re
-import string
 from collections import Counter
 from dataclasses import dataclass
 
 import aiohttp
 
 from openrlhf_tapo.agent.config import JudgeConfig, RewardConfig
+from openrlhf_tapo.algorithms.similarity import normalize_text
 
 logger = logging.getLogger(__name__)
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    text = "".join(ch for ch in str(text).lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+# One normaliser for answers and TAPO's query keys: an answer is matched by the same rule as a query.
+normalize_answer = normalize_text
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ def _as_list(value) -> list[str]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or JSON Python cannot read (huge integers, deep nesting)
                 return [value]
         else:
             return [value]
@@ -82,6 +78,8 @@ def parse_label(label) -> Label:
                 label = json.loads(text)
             except json.JSONDecodeError:
                 return Label(label)
+            except (ValueError, RecursionError):  # an integer of over 4,300 digits, nesting deeper than the stack
+                raise ValueError(f"label JSON cannot be read (a huge integer or deep nesting): {text[:80]}") from None
         else:
             return Label(label)
     if isinstance(label, dict):

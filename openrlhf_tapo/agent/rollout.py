@@ -180,6 +180,7 @@ class AgentExecutor(AgentExecutorBase):
             decoder=self._decoder(tokenizer),
         )
         traj.counts["errors/question_image"] += failed
+        traj.counts["errors"] += failed
 
         for turn in range(cfg.max_turns):
             done = await self._turn(traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine)
@@ -222,11 +223,13 @@ class AgentExecutor(AgentExecutorBase):
                 traj.truncated = True
             else:
                 traj.counts["errors/no_action"] += 1
+                traj.counts["errors"] += 1
             return True
         call = calls[0]
         if turn == cfg.max_turns - 1:
             traj.format_ok = False
             traj.counts["errors/turn_limit"] += 1
+            traj.counts["errors"] += 1
             self._record_calls(traj, turn, start, action, text, calls, "")
             return True
 

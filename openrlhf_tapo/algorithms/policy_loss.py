@@ -116,7 +116,9 @@ def gspo_token_loss(log_probs, old_log_probs, advantages, mask, config: PolicyLo
     """
     log_ratio = log_probs.detach() - old_log_probs  # the sequence ratio enters as a constant
     sequence_log_ratio = _sequence_mean_log_ratio(log_ratio, mask)
-    token_log_ratio = sequence_log_ratio + log_probs - log_probs.detach()
+    # lp - sg(lp) is exactly 0 in value, so the sum is exactly log s_i for every token of the sequence; adding
+    # log s_i first and subtracting sg(lp) after would round per token and split the clip decision of one sequence.
+    token_log_ratio = (log_probs - log_probs.detach()) + sequence_log_ratio
     ratio = token_log_ratio.clamp(max=GSPO_TOKEN_LOG_RATIO_MAX).exp()
     loss, clipped = _clipped_surrogate(ratio, advantages, config)
     return loss, _metrics(clipped, log_ratio, mask)
@@ -130,7 +132,9 @@ def sapo_loss(log_probs, old_log_probs, advantages, mask, config: PolicyLossConf
     """
     log_ratio = log_probs - old_log_probs
     ratio = log_ratio.clamp(-PPO_LOG_RATIO_LIMIT, PPO_LOG_RATIO_LIMIT).exp()
-    tau = torch.where(advantages > 0, config.sapo_tau_pos, config.sapo_tau_neg).to(ratio.dtype)
+    # Built in the ratio's dtype: torch.where on Python floats gives float32, which rounds tau for float64 losses.
+    tau_pos, tau_neg = (ratio.new_tensor(t) for t in (config.sapo_tau_pos, config.sapo_tau_neg))
+    tau = torch.where(advantages > 0, tau_pos, tau_neg)
     gate = torch.sigmoid(tau * (ratio - 1))
     loss = -(4 / tau) * gate * advantages
     gate_weight = 4 * gate.detach() * (1 - gate.detach())

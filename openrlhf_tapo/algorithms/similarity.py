@@ -18,7 +18,7 @@ Contract every similarity keeps (TAPO relies on it for hashed exact matching and
    are two different images), so TAPO compares such calls within the same prompt even under `scope="batch"`.
 
 Registered names (`SIMILARITIES`, extend with `register_similarity`):
-- `text_exact` - `{"query": str}`: SQuAD-style normalised query (lower-case, punctuation removed, articles
+- `text_exact` - `{"query": str}`: NFKC + SQuAD-style normalised query (lower-case, punctuation removed, articles
   a/an/the removed, whitespace collapsed); 1 when equal, else 0.
 - `text_fuzzy` - `{"query": str}`: token-set Jaccard |A∩B| / |A∪B| of the normalised query tokens. Word order is
   ignored (search backends are bag-of-words); the key is the token set, so reordered queries are one class.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Hashable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -45,8 +46,15 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_text(text: str) -> str:
-    """SQuAD-style normalisation: lower-case, drop punctuation, drop articles, collapse whitespace."""
-    text = _PUNCTUATION.sub("", text.lower())
+    """SQuAD-style normalisation after Unicode NFKC: lower-case, drop invisible format characters (zero-width
+    spaces and joiners, soft hyphens), drop punctuation, drop articles, collapse whitespace.
+
+    NFKC first, so composed and decomposed letters are one letter (the punctuation rule would otherwise drop a
+    decomposed accent and keep a composed one) and full-width punctuation and digits are their ASCII forms.
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    text = _PUNCTUATION.sub("", text)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
@@ -111,13 +119,13 @@ class ExactSimilarity(Similarity):
 
 class TextExact(ExactSimilarity):
     def key(self, params: Mapping[str, Any]) -> str | None:
-        query = params.get("query")
+        query = params.get("query") if isinstance(params, Mapping) else None
         return _query_text(query) if isinstance(query, str) else None
 
 
 class TextFuzzy(Similarity):
     def key(self, params: Mapping[str, Any]) -> frozenset[str] | None:
-        query = params.get("query")
+        query = params.get("query") if isinstance(params, Mapping) else None
         return _query_tokens(query) if isinstance(query, str) else None
 
     def score_keys(self, a: frozenset[str], b: frozenset[str]) -> float:
@@ -154,7 +162,7 @@ class ImageRegion(Similarity):
         self.bbox_required = bbox_required
 
     def key(self, params: Mapping[str, Any]) -> tuple[str, tuple[float, float, float, float]] | None:
-        image = params.get("image")
+        image = params.get("image") if isinstance(params, Mapping) else None
         if not isinstance(image, str):
             return None
         raw = params.get("bbox")

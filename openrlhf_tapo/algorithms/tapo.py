@@ -176,8 +176,10 @@ def trajectory_advantages(advantages: Tensor, action_mask: Tensor) -> Tensor:
     """A_i: masked mean of each row of `advantages` over `action_mask` (0 for a row with no action token)."""
     # At least float32: a bf16 reduction over thousands of tokens would blur A_i.
     dtype = torch.promote_types(advantages.dtype, torch.float32)
-    mask = action_mask.to(dtype)
-    return (advantages.to(dtype) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    selected = action_mask.bool()
+    # Selected, not multiplied: NaN * 0 is NaN, so a non-finite value in a masked column would poison A_i.
+    values = torch.where(selected, advantages.to(dtype), torch.zeros((), dtype=dtype, device=advantages.device))
+    return values.sum(-1) / selected.sum(-1).clamp(min=1).to(dtype)
 
 
 @dataclass

@@ -50,7 +50,7 @@ class HttpSearchBackend(SearchBackend):
             TextHit(
                 title=h["title"], url=h["url"], text=h["text"], score=float(h.get("score", 0.0)), id=h.get("id", "")
             )
-            for h in _hits(data, ("title", "url", "text"))
+            for h in _hits(data, ("title", "url", "text"))[:top_k]
         ]
 
     async def image_search(self, image, top_k: int, *, image_url: str | None = None) -> list[ImageHit]:
@@ -60,7 +60,7 @@ class HttpSearchBackend(SearchBackend):
             raise SearchError(f"image must be bytes or a PIL image, got {type(image).__name__}", "bad_image")
         body = {"image": base64.b64encode(image).decode("ascii"), "top_k": top_k}
         data = await self.http.request_json("POST", f"{self.url}/v1/image_search", json=body)
-        hits = _hits(data, ("title", "url", "image"))
+        hits = _hits(data, ("title", "url", "image"))[:top_k]  # a service that returns more: decode only top_k
         return await run_cpu(self._decode_hits, hits)
 
     def _decode_hits(self, hits: list[dict]) -> list[ImageHit]:

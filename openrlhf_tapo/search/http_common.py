@@ -157,6 +157,8 @@ class HttpJsonClient:
             raise SearchBadResponse(f"{self.service} response is not UTF-8 (byte {err.start})") from None
         except json.JSONDecodeError as err:
             raise SearchBadResponse(f"{self.service} response is not JSON ({err.msg})") from None
+        except (ValueError, RecursionError):  # an integer of over 4,300 digits, or nesting deeper than the stack
+            raise SearchBadResponse(f"{self.service} response is JSON this client cannot read") from None
 
     async def get_bytes(self, url: str, max_bytes: int) -> bytes:
         """A raw download (web thumbnails): one try, size-limited."""

@@ -7,7 +7,9 @@ Endpoints (JSON in, JSON out; see docs/tools.md):
                            -> {"hits": [{title, url, image (base64 JPEG), score, id}]}
 Security model: binds 127.0.0.1 unless told otherwise (and then a token is required unless explicitly waived);
 optional bearer token compared in constant time; every field type/length/bound checked and unknown fields
-refused; bodies over `max_body_bytes` refused with 413 before they are read; images only as base64 bytes (format
+refused; bodies over `max_body_bytes` refused with 413 before they are read, bodies that are not
+`application/json` with 415, bodies that do not arrive within `body_timeout_s` with 408; connections idle for
+`idle_timeout_s` (no request, or half a request head) are closed; images only as base64 bytes (format
 whitelist, byte and pixel limits, decompression bombs refused) or as ids of this index: a string that is not an
 encoded image is refused, never opened as a path or fetched as a URL; at most `max_concurrency` searches run at
 once and at most `max_pending` wait, beyond that 503.
@@ -23,7 +25,8 @@ import json
 import logging
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from openrlhf_tapo.search.base import SearchBadImage
 from openrlhf_tapo.search.images import decode_base64_image, decode_image
@@ -46,6 +49,8 @@ class ServiceConfig:
     max_id_chars: int = 256
     max_concurrency: int = 16  # searches running at once
     max_pending: int = 256  # searches waiting for a slot; beyond it requests get 503
+    idle_timeout_s: float = 15.0  # a connection that sends no (complete) request head for this long is closed
+    body_timeout_s: float = 15.0  # a request body not fully received within this gets 408
 
 
 def is_loopback(host: str) -> bool:
@@ -63,6 +68,10 @@ class BadRequest(Exception):
 
 class Busy(Exception):
     pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived: nobody is left to answer."""
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -95,10 +104,17 @@ class SearchService:
         length = request.content_length
         if length is not None and length > self.config.max_body_bytes:
             return _json_error(413, f"request body is {length} bytes, the limit is {self.config.max_body_bytes}")
+        if request.method == "POST" and request.content_type != "application/json":
+            return _json_error(415, "the request body must be JSON: send Content-Type: application/json")
         try:
             return await handler(request)
         except BadRequest as err:
             return _json_error(400, str(err))
+        except ClientGone:
+            logger.info("client disconnected before sending its whole request body")
+            return _json_error(400, "incomplete request body")
+        except TimeoutError:
+            return _json_error(408, f"request body not received within {self.config.body_timeout_s:g} s")
         except Busy as err:
             return _json_error(503, str(err))
         except web.HTTPRequestEntityTooLarge:
@@ -115,11 +131,15 @@ class SearchService:
         )
 
     async def _body(self, request: web.Request, required: tuple, optional: tuple = ()) -> dict:
-        raw = await request.read()  # bounded by client_max_size
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                raw = await request.read()  # bounded by client_max_size
+        except (ConnectionError, ClientPayloadError, HttpProcessingError):
+            raise ClientGone from None
         try:
             body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise BadRequest("body must be a UTF-8 JSON object") from None
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
+            raise BadRequest("body must be a UTF-8 JSON object (nested at most a few hundred levels)") from None
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
         unknown = sorted(set(body) - set(required) - set(optional))
@@ -209,7 +229,9 @@ async def start_service(index: LocalIndex, config: ServiceConfig, *, allow_remot
             f"refusing to serve on non-loopback host {config.host!r} without a token: set one (--token-env VAR) "
             "or pass --allow-remote-without-token"
         )
-    runner = web.AppRunner(SearchService(index, config).app(), access_log=None)
+    runner = web.AppRunner(
+        SearchService(index, config).app(), access_log=None, keepalive_timeout=config.idle_timeout_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

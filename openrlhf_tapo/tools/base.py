@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from openrlhf_tapo.search.workers import run_cpu
+from openrlhf_tapo.utils.text import replace_surrogates
 
 IMAGE_REF = re.compile(r"^img_(0|[1-9]\d*)$")
 
@@ -161,8 +162,10 @@ class Tool(ABC):
 
     def render(self, result: ToolResult, ctx: ToolContext) -> ToolOutput:
         refs = [(ctx.add_image(image), caption, image) for caption, image in result.images]
-        lines = [result.text] if result.text else []
-        lines += [f"[{ref}] {caption}".rstrip() for ref, caption, _ in refs]
+        # Labels in backend text ("[img_2]" in a page title) are unbracketed: the `[img_K]` a placeholder goes
+        # after must be the one written here.
+        lines = [unlabel(result.text)] if result.text else []
+        lines += [f"[{ref}] {unlabel(caption)}".rstrip() for ref, caption, _ in refs]
         return ToolOutput(text="\n".join(lines), images=[(ref, image) for ref, _, image in refs])
 
     async def run(self, params: dict, ctx: ToolContext) -> ToolOutput:
@@ -170,6 +173,34 @@ class Tool(ABC):
 
     async def close(self) -> None:
         return None
+
+
+_LABEL = re.compile(r"\[(img_\d+)\]")
+
+
+def unlabel(text: str) -> str:
+    """`text` with every image label `[img_K]` written as `(img_K)`."""
+    return _LABEL.sub(r"(\1)", text)
+
+
+def check_result(result: ToolResult, tool: str) -> ToolResult:
+    """`result` if it can be shown and cached (lone surrogates replaced); a ToolError naming the problem otherwise.
+
+    Run on every fresh result before it is cached: a result that fails later (a 0x0 image cannot be resized)
+    would otherwise be served from the cache, and fail, on every call with the same parameters."""
+    if not isinstance(result, ToolResult) or not isinstance(result.text, str):
+        raise ToolError(f"{tool}: the backend returned no result text", "bad_response")
+    images = []
+    for item in result.images:
+        caption, image = item if isinstance(item, tuple) and len(item) == 2 else (None, None)
+        if not isinstance(caption, str) or not isinstance(image, Image.Image):
+            raise ToolError(
+                f"{tool}: the backend returned an image entry that is not (caption, image)", "bad_response"
+            )
+        if min(image.size) < 1:
+            raise ToolError(f"{tool}: the backend returned an empty {image.width}x{image.height} image", "bad_image")
+        images.append((replace_surrogates(caption), image))
+    return ToolResult(text=replace_surrogates(result.text), images=images)
 
 
 # ---- argument helpers shared by the tools -------------------------------------------------------------------
@@ -205,7 +236,9 @@ def canonical_bbox(value: Any, tool: str) -> list[int]:
             raise ToolArgumentError(f"{tool}: 'bbox' coordinates must be integers in 0-1000, got {v!r}")
         coords.append(int(v))
     if any(c < 0 or c > 1000 for c in coords):
-        raise ToolArgumentError(f"{tool}: 'bbox' {coords} is outside the image: coordinates are relative, 0-1000")
+        # Huge values shown abbreviated: str() of an int over 4,300 digits raises ValueError.
+        shown = ", ".join(str(c) if abs(c) < 10**9 else "(huge)" for c in coords)
+        raise ToolArgumentError(f"{tool}: 'bbox' [{shown}] is outside the image: coordinates are relative, 0-1000")
     x1, y1, x2, y2 = coords
     if x1 >= x2 or y1 >= y2:
         raise ToolArgumentError(f"{tool}: 'bbox' {coords} is empty: it needs x1 < x2 and y1 < y2")

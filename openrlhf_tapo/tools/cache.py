@@ -4,7 +4,8 @@ a result). Parameter determinism makes it exact: equal keys mean equal results.
 - Safe under concurrent writers (many rollout workers, threads or processes on one file): WAL journal, a busy
   timeout, one connection per thread, `INSERT OR IGNORE` so the first writer of a key wins and later ones are
   no-ops.
-- Never stores an error: only successful `ToolResult`s reach `put`.
+- Never stores an error: only successful `ToolResult`s that passed `check_result` reach `put`. A row that does
+  not decode to a valid result is bypassed (a miss), counted (`cache_corrupt`) and deleted, so it is rewritten.
 - Replay mode (`replay=True`): the runner serves only from the cache and reports a miss as a `cache_miss`
   error instead of calling the backend: reproducible runs without API spend.
 - hit/miss counters: `stats()`; the runner logs them on close and the agent reports them in extra_logs.
@@ -12,6 +13,7 @@ a result). Parameter determinism makes it exact: equal keys mean equal results.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,15 +22,17 @@ import sqlite3
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
-from openrlhf_tapo.search.workers import run_cpu
-from openrlhf_tapo.tools.base import ToolResult
+from openrlhf_tapo.tools.base import ToolResult, check_result
+from openrlhf_tapo.utils.text import replace_surrogates
 
 logger = logging.getLogger(__name__)
 LOG_EVERY = 1000  # lookups between two hit/miss log lines
+IO_THREADS = 4  # threads that may wait on the database at once
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results(
@@ -45,6 +49,7 @@ CREATE TABLE IF NOT EXISTS results(
 def cache_key(tool: str, key: dict) -> tuple[str, str]:
     """(digest, canonical JSON) of a tool name + key dict; key order and spacing never matter."""
     canonical = json.dumps({"tool": tool, "key": key}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = replace_surrogates(canonical)  # neither sha256 nor SQLite takes a lone surrogate
     return hashlib.sha256(canonical.encode()).hexdigest(), canonical
 
 
@@ -83,6 +88,9 @@ class ToolCache:
         self.hits = 0
         self.misses = 0
         self.writes = 0
+        self.corrupt = 0  # rows that did not decode to a valid result (bypassed and deleted)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
         self._local = threading.local()
         self._pid = os.getpid()
         self._conns: list[sqlite3.Connection] = []
@@ -90,7 +98,12 @@ class ToolCache:
         if replay and not self.path.is_file():
             raise FileNotFoundError(f"replay mode needs an existing cache file; {self.path} does not exist")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn()  # create the schema now, so a bad path fails at start-up, not mid-rollout
+        try:
+            self._conn()  # create the schema now, so a bad path fails at start-up, not mid-rollout
+        except sqlite3.DatabaseError as err:
+            raise ValueError(
+                f"tools.cache.path {self.path} is not a usable SQLite tool cache ({err}); delete it or choose another"
+            ) from None
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections must not be used (nor closed) here
@@ -118,8 +131,9 @@ class ToolCache:
             if "no such table" not in str(err):
                 raise
             row = None
+        result = None if row is None else self._decode_row(tool, digest, row)
         with self._lock:
-            if row is None:
+            if result is None:
                 self.misses += 1
             else:
                 self.hits += 1
@@ -128,7 +142,22 @@ class ToolCache:
             logger.info(
                 "tool cache %s: %d hits, %d misses after %d lookups", self.path.name, self.hits, self.misses, lookups
             )
-        return None if row is None else decode_result(*row)
+        return result
+
+    def _decode_row(self, tool: str, digest: str, row: tuple) -> ToolResult | None:
+        """The row's result, or None for a row that does not decode to a valid result: that row is deleted (not in
+        replay mode) so the fresh result is written in its place instead of the bad row failing every call."""
+        try:
+            return check_result(decode_result(*row), tool)
+        except Exception as err:  # anything a damaged payload or blob can raise: json, zlib, PIL, KeyError, ...
+            logger.warning("tool cache %s: unreadable %s row (%s); bypassed", self.path.name, tool, type(err).__name__)
+            with self._lock:
+                self.corrupt += 1
+            if not self.replay:
+                conn = self._conn()
+                with conn:
+                    conn.execute("DELETE FROM results WHERE key = ?", (digest,))
+            return None
 
     def put_sync(self, tool: str, key: dict, result: ToolResult) -> None:
         if self.replay:
@@ -145,16 +174,29 @@ class ToolCache:
             with self._lock:
                 self.writes += 1
 
-    # ---- async API (the runner's): SQLite and PNG coding are blocking, so they run in the CPU pool ----------
+    # ---- async API (the runner's): SQLite and image coding block, so they run in the cache's own threads: a
+    # locked database then holds those, never the CPU pool that zoom and image decoding share ----------------
     async def get(self, tool: str, key: dict) -> ToolResult | None:
-        return await run_cpu(self.get_sync, tool, key)
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool(), self.get_sync, tool, key)
 
     async def put(self, tool: str, key: dict, result: ToolResult) -> None:
-        await run_cpu(self.put_sync, tool, key, result)
+        await asyncio.get_running_loop().run_in_executor(self._io_pool(), self.put_sync, tool, key, result)
+
+    def _io_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():  # a forked child has none of the threads
+                self._pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="tapo-cache")
+                self._pool_pid = os.getpid()
+            return self._pool
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_writes": self.writes}
+            return {
+                "cache_hits": self.hits,
+                "cache_misses": self.misses,
+                "cache_writes": self.writes,
+                "cache_corrupt": self.corrupt,
+            }
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]
@@ -164,4 +206,7 @@ class ToolCache:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+            pool, self._pool = self._pool, None
         self._local = threading.local()
+        if pool is not None:
+            pool.shutdown(wait=False)

@@ -76,7 +76,8 @@ class ImageSearchTool(Tool):
             image = await run_cpu(image.crop, bbox_to_pixels(params["bbox"], image.size))
         else:
             url = ctx.image_urls.get(params["image"])
-        hits = await self.backend.image_search(image, self.config.top_k, image_url=url)
+        # Cut here too: a backend that returns more than asked must not bloat the cache row.
+        hits = (await self.backend.image_search(image, self.config.top_k, image_url=url))[: self.config.top_k]
         target = params["image"] + (f" region {params['bbox']}" if "bbox" in params else "")
         if not hits:
             return ToolResult(text=f"No similar images found for {target}.")

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sqlite3
+import traceback
 from collections import Counter
 from collections.abc import Iterable
 
@@ -26,6 +27,7 @@ from openrlhf_tapo.tools.base import (
     ToolError,
     ToolOutput,
     ToolResult,
+    check_result,
     error_text,
 )
 from openrlhf_tapo.tools.cache import ToolCache
@@ -33,6 +35,7 @@ from openrlhf_tapo.tools.config import ToolsConfig
 from openrlhf_tapo.tools.image_search import ImageSearchTool
 from openrlhf_tapo.tools.text_search import TextSearchTool
 from openrlhf_tapo.tools.zoom import ZoomTool
+from openrlhf_tapo.utils.text import replace_surrogates_in
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,10 @@ class ToolRunner:
         except TimeoutError:
             output = self._error("timeout", f"{name} took longer than {self.config.timeout_s:g} s; try again", params)
         except Exception as err:
-            logger.exception("tool %s failed unexpectedly", name)
-            output = self._error("internal", f"{name} failed ({type(err).__name__}: {err})", params)
+            # The exception's message is neither shown nor logged: a backend's can carry a URL with its API key.
+            stack = "".join(traceback.format_tb(err.__traceback__))
+            logger.error("tool %s failed unexpectedly with %s\n%s", name, type(err).__name__, stack)
+            output = self._error("internal", f"{name} failed unexpectedly ({type(err).__name__})", params)
         self.counts[f"calls/{tool.name if tool else 'unknown'}"] += 1
         if output.error:
             self.counts[f"errors/{output.error}"] += 1
@@ -117,9 +122,10 @@ class ToolRunner:
                 variant = self._variants[tool.name] = tool_variant(tool)
             key = {"params": await tool.cache_key(params, ctx), "variant": variant}
             try:
-                result = await self.cache.get(tool.name, key)
-            except sqlite3.Error as err:  # a broken cache must not fail the call: serve it from the backend
-                logger.warning("tool cache read failed (%s); calling the backend", err)
+                async with asyncio.timeout(self.config.timeout_s):
+                    result = await self.cache.get(tool.name, key)
+            except (sqlite3.Error, TimeoutError) as err:  # a broken or locked cache must not fail the call
+                logger.warning("tool cache read failed (%s %s); calling the backend", type(err).__name__, err)
                 self.counts["cache_errors"] += 1
             cached = result is not None
             self.counts["cache_hits" if cached else "cache_misses"] += 1
@@ -128,11 +134,13 @@ class ToolRunner:
         if result is None:
             async with asyncio.timeout(self.config.timeout_s):
                 result = await tool.execute(params, ctx)
+            result = check_result(result, tool.name)  # before the cache: an invalid result must never be stored
             if key is not None:
                 try:
-                    await self.cache.put(tool.name, key, result)
-                except sqlite3.Error as err:
-                    logger.warning("tool cache write failed (%s); result not cached", err)
+                    async with asyncio.timeout(self.config.timeout_s):
+                        await self.cache.put(tool.name, key, result)
+                except (sqlite3.Error, TimeoutError) as err:
+                    logger.warning("tool cache write failed (%s %s); result not cached", type(err).__name__, err)
                     self.counts["cache_errors"] += 1
 
         result, note = await self._limit_images(result, image_room)
@@ -183,9 +191,13 @@ def _parse_arguments(arguments, name: str) -> dict:
             raise ToolError(
                 f"{name}: arguments are not valid JSON ({err.msg} at position {err.pos})", "bad_json"
             ) from None
+        except (ValueError, RecursionError):  # an integer of over 4,300 digits, or nesting deeper than Python's stack
+            raise ToolError(
+                f"{name}: arguments are not valid JSON (a number too long or nesting too deep)", "bad_json"
+            ) from None
     if not isinstance(arguments, dict):
         raise ToolArgumentError(f"{name}: arguments must be a JSON object, got {type(arguments).__name__}")
-    return arguments
+    return replace_surrogates_in(arguments)
 
 
 def tool_variant(tool: Tool) -> dict:
@@ -279,7 +291,11 @@ def build_tool_runner(config: ToolsConfig | dict | None = None, backend: SearchB
     classes = tool_classes(config)
     if backend is None and any(cls.needs_backend for cls in classes):
         backend = build_backend(config)
-    cache = ToolCache(config.cache.path, replay=config.cache.mode == "replay") if config.cache.mode != "off" else None
+    cache = None
+    if config.cache.mode != "off":
+        # A locked database holds a cache thread no longer than a call may take (the runner stops waiting then).
+        busy_timeout_s = min(config.timeout_s, 30.0)
+        cache = ToolCache(config.cache.path, replay=config.cache.mode == "replay", busy_timeout_s=busy_timeout_s)
     return ToolRunner([cls(backend=backend, config=config) for cls in classes], config, cache)
 
 

@@ -50,7 +50,8 @@ class TextSearchTool(Tool):
         return {"query": query}
 
     async def execute(self, params: dict, ctx: ToolContext) -> ToolResult:
-        hits = await self.backend.text_search(params["query"], self.config.top_k)
+        # Cut here too: a backend that returns more than asked must not bloat the observation or the cache row.
+        hits = (await self.backend.text_search(params["query"], self.config.top_k))[: self.config.top_k]
         if not hits:
             return ToolResult(text=f'No results for "{params["query"]}".')
         limit = self.config.max_passage_chars
