@@ -23,8 +23,8 @@ A trajectory, as the model sees it (ChatML, Qwen2.5-VL vision placeholders)::
 - Image references: the question images are `img_0`, `img_1`, ...; every image a tool returns gets the next free
   id in order of appearance, and the tool response shows its label right before its vision placeholder.
 - `parse_tool_calls` is THE parser: the rollout executor runs it on each generated turn and the TAPO stage runs it
-  on decoded trajectories (through `parse_trajectory_tool_calls`, which only looks inside assistant turns, so the
-  example call in the system prompt and any `<tool_call>` text a web page returns are never taken for calls).
+  on each action span it recovers from tokens (`agent/call_record.py`), so the example call in the system prompt and
+  any `<tool_call>` text a web page returns are never taken for calls.
 """
 
 from __future__ import annotations
@@ -175,59 +175,6 @@ def parse_answer(text: str) -> str | None:
     if start < 0:
         return None
     return text[start + len(ANSWER_OPEN) : end].strip()
-
-
-@dataclass(frozen=True)
-class AssistantTurn:
-    """An assistant turn inside a decoded transcript: `text[start:end]` is what the model generated."""
-
-    index: int
-    start: int
-    end: int
-
-
-def assistant_turns(transcript: str) -> list[AssistantTurn]:
-    """The assistant turns of a decoded ChatML transcript (special tokens kept), in order.
-
-    A turn starts after `<|im_start|>assistant\\n` and ends at the next `<|im_end|>` or `<|im_start|>`, or at the end
-    of the text (the last turn of a trajectory may stop at `</answer>` with no `<|im_end|>`).
-    """
-    turns = []
-    pos = 0
-    while True:
-        header = transcript.find(ASSISTANT_HEADER, pos)
-        if header < 0:
-            return turns
-        start = header + len(ASSISTANT_HEADER)
-        ends = [i for i in (transcript.find(IM_END, start), transcript.find(IM_START, start)) if i >= 0]
-        end = min(ends) if ends else len(transcript)
-        turns.append(AssistantTurn(len(turns), start, end))
-        pos = end
-
-
-@dataclass(frozen=True)
-class TrajectoryToolCall:
-    """A tool call of a decoded trajectory: the call (offsets relative to the whole transcript) and its turn."""
-
-    turn: int
-    call: ParsedToolCall
-
-
-def parse_trajectory_tool_calls(transcript: str) -> list[TrajectoryToolCall]:
-    """Tool calls made by the model in a decoded transcript, with offsets into `transcript`.
-
-    Only assistant turns are scanned: the system prompt's example call and tool responses are not model actions.
-    Within a turn only the first block is a call the executor ran (generation stops at `</tool_call>`); later
-    blocks can only appear in transcripts not produced by our executor and are returned too, flagged by position.
-    """
-    found = []
-    for turn in assistant_turns(transcript):
-        for call in parse_tool_calls(transcript[turn.start : turn.end]):
-            shifted = ParsedToolCall(
-                call.name, call.arguments, call.start + turn.start, call.end + turn.start, call.error, call.raw
-            )
-            found.append(TrajectoryToolCall(turn.index, shifted))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------- prompt rendering
