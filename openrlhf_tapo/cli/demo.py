@@ -173,6 +173,7 @@ def ray_command(
         TASK_DIR=str(Path(task_dir).resolve()),
         MODEL_PATH=str(Path(model_dir).resolve()),
         SAVE_PATH=str((Path(run_dir) / "checkpoint").resolve()),
+        PYTHONUNBUFFERED="1",  # each training step's log line reaches the progress bar when it is written
     )
     env.pop("VIRTUAL_ENV", None)
     argv = ["bash", str(TRAIN_SCRIPT), *ray_train_flags(config, Path(run_dir).resolve(), num_train_prompts)]
@@ -190,6 +191,7 @@ def run_ray(argv: list[str], env: dict, log_path: Path, on_step: Callable[[dict]
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # `tail -f ray_train.log` follows the run
             status = parse_global_step(line)
             if status is not None:
                 on_step(status)
@@ -239,6 +241,8 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     timings = {}
+    logs = "demo.log" + (", ray_train.log" if args.engine == "ray" else "")
+    console.line(f"demo ({args.engine} engine) in {run_dir}; everything the libraries print goes to {logs} there")
 
     def stage(name):
         timings[name] = time.time()

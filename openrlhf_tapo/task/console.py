@@ -70,8 +70,8 @@ class Console:
             desc=f"  {desc}",
             unit=f" {unit}",
             file=self.stream,
-            ncols=119,
-            bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{unit} [{elapsed}] {postfix}",
+            ncols=160,
+            bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{unit} [{elapsed}]{postfix}",
             mininterval=0,
         )
 
