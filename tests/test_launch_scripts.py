@@ -133,10 +133,14 @@ REFUSING_RAY = '#!/bin/bash\necho "$@" > "$RAY_CALLED"\nexit 1\n'
 SECRET = "wandb-secret-987"
 
 
+SHIPPED = "train_tapo_ray.sh with the shipped defaults"
+
+
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
-    """Runs a script with DRY_RUN=1, a `ray` on PATH that records any call (the test then fails) and `python3` =
-    this interpreter; the inputs are real files at toy size (tests/_launch_inputs.py)."""
+def dry_runs(tmp_path_factory):
+    """Every script run with DRY_RUN=1 (all at once: each is a Python start-up), a `ray` on PATH that records any
+    call (the test then fails) and `python3` = this interpreter; the inputs are real files at toy size
+    (tests/_launch_inputs.py). Plus train_tapo_ray.sh with the shipped configs/agent.yaml and the default data path."""
     tmp = tmp_path_factory.mktemp("dry_run")
     inputs = launch_inputs(tmp / "inputs")
     bin_dir = tmp / "bin"
@@ -148,13 +152,14 @@ def dry_run(tmp_path_factory):
     task_dir.mkdir()
     (task_dir / "prompts_train.jsonl").symlink_to(inputs.data)
     (task_dir / "agent.yaml").symlink_to(inputs.agent_config)
-    called = tmp / "ray_called"
-
-    def run(script: str, **env) -> subprocess.CompletedProcess:
+    cases = {script: (script, {}) for script in ALL_SCRIPTS}
+    cases[SHIPPED] = ("train_tapo_ray.sh", {"AGENT_CONFIG": str(REPO / "configs" / "agent.yaml"), "DATASET_PATH": ""})
+    running = {}
+    for case, (script, env) in cases.items():
         environ = {
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "RAY_CALLED": str(called),
+            "RAY_CALLED": str(tmp / f"ray_called_{len(running)}"),
             "DRY_RUN": "1",
             "MODEL_PATH": str(inputs.model),
             "DATASET_PATH": str(inputs.data),
@@ -165,24 +170,29 @@ def dry_run(tmp_path_factory):
             "WANDB_API_KEY": SECRET,
             **env,
         }
-        proc = subprocess.run(
-            ["bash", str(SCRIPTS / script)], env=environ, capture_output=True, text=True, timeout=120
+        environ = {k: v for k, v in environ.items() if v != ""}  # "" = unset: the script's default applies
+        proc = subprocess.Popen(
+            ["bash", str(SCRIPTS / script)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        assert not called.exists(), f"{script} called ray with DRY_RUN=1: {called.read_text()}"
-        assert SECRET not in proc.stdout + proc.stderr
-        return proc
-
-    run.inputs = inputs
-    return run
+        running[case] = (proc, Path(environ["RAY_CALLED"]))
+    results = {}
+    for case, (proc, called) in running.items():
+        out, err = proc.communicate(timeout=300)
+        results[case] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        results[case].ray_called = called.read_text() if called.exists() else None
+    results["inputs"] = inputs
+    return results
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS)
-def test_dry_run_submits_nothing_and_prints_only_json(dry_run, script):
-    proc = dry_run(script)
+def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
+    proc = dry_runs[script]
+    assert proc.ray_called is None, f"{script} called ray with DRY_RUN=1: {proc.ray_called}"
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SECRET not in proc.stdout + proc.stderr
     resolved = json.loads(proc.stdout)
     assert resolved["tapo"]["enable"] is (script != "train_grpo_ray.sh")
-    assert resolved["actor"]["model_name_or_path"] == str(dry_run.inputs.model)
+    assert resolved["actor"]["model_name_or_path"] == str(dry_runs["inputs"].model)
     assert resolved["data"]["prompt_dataset"].endswith(".jsonl")
     if script != "train_tapo_cpu.sh":
         module = "openrlhf.cli.train_ppo_ray" if script == "train_grpo_ray.sh" else "openrlhf_tapo.cli.train_ppo_ray"
@@ -191,8 +201,8 @@ def test_dry_run_submits_nothing_and_prints_only_json(dry_run, script):
         assert resolved["logger"]["wandb"]["key"] == "<redacted>"
 
 
-def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_run):
-    proc = dry_run("train_tapo_ray.sh", AGENT_CONFIG=str(REPO / "configs" / "agent.yaml"), DATASET_PATH="data/x.jsonl")
-    assert proc.returncode == 2 and proc.stdout == ""
+def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):
+    proc = dry_runs[SHIPPED]
+    assert proc.ray_called is None and proc.returncode == 2 and proc.stdout == ""
     assert "tools.backend.index_dir is required" in proc.stderr
-    assert "--data.prompt_dataset data/x.jsonl: no such file" in proc.stderr
+    assert "/data/train.jsonl: no such file" in proc.stderr  # common_search_agent.sh's default DATASET_PATH
