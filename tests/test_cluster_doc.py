@@ -47,6 +47,12 @@ def _stand_in_run(save_path: Path, reward: float, corrected: float | None) -> No
     from torch.utils.tensorboard import SummaryWriter
 
     shutil.copytree(tiny_vlm_dir(), save_path)
+    # An untrained tiny model writes 1024 random tokens per turn on CPU; with every token an end of sequence each
+    # turn ends after one, so `evaluate` runs the whole agent path in seconds.
+    config = json.loads((save_path / "config.json").read_text())
+    vocab = config.get("text_config", config).get("vocab_size") or config["vocab_size"]
+    generation = json.loads((save_path / "generation_config.json").read_text())
+    (save_path / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": list(range(vocab))}))
     writer = SummaryWriter(str(save_path / "runs" / "run"))
     for step in (1, 2, 3):
         writer.add_scalar("train/rollout/reward_mean", reward * step, step)
