@@ -7,9 +7,11 @@ For every script the recorded command line must be accepted by OpenRLHF 0.11.2's
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
 from openrlhf_tapo.cli.train_ppo_ray import openrlhf_argv, resolve_args
@@ -123,3 +125,84 @@ def test_header_says_what_the_script_expects(script):
     header = "\n".join(line for line in (SCRIPTS / script).read_text().splitlines() if line.startswith("#"))
     for topic in ("GPUs", "Model", "Data", "Search backend", "Ray"):
         assert f"#   {topic}" in header, topic
+
+
+# ------------------------------------------------------------------------------------------------- DRY_RUN=1
+ALL_SCRIPTS = sorted(path.name for path in SCRIPTS.glob("train_*.sh"))
+REFUSING_RAY = '#!/bin/bash\necho "$@" > "$RAY_CALLED"\nexit 1\n'
+SECRET = "wandb-secret-987"
+
+
+SHIPPED = "train_tapo_ray.sh with the shipped defaults"
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """Every script run with DRY_RUN=1 (all at once: each is a Python start-up), a `ray` on PATH that records any
+    call (the test then fails) and `python3` = this interpreter; the inputs are real files at toy size
+    (tests/_launch_inputs.py). Plus train_tapo_ray.sh with the shipped configs/agent.yaml and the default data path."""
+    tmp = tmp_path_factory.mktemp("dry_run")
+    inputs = launch_inputs(tmp / "inputs")
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    for name, text in (("ray", REFUSING_RAY), ("python3", f'#!/bin/bash\nexec "{sys.executable}" "$@"\n')):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    task_dir = tmp / "task"  # train_tapo_cpu.sh reads the task directory `make demo` writes
+    task_dir.mkdir()
+    (task_dir / "prompts_train.jsonl").symlink_to(inputs.data)
+    (task_dir / "agent.yaml").symlink_to(inputs.agent_config)
+    cases = {script: (script, {}) for script in ALL_SCRIPTS}
+    cases[SHIPPED] = ("train_tapo_ray.sh", {"AGENT_CONFIG": str(REPO / "configs" / "agent.yaml"), "DATASET_PATH": ""})
+    running = {}
+    for case, (script, env) in cases.items():
+        environ = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "RAY_CALLED": str(tmp / f"ray_called_{len(running)}"),
+            "DRY_RUN": "1",
+            "MODEL_PATH": str(inputs.model),
+            "DATASET_PATH": str(inputs.data),
+            "AGENT_CONFIG": str(inputs.agent_config),
+            "SAVE_PATH": str(tmp / "exp"),
+            "TASK_DIR": str(task_dir),
+            "PYTHON": str(bin_dir / "python3"),
+            "WANDB_API_KEY": SECRET,
+            **env,
+        }
+        environ = {k: v for k, v in environ.items() if v != ""}  # "" = unset: the script's default applies
+        proc = subprocess.Popen(
+            ["bash", str(SCRIPTS / script)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        running[case] = (proc, Path(environ["RAY_CALLED"]))
+    results = {}
+    for case, (proc, called) in running.items():
+        out, err = proc.communicate(timeout=300)
+        results[case] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        results[case].ray_called = called.read_text() if called.exists() else None
+    results["inputs"] = inputs
+    return results
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
+    proc = dry_runs[script]
+    assert proc.ray_called is None, f"{script} called ray with DRY_RUN=1: {proc.ray_called}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SECRET not in proc.stdout + proc.stderr
+    resolved = json.loads(proc.stdout)
+    assert resolved["tapo"]["enable"] is (script != "train_grpo_ray.sh")
+    assert resolved["actor"]["model_name_or_path"] == str(dry_runs["inputs"].model)
+    assert resolved["data"]["prompt_dataset"].endswith(".jsonl")
+    if script != "train_tapo_cpu.sh":
+        module = "openrlhf.cli.train_ppo_ray" if script == "train_grpo_ray.sh" else "openrlhf_tapo.cli.train_ppo_ray"
+        assert "DRY_RUN: would run: ray job submit --address=http://127.0.0.1:8265" in proc.stderr
+        assert f"-- python3 -m {module} " in proc.stderr
+        assert resolved["logger"]["wandb"]["key"] == "<redacted>"
+
+
+def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):
+    proc = dry_runs[SHIPPED]
+    assert proc.ray_called is None and proc.returncode == 2 and proc.stdout == ""
+    assert "tools.backend.index_dir is required" in proc.stderr
+    assert "/data/train.jsonl: no such file" in proc.stderr  # common_search_agent.sh's default DATASET_PATH

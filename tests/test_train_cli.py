@@ -1,11 +1,15 @@
 """`python -m openrlhf_tapo.cli.train_ppo_ray`: flag plumbing, YAML precedence, dry-run, bad-flag messages, launch."""
 
+import dataclasses
 import json
 
 import pytest
 import ray
+from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter import inject
+from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
+from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli import train_ppo_ray as cli
 
 BASE = [
@@ -45,12 +49,22 @@ def _error(capsys, argv) -> str:
     return capsys.readouterr().err
 
 
-def test_dry_run_prints_the_resolved_configuration(capsys, agent_yaml, no_launch):
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return launch_inputs(tmp_path_factory.mktemp("launch"))
+
+
+def test_dry_run_prints_the_resolved_configuration(capsys, inputs, no_launch):
+    agent_yaml = str(inputs.agent_config)
     cli.main([*BASE, "--tapo.enable", "--tapo.beta", "0.5", "--tapo.no_support", "--tapo.span", "call",
               "--tapo.similarity", "text_search=text_exact", "--actor.policy_loss_type", "sapo",
-              "--actor.sapo_tau_pos", "2", "--agent.config", agent_yaml, "--dry-run"])  # fmt: skip
+              "--actor.sapo_tau_pos", "2", "--agent.config", agent_yaml, "--dry-run",
+              "--actor.model_name_or_path", str(inputs.model), "--data.prompt_dataset", str(inputs.data),
+              "--data.input_key", "prompt", "--data.label_key", "label", "--data.image_key", "images",
+              "--ckpt.output_dir", str(inputs.save), "--logger.wandb.key", "wandb-secret-1"])  # fmt: skip
     out = capsys.readouterr().out
-    resolved = json.loads(out[out.index("{") :])
+    resolved = json.loads(out)  # stdout is the JSON alone
+    assert "wandb-secret-1" not in out and resolved["logger"]["wandb"]["key"] == "<redacted>"
     assert resolved["tapo"]["enable"] and resolved["tapo"]["beta"] == 0.5 and resolved["tapo"]["span"] == "call"
     assert resolved["tapo"]["use_support"] is False and resolved["tapo"]["clip_at_zero"] is True
     assert resolved["tapo"]["similarity"] == {"text_search": "text_exact", "image_search": "image", "zoom": "bbox_iou"}
@@ -105,7 +119,8 @@ def test_async_training_flags_pass_with_tapo(agent_yaml):
 
 
 def test_explicit_agent_func_path_is_kept(agent_yaml):
-    args = cli.resolve_args([*BASE, "--agent.config", agent_yaml, "--train.agent_func_path", "/opt/my_agent.py"])
+    argv = [*BASE, "--tapo.disable", "--agent.config", agent_yaml, "--train.agent_func_path", "/opt/my_agent.py"]
+    args = cli.resolve_args(argv)
     assert args.train.agent_func_path == "/opt/my_agent.py"
     assert cli.resolve_args(BASE).tapo.enable is False and cli.resolve_args(BASE).agent.config is None
 
@@ -148,6 +163,41 @@ def test_bad_flags_are_named_before_anything_starts(capsys, no_launch, extra, ex
         argv.remove("--algo.kl.use_loss")
         expected = "--algo.kl.init_coef 0.01 and no --algo.kl.use_loss"
     assert expected in _error(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--tapo.beta", "0.5"], "--tapo.beta given"),
+        (["--tapo.no_clip", "--tapo.scope", "batch"], "--tapo.clip_at_zero, --tapo.scope given"),
+        (["--agent.config", "AGENT"], "--agent.config given"),
+        (["--tapo.config", "TAPO_NO_ENABLE"], "--tapo.config given"),
+    ],
+)
+def test_our_flags_without_tapo_enable_are_an_error(tmp_path, capsys, no_launch, agent_yaml, extra, named):
+    tapo_yaml = tmp_path / "tapo.yaml"
+    tapo_yaml.write_text("tapo: {beta: 0.5}\n")
+    extra = [{"AGENT": agent_yaml, "TAPO_NO_ENABLE": str(tapo_yaml)}.get(token, token) for token in extra]
+    message = _error(capsys, [*BASE, *extra])
+    assert named in message and "without --tapo.enable" in message and "Add --tapo.enable" in message
+    for switch in ("--tapo.enable", "--tapo.disable"):  # either says what the user meant: accepted
+        assert cli.split_flags([*BASE, *extra, switch]).tapo_enable is (switch == "--tapo.enable")
+
+
+def test_every_flag_of_ours_has_help_from_where_its_default_is_defined():
+    actions = {a.option_strings[0]: a for a in cli.build_parser()._actions if a.option_strings}
+    for action in actions.values():
+        assert action.help, action.option_strings
+    for config, prefix, names in (
+        (TAPOConfig, "--tapo.", [f.name for f in dataclasses.fields(TAPOConfig)]),
+        (PolicyLossConfig, "--actor.", ["sapo_tau_pos", "sapo_tau_neg"]),
+    ):
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        for name in names:
+            help_text = actions[prefix + name].help
+            assert help_text.startswith(fields[name].metadata["help"]), name
+            default = getattr(config(), name)
+            assert help_text.endswith(f"(default: {'off' if default is None else default})"), name
 
 
 def test_bad_yaml_keys_are_named(tmp_path, capsys, no_launch):

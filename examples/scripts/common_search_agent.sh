@@ -104,3 +104,27 @@ if [[ -n "${WANDB_API_KEY:-}" ]]; then
    LOG_ARGS+=(--logger.wandb.key "${WANDB_API_KEY}" --logger.wandb.project "${WANDB_PROJECT:-openrlhf_tapo}"
               --logger.wandb.run_name "${RUN_NAME}")
 fi
+
+# submit_job MODULE FLAGS...: `ray job submit` of `python3 -m MODULE FLAGS...` at RAY_ADDRESS. With DRY_RUN=1 nothing
+# is submitted: our launcher runs its checks (prompt data, the agent's tools, model, save paths) and prints the
+# resolved configuration as JSON on stdout; the submit command goes to stderr. The baseline (OpenRLHF's own launcher)
+# is checked the same way, with --tapo.disable and the AGENT_CONFIG its workers will read.
+submit_job() {
+   local module="$1"
+   shift
+   local command=(ray job submit --address="${RAY_ADDRESS}" --runtime-env-json="${RUNTIME_ENV_JSON}"
+                  -- python3 -m "${module}" "$@")
+   if [[ -n "${DRY_RUN:-}" ]]; then
+      local flags=("$@")
+      if [[ "${module}" != openrlhf_tapo.* ]]; then
+         flags+=(--tapo.disable --agent.config "${AGENT_CONFIG}")
+      fi
+      local shown="${command[*]}"
+      if [[ -n "${WANDB_API_KEY:-}" ]]; then
+         shown="${shown//"${WANDB_API_KEY}"/<redacted>}"
+      fi
+      echo "DRY_RUN: would run: ${shown}" >&2
+      exec python3 -m openrlhf_tapo.cli.train_ppo_ray "${flags[@]}" --dry-run
+   fi
+   "${command[@]}"
+}

@@ -20,6 +20,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/common_search_agent.sh"
 
 TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${LOG_ARGS[@]}")
 
-ray job submit --address="${RAY_ADDRESS}" \
-   --runtime-env-json="${RUNTIME_ENV_JSON}" \
-   -- python3 -m openrlhf.cli.train_ppo_ray "${TRAIN_ARGS[@]}"
+submit_job openrlhf.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

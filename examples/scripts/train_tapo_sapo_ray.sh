@@ -35,9 +35,4 @@ TAPO_ARGS=(
 TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${LOSS_ARGS[@]}"
             "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
 
-if [[ -n "${DRY_RUN:-}" ]]; then
-   exec python3 -m openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}" --dry-run
-fi
-ray job submit --address="${RAY_ADDRESS}" \
-   --runtime-env-json="${RUNTIME_ENV_JSON}" \
-   -- python3 -m openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"
+submit_job openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

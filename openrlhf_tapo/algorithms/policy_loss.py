@@ -18,7 +18,7 @@ Only torch and the standard library are imported here.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,15 +38,22 @@ class PolicyLossConfig:
     clip_eps_low / clip_eps_high: hard clip band [1 - low, 1 + high] of ppo, gspo, gspo_token (the GSPO paper uses
         3e-4 / 4e-4 for its sequence ratio; 0.2 is the PPO/GRPO default).
     dual_clip: lower bound dual_clip * A on the surrogate of negative-advantage tokens (> 1), or None.
-    sapo_tau_pos / sapo_tau_neg: temperature of sapo's soft gate for tokens with A > 0 / A <= 0 (SAPO paper
-        defaults; a larger temperature closes the gate faster).
+    sapo_tau_pos / sapo_tau_neg: documented in their metadata (the launcher's --actor.sapo_tau_* help).
     """
 
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     dual_clip: float | None = None
-    sapo_tau_pos: float = 1.0
-    sapo_tau_neg: float = 1.05
+    sapo_tau_pos: float = field(
+        default=1.0,
+        metadata={
+            "help": "temperature of sapo's soft gate for tokens with A > 0 (SAPO paper default; a larger "
+            "temperature closes the gate faster)"
+        },
+    )
+    sapo_tau_neg: float = field(
+        default=1.05, metadata={"help": "temperature of sapo's soft gate for tokens with A <= 0 (SAPO paper default)"}
+    )
 
     def __post_init__(self):
         if self.clip_eps_low < 0 or self.clip_eps_high < 0:

@@ -96,39 +96,74 @@ def _default_similarity() -> dict[str, str]:
     return {"text_search": "text_fuzzy", "image_search": "image", "zoom": "bbox_iou"}
 
 
+def _doc(text: str) -> dict[str, str]:
+    """A field's documentation, kept in its metadata: the launcher's `--tapo.<field>` help is read from it."""
+    return {"help": text}
+
+
 @dataclass
 class TAPOConfig:
-    """TAPO options; each field maps 1:1 to the flag `--tapo.<field>`."""
+    """TAPO options; each field maps 1:1 to the flag `--tapo.<field>`, whose help text is the field's `help`."""
 
-    # Transfer strength in min(0, A + beta * m * c_g * Ā_g). The paper's best value; 0 disables TAPO.
-    beta: float = 0.8
-    # Similarity threshold: a witness counts when sim >= theta (> 0; a value > 1 disables TAPO). 0.8 keeps
-    # near-duplicates only: for text_fuzzy 4 of 5 shared tokens, for boxes an IoU of 0.8.
-    theta: float = 0.8
-    # Confidence gate on m * c_g (>= 0). 0.25: at m = 1 at least a quarter of the successful trajectories in scope
-    # made the call; in a group of 8 with <= 4 successes one witness suffices. Lower it for scope="batch", whose
-    # support denominator is every successful trajectory of the batch.
-    alpha_min: float = 0.25
-    # Where witnesses come from: "group" (trajectories of the same prompt) or "batch" (any prompt in the batch).
-    scope: str = "group"
-    # Tokens corrected: "turn" (the whole assistant turn that made the call) or "call" (the call tokens only).
-    span: str = "turn"
-    # Witness call must be within this many turns of the failing call (|turn_w - turn_k| <= k); None = off.
-    turn_window: int | None = None
-    # Witness's observation vs the failing call's: "off", "exact" (equal after SQuAD normalisation) or "overlap"
-    # (token-set Jaccard >= obs_min_overlap). Guards against "same parameters, different information value".
-    obs_check: str = "off"
-    # Threshold in [0, 1] for obs_check="overlap".
-    obs_min_overlap: float = 0.5
-    # Ablation: False drops c_g from the credit (beta * m * Ā_g); the gate still uses m * c_g.
-    use_support: bool = True
-    # Ablation: False drops the min(0, .): a corrected token may become positive.
-    clip_at_zero: bool = True
-    # A trajectory succeeds when its score >= this (1.0 = a fully correct answer); used by callers building
-    # `success`, not by tapo_correct itself.
-    success_threshold: float = 1.0
-    # Tool name -> similarity name (registry in similarity.py); tools not listed use "exact_json".
-    similarity: dict[str, str] = field(default_factory=_default_similarity)
+    beta: float = field(
+        default=0.8,
+        metadata=_doc(
+            "transfer strength in min(0, A + beta * m * c_g * Ā_g); the paper's best value; 0 disables TAPO"
+        ),
+    )
+    theta: float = field(
+        default=0.8,
+        metadata=_doc(
+            "similarity a witness call needs (m >= theta; > 0, a value > 1 disables TAPO). 0.8 keeps near-duplicates "
+            "only: for text_fuzzy 4 of 5 shared tokens, for boxes an IoU of 0.8"
+        ),
+    )
+    alpha_min: float = field(
+        default=0.25,
+        metadata=_doc(
+            "confidence gate on m * c_g (>= 0). 0.25: at m = 1 at least a quarter of the successful trajectories in "
+            "scope made the call; in a group of 8 with <= 4 successes one witness suffices. Lower it for "
+            "scope=batch, whose support denominator is every successful trajectory of the batch"
+        ),
+    )
+    scope: str = field(
+        default="group",
+        metadata=_doc("where witnesses come from: group (trajectories of the same prompt) or batch (any prompt)"),
+    )
+    span: str = field(
+        default="turn",
+        metadata=_doc("tokens corrected: turn (the whole assistant turn that made the call) or call (its tokens)"),
+    )
+    turn_window: int | None = field(
+        default=None,
+        metadata=_doc("a witness call must be within this many turns of the failing call (|turn_w - turn_k| <= k)"),
+    )
+    obs_check: str = field(
+        default="off",
+        metadata=_doc(
+            "witness's observation vs the failing call's: off, exact (equal after SQuAD normalisation) or overlap "
+            "(token-set Jaccard >= obs_min_overlap); guards against same parameters, different information value"
+        ),
+    )
+    obs_min_overlap: float = field(default=0.5, metadata=_doc("threshold in [0, 1] for obs_check=overlap"))
+    use_support: bool = field(
+        default=True,
+        metadata=_doc("ablation: False drops c_g from the credit (beta * m * Ā_g); the gate still uses m * c_g"),
+    )
+    clip_at_zero: bool = field(
+        default=True, metadata=_doc("ablation: False drops the min(0, .): a corrected token may become positive")
+    )
+    success_threshold: float = field(
+        default=1.0,
+        metadata=_doc(
+            "a trajectory succeeds when its score >= this (1.0 = a fully correct answer); used by callers building "
+            "`success`, not by tapo_correct itself"
+        ),
+    )
+    similarity: dict[str, str] = field(
+        default_factory=_default_similarity,
+        metadata=_doc("tool name -> similarity name (registry in similarity.py); tools not listed use exact_json"),
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and what it accepts."""

