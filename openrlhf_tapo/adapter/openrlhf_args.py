@@ -12,6 +12,9 @@ import sys
 from unittest import mock
 
 OPENRLHF_PPO_MODULE = "openrlhf.cli.train_ppo_ray"
+# OpenRLHF's parser accepts `--actor.policy_loss_type` ppo | gspo only: each of our losses is parsed as the nearest
+# of those (so OpenRLHF's own validation of that type applies) and set on the args after parsing.
+OPENRLHF_LOSS_TYPE = {"ppo": "ppo", "gspo": "gspo", "gspo_token": "gspo", "sapo": "ppo"}
 
 
 class _ParsedArgs(Exception):

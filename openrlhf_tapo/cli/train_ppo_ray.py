@@ -43,11 +43,11 @@ from openrlhf_tapo.adapter.config import (
     tapo_namespace,
     yaml_sections,
 )
+from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import OBS_CHECKS, SCOPES, SPANS, TAPOConfig
 
 PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
-OPENRLHF_LOSSES = {"ppo": "ppo", "gspo": "gspo", "gspo_token": "gspo", "sapo": "ppo"}  # ours -> nearest OpenRLHF type
 EXECUTOR_PATH = str(Path(__file__).resolve().parent.parent / "agent" / "executor.py")
 OUR_NAMESPACES = ("--tapo.", "--agent.")
 
@@ -281,7 +281,7 @@ def split_flags(argv: list[str]) -> OurFlags:
 def _openrlhf_flags(ours: OurFlags) -> list[str]:
     argv = list(ours.rest)
     if ours.loss["policy_loss_type"] is not None:
-        argv += ["--actor.policy_loss_type", OPENRLHF_LOSSES[ours.loss["policy_loss_type"]]]
+        argv += ["--actor.policy_loss_type", OPENRLHF_LOSS_TYPE[ours.loss["policy_loss_type"]]]
     if ours.agent_config and not _has_flag(argv, "--train.agent_func_path"):
         argv += ["--train.agent_func_path", EXECUTOR_PATH]
     return argv

@@ -36,7 +36,7 @@ from transformers import get_scheduler
 
 from openrlhf_tapo.adapter.config import tapo_namespace
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
 from openrlhf_tapo.adapter.policy_loss import build_policy_loss
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
@@ -120,15 +120,13 @@ class RLConfig:
 def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
     """OpenRLHF's parsed and validated args for this run, plus `args.tapo` as our CLI sets it.
 
-    Policy-loss types OpenRLHF's parser does not know (gspo_token, sapo: ours) are parsed as ppo and set after.
+    Policy-loss types OpenRLHF's parser does not know (gspo_token, sapo: ours) are parsed as their nearest OpenRLHF
+    type (`OPENRLHF_LOSS_TYPE`, as our launcher does) and set after.
     """
     argv = config.openrlhf_argv(model_dir, run_dir)
-    ours = config.policy_loss_type not in ("ppo", "gspo")
-    if ours:
-        argv[argv.index("--actor.policy_loss_type") + 1] = "ppo"
+    argv[argv.index("--actor.policy_loss_type") + 1] = OPENRLHF_LOSS_TYPE[config.policy_loss_type]
     args = parse_openrlhf_args(argv)
-    if ours:
-        args.actor.policy_loss_type = config.policy_loss_type
+    args.actor.policy_loss_type = config.policy_loss_type
     args.tapo = tapo_namespace(config.tapo_enable, config.tapo)
     return args
 
