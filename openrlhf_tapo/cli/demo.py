@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 # torch, transformers and DeepSpeed print when imported (a pynvml FutureWarning, the accelerator line), so the
 # modules that import them are imported inside the functions, after `main` has sent such output to demo.log.
-from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES
+from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
 
 if TYPE_CHECKING:
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policy-loss-type",
         default="ppo",
-        choices=sorted(POLICY_LOSSES),
+        choices=sorted(OPENRLHF_LOSS_TYPE),  # every loss of ours (tested equal to POLICY_LOSSES); torch-free
         help="--actor.policy_loss_type",
     )
     parser.add_argument("--no-tapo", action="store_true", help="plain GRPO (TAPO stage off)")
