@@ -36,6 +36,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from openrlhf_tapo.adapter import patches
 from openrlhf_tapo.agent.config import CONFIG_ENV as AGENT_CONFIG_ENV
 
 SETUP_HOOK = "openrlhf_tapo.adapter.inject.setup_worker"
@@ -105,9 +106,16 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 
 def _apply(name: str, module, patch: Callable) -> None:
-    if name not in PATCHED:
-        patch(module)
-        PATCHED.append(name)
+    patches.apply(name, patches.INJECTION, functools.partial(patch, module), PATCHED)
+
+
+def verify() -> None:
+    """Refuse (patches.OpenRLHFMismatch) unless the installed OpenRLHF is the one our patches were written for: the
+    driver's check before Ray starts (each worker checks when it patches)."""
+    from openrlhf_tapo.utils import cuda_stubs
+
+    cuda_stubs.install()  # the targets' modules import vllm / flash_attn at module level
+    patches.verify(patches.INJECTION)
 
 
 def install() -> None:
@@ -135,8 +143,11 @@ def setup_worker() -> None:
 
 
 def worker_runtime_env(agent_config: str | None = None) -> dict:
-    """The runtime_env additions every worker needs: our setup hook and, if given, the agent's YAML path."""
+    """The runtime_env additions every worker needs: our setup hook, if given the agent's YAML path, and the
+    patches' override if the user set it."""
     env_vars = {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
+    if os.environ.get(patches.ALLOW_UNVERIFIED_ENV):  # the user's override holds in every worker too
+        env_vars[patches.ALLOW_UNVERIFIED_ENV] = os.environ[patches.ALLOW_UNVERIFIED_ENV]
     return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": env_vars}
 
 
@@ -177,6 +188,7 @@ def ray_init_adds(additions: dict):
     """
     import ray
 
+    patches.verify(patches.declared("ray_init_adds", patches.INJECTION))
     ray_init = ray.init
 
     @functools.wraps(ray_init)
