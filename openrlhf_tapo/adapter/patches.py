@@ -147,6 +147,20 @@ CPU_PROFILE = (
         "cdc212afa3b4b0c2b34546cc28593d45c845d40773e493d1668afac1fc228584",
     ),
     Patch(
+        "vllm_cpu_worker_extension",
+        "openrlhf.trainer.ray.vllm_worker_wrap:WorkerWrap.init_process_group",
+        "CPUWorkerWrap.init_process_group: the gloo replacement in vLLM's worker process, then OpenRLHF's",
+        "OpenRLHF's imports stateless_init_process_group at call time, so the replacement made just before holds",
+        "5481eec442232d9f317aca472fc59905785373273bfb923db72a62bcdd3c351d",
+    ),
+    Patch(
+        "vllm_cpu_worker_extension",
+        "openrlhf.trainer.ray.vllm_worker_wrap:WorkerWrap.update_weight",
+        "CPUWorkerWrap.update_weight: OpenRLHF's steps with the buffer on the worker's device, then a kernel repack",
+        'a copy, not a call: OpenRLHF\'s allocates on "cuda" and passes torch.cuda.current_stream(), both CUDA only',
+        "5507d975b539e3be59d614dc1594d00714291e6beee31ab514a16a851fdee2c4",
+    ),
+    Patch(
         "vllm_cpu_keep_linear_weights",
         "vllm.model_executor.layers.utils:dispatch_cpu_unquantized_gemm",
         "vLLM's dispatch with remove_weight=False",
