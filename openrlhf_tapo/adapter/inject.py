@@ -17,7 +17,8 @@ tree OpenRLHF builds: subclassing would need a replacement for `PPOTrainer`, for
 patched right after it executes, before any of its code is called. vLLM engine workers, which never import them,
 are left alone (importing the training stack there would load vLLM/DeepSpeed before Ray has set up the device).
 
-The patches:
+The patches (declared, with the fingerprints of the sources they replace, in `adapter/patches.py`: a module is
+patched only once they match the installed OpenRLHF, and the launcher checks them all in the driver first):
 - `openrlhf.trainer.ppo_trainer.RemoteExperienceMaker` -> `TAPOExperienceMaker` (OpenRLHF's class exactly when
   `args.tapo.enable` is off).
 - `ActorPPOTrainer.__init__` -> OpenRLHF's, then `self.actor_loss_fn = build_policy_loss(self.args)`: our PolicyLoss
