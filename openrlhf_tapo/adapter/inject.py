@@ -17,7 +17,8 @@ tree OpenRLHF builds: subclassing would need a replacement for `PPOTrainer`, for
 patched right after it executes, before any of its code is called. vLLM engine workers, which never import them,
 are left alone (importing the training stack there would load vLLM/DeepSpeed before Ray has set up the device).
 
-The patches:
+The patches (declared, with the fingerprints of the sources they replace, in `adapter/patches.py`: a module is
+patched only once they match the installed OpenRLHF, and the launcher checks them all in the driver first):
 - `openrlhf.trainer.ppo_trainer.RemoteExperienceMaker` -> `TAPOExperienceMaker` (OpenRLHF's class exactly when
   `args.tapo.enable` is off).
 - `ActorPPOTrainer.__init__` -> OpenRLHF's, then `self.actor_loss_fn = build_policy_loss(self.args)`: our PolicyLoss
@@ -36,6 +37,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from openrlhf_tapo.adapter import patches
 from openrlhf_tapo.agent.config import CONFIG_ENV as AGENT_CONFIG_ENV
 
 SETUP_HOOK = "openrlhf_tapo.adapter.inject.setup_worker"
@@ -105,9 +107,16 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 
 def _apply(name: str, module, patch: Callable) -> None:
-    if name not in PATCHED:
-        patch(module)
-        PATCHED.append(name)
+    patches.apply(name, patches.INJECTION, functools.partial(patch, module), PATCHED)
+
+
+def verify() -> None:
+    """Refuse (patches.OpenRLHFMismatch) unless the installed OpenRLHF is the one our patches were written for: the
+    driver's check before Ray starts (each worker checks when it patches)."""
+    from openrlhf_tapo.utils import cuda_stubs
+
+    cuda_stubs.install()  # the targets' modules import vllm / flash_attn at module level
+    patches.verify(patches.INJECTION)
 
 
 def install() -> None:
@@ -135,8 +144,11 @@ def setup_worker() -> None:
 
 
 def worker_runtime_env(agent_config: str | None = None) -> dict:
-    """The runtime_env additions every worker needs: our setup hook and, if given, the agent's YAML path."""
+    """The runtime_env additions every worker needs: our setup hook, if given the agent's YAML path, and the
+    patches' override if the user set it."""
     env_vars = {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
+    if os.environ.get(patches.ALLOW_UNVERIFIED_ENV):  # the user's override holds in every worker too
+        env_vars[patches.ALLOW_UNVERIFIED_ENV] = os.environ[patches.ALLOW_UNVERIFIED_ENV]
     return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": env_vars}
 
 
@@ -177,6 +189,7 @@ def ray_init_adds(additions: dict):
     """
     import ray
 
+    patches.verify(patches.declared("ray_init_adds", patches.INJECTION))
     ray_init = ray.init
 
     @functools.wraps(ray_init)

@@ -366,8 +366,9 @@ def launch(args) -> None:
     import ray
     from openrlhf.cli.train_ppo_ray import train
 
-    from openrlhf_tapo.adapter.inject import ray_init_adds, require_injection_in_session, worker_runtime_env
+    from openrlhf_tapo.adapter.inject import ray_init_adds, require_injection_in_session, verify, worker_runtime_env
 
+    verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
     if ray.is_initialized():
         require_injection_in_session(args.agent.config)
         train(args)

@@ -1,0 +1,146 @@
+"""The seam (openrlhf_tapo/adapter/patches.py): every run-time replacement is declared, each recorded fingerprint is
+the installed OpenRLHF 0.11.2's, and a changed OpenRLHF is refused (unless the user overrides, at their own risk)."""
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import openrlhf
+import pytest
+
+from openrlhf_tapo.adapter import cpu_profile, inject, patches
+
+REPO = Path(__file__).resolve().parent.parent
+ALL = (*patches.INJECTION, *patches.CPU_PROFILE)
+EDITED = "openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__"
+
+
+def test_every_recorded_fingerprint_is_the_installed_openrlhfs():
+    fingerprinted = [patch for patch in ALL if patch.fingerprint]
+    assert len(fingerprinted) == 10
+    for patch in fingerprinted:
+        obj = patches.resolve(patch.target)
+        assert not patches._ours(obj), f"{patch.target} is already replaced in the test process"
+        assert patches.fingerprint(obj) == patch.fingerprint, patch.target
+    assert patches.mismatches(ALL) == []
+
+
+def test_every_declared_step_is_one_the_code_applies():
+    profile_steps = {patch.patch_name for patch in cpu_profile.PATCHES}
+    # applied outside the step list: in vLLM's worker process (CPUWorkerWrap), and around OpenRLHF's train()
+    assert {patch.step for patch in patches.CPU_PROFILE} <= profile_steps | {"vllm_cpu_keep_linear_weights"}
+    assert {patch.step for patch in patches.INJECTION} == set(inject.PATCHES) | {"ray_init_adds"}
+    # each patched module of the injection declares what it replaces there
+    for module in inject.PATCHES:
+        assert all(p.target.startswith(module + ":") for p in patches.declared(module, patches.INJECTION))
+        assert patches.declared(module, patches.INJECTION)
+
+
+def test_apply_refuses_before_installing_and_the_override_warns(monkeypatch, caplog):
+    wrong = (patches.Patch("step", "json:dumps", "nothing", "a test", "0" * 64),)
+    installed, applied = [], []
+    monkeypatch.delenv(patches.ALLOW_UNVERIFIED_ENV, raising=False)
+    with pytest.raises(patches.OpenRLHFMismatch) as refused:
+        patches.apply("step", wrong, lambda: installed.append(1), applied)
+    assert installed == [] and applied == []
+    found = patches.fingerprint(patches.resolve("json:dumps"))
+    assert f"json:dumps (replaced by nothing; a test): source sha256 found {found}, expected {'0' * 64}" in str(
+        refused.value
+    )
+
+    monkeypatch.setenv(patches.ALLOW_UNVERIFIED_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger=patches.__name__):
+        patches.apply("step", wrong, lambda: installed.append(1), applied)
+        patches.apply("step", wrong, lambda: installed.append(1), applied)  # once per process
+    assert installed == [1] and applied == ["step"]
+    assert "running unverified" in caplog.text and found in caplog.text
+
+
+def test_the_override_reaches_the_workers(monkeypatch):
+    monkeypatch.delenv(patches.ALLOW_UNVERIFIED_ENV, raising=False)
+    assert patches.ALLOW_UNVERIFIED_ENV not in inject.worker_runtime_env()["env_vars"]
+    monkeypatch.setenv(patches.ALLOW_UNVERIFIED_ENV, "1")
+    assert inject.worker_runtime_env()["env_vars"][patches.ALLOW_UNVERIFIED_ENV] == "1"
+
+
+@pytest.fixture
+def injection_written_for_another_openrlhf(monkeypatch):
+    wrong = tuple(dataclasses.replace(p, fingerprint="0" * 64) if p.fingerprint else p for p in patches.INJECTION)
+    monkeypatch.setattr(patches, "INJECTION", wrong)
+    monkeypatch.delenv(patches.ALLOW_UNVERIFIED_ENV, raising=False)
+
+
+def test_the_launcher_refuses_before_ray_starts(monkeypatch, injection_written_for_another_openrlhf):
+    import ray
+
+    from openrlhf_tapo.cli import train_ppo_ray as cli
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("ray.init reached"))
+    with pytest.raises(patches.OpenRLHFMismatch, match="openrlhf.trainer.ppo_trainer:RemoteExperienceMaker"):
+        cli.launch(argparse.Namespace())
+
+
+def test_a_worker_refuses_to_patch_a_changed_module(monkeypatch, injection_written_for_another_openrlhf):
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+    monkeypatch.setattr(inject, "PATCHED", [])
+    monkeypatch.setattr(ppo_trainer, "RemoteExperienceMaker", RemoteExperienceMaker)
+    name = "openrlhf.trainer.ppo_trainer"
+    with pytest.raises(patches.OpenRLHFMismatch, match="openrlhf.trainer.ppo_trainer:RemoteExperienceMaker") as err:
+        inject._apply(name, ppo_trainer, inject.PATCHES[name])
+    assert "ActorPPOTrainer" not in str(err.value)  # a module's own declarations, checked when it is patched
+    assert ppo_trainer.RemoteExperienceMaker is RemoteExperienceMaker and inject.PATCHED == []
+
+
+CHECK = """
+import openrlhf
+from openrlhf_tapo.adapter import cpu_profile
+print("OPENRLHF_FROM", openrlhf.__file__)
+cpu_profile.apply_cpu_profile()
+print("APPLIED")
+"""
+
+
+def test_a_changed_openrlhf_is_refused_and_the_override_runs_it(tmp_path):
+    """A scratch copy of the installed OpenRLHF with one fingerprinted function edited, first on sys.path."""
+    shutil.copytree(Path(openrlhf.__file__).parent, tmp_path / "openrlhf", ignore=shutil.ignore_patterns("*.pyc"))
+    source = tmp_path / "openrlhf" / "trainer" / "ppo_utils" / "replay_buffer.py"
+    text = source.read_text()
+    original = "        self.sample_batch_size = sample_batch_size\n"
+    assert text.count(original) == 1
+    source.write_text(text.replace(original, original + "        self.changed_upstream = True\n"))
+
+    def run(**extra):
+        env = {k: v for k, v in os.environ.items() if k != patches.ALLOW_UNVERIFIED_ENV}
+        env.update(extra, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+        for key in cpu_profile.CPU_PROFILE_ENV:  # the profile sets its own
+            env.pop(key, None)
+        return subprocess.run(
+            [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
+
+    refused = run()
+    assert f"OPENRLHF_FROM {tmp_path}" in refused.stdout
+    assert refused.returncode != 0 and "APPLIED" not in refused.stdout
+    expected = dict((p.target, p.fingerprint) for p in patches.CPU_PROFILE)[EDITED]
+    error = refused.stderr.strip().splitlines()
+    assert any(line.startswith("openrlhf_tapo.adapter.patches.OpenRLHFMismatch") for line in error), refused.stderr
+    mismatch = [line for line in error if line.strip().startswith(EDITED)]
+    assert len(mismatch) == 1, refused.stderr
+    found = mismatch[0].split("source sha256 found ")[1].split(",")[0]
+    assert len(found) == 64 and found != expected and f"expected {expected}" in mismatch[0]
+    assert f"{patches.ALLOW_UNVERIFIED_ENV}=1" in refused.stderr  # the override is named
+    # only the edited function differs
+    assert not any("source sha256 found" in line for line in error if line not in mismatch)
+
+    overridden = run(**{patches.ALLOW_UNVERIFIED_ENV: "1"})
+    assert overridden.returncode == 0, overridden.stderr[-3000:]
+    assert "APPLIED" in overridden.stdout
+    assert "running unverified" in overridden.stderr and found in overridden.stderr
