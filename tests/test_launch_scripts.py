@@ -14,6 +14,7 @@ import pytest
 from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli.train_ppo_ray import openrlhf_argv, resolve_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +83,9 @@ def test_loss_settings_per_script(submit):
     assert (sapo.actor.policy_loss_type, sapo.actor.sapo_tau_pos, sapo.actor.sapo_tau_neg) == ("sapo", 1.0, 1.2)
     tapo = resolve_args(submit("train_tapo_ray.sh", TAPO_BETA="0.3")["argv"])
     assert tapo.actor.policy_loss_type == "ppo" and tapo.tapo.beta == 0.3
+    default = submit("train_tapo_ray.sh")["argv"]
+    assert "--tapo.beta" not in default  # beta's default is defined in TAPOConfig, not restated by the script
+    assert resolve_args(default).tapo.beta == TAPOConfig().beta
 
 
 def test_tapo_and_baseline_are_the_same_openrlhf_job(submit):

@@ -13,7 +13,7 @@
 #                   openrlhf_tapo.cli.serve_search` service), or `serper` / `serpapi` (API key in the environment).
 #   Ray             a running cluster (`ray start --head --num-gpus 8`) at RAY_ADDRESS, with openrlhf==0.11.2 (vLLM
 #                   extra) and this repository (`pip install -e .`) installed at the same path on every node.
-#   TAPO            TAPO_CONFIG (configs/tapo.yaml) holds the TAPO settings; TAPO_BETA overrides beta.
+#   TAPO            TAPO_CONFIG (configs/tapo.yaml) holds the TAPO settings; TAPO_BETA, when set, overrides beta.
 # Every path and size is an environment variable: see common_search_agent.sh.
 #
 # The same job without TAPO (the baseline): train_grpo_ray.sh. Resolved flags without starting anything:
@@ -24,14 +24,14 @@ RUN_NAME="${RUN_NAME:-tapo-grpo}"
 source "$(dirname "${BASH_SOURCE[0]}")/common_search_agent.sh"
 
 TAPO_CONFIG="${TAPO_CONFIG:-${WORK_DIR}/configs/tapo.yaml}"
-TAPO_BETA="${TAPO_BETA:-0.8}"
 
 TAPO_ARGS=(
    --tapo.config "${TAPO_CONFIG}"
    --tapo.enable
-   --tapo.beta "${TAPO_BETA}"
    --agent.config "${AGENT_CONFIG}"
 )
+# beta's default lives in TAPOConfig (and configs/tapo.yaml, checked equal by a test); the script restates neither.
+if [[ -n "${TAPO_BETA:-}" ]]; then TAPO_ARGS+=(--tapo.beta "${TAPO_BETA}"); fi
 
 TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
 

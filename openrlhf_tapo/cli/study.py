@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warm-epochs", type=int, default=4, help="supervised warm-start epochs on gold traces")
     p.add_argument("--warm-lr", type=float, default=3e-3, help="warm-start AdamW learning rate")
     p.add_argument("--warm-batch", type=int, default=8, help="warm-start traces per optimizer step")
-    p.add_argument("--beta", type=float, default=0.8, help="TAPO beta of the +tapo arms")
+    p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (default: TAPOConfig's)")
     p.add_argument("--theta", type=float, help="TAPO similarity threshold (default: TAPOConfig's)")
     p.add_argument("--alpha-min", type=float, help="TAPO confidence gate (default: TAPOConfig's)")
     p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects (default: TAPOConfig's)")
@@ -53,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
     p.add_argument("--report-only", action="store_true", help="only rewrite OUT/study.md from OUT/results.jsonl")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.beta is None:
+        from openrlhf_tapo.algorithms.tapo import TAPOConfig
+
+        args.beta = TAPOConfig().beta
+    return args
 
 
 def _seed_everything(seed: int) -> None:
