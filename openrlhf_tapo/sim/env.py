@@ -148,7 +148,7 @@ def action_log_probs(policy: Policy, actions: Tensor, mask: Tensor, qtype: Tenso
 
     def column(table: Tensor, col: int) -> Tensor:
         logp = torch.log_softmax(table, -1).repeat_interleave(rows, 0)  # [S*B, n]
-        return logp.gather(-1, actions[:, col : col + 1].clamp(max=logp.shape[-1] - 1)).squeeze(-1)
+        return logp.gather(-1, actions[:, col : col + 1]).squeeze(-1)
 
     read = torch.log_softmax(policy.read, -1).repeat_interleave(rows, 0)  # [S*B, types, 3]
     read = read[torch.arange(actions.shape[0]), qtype].gather(-1, actions[:, READ : READ + 1]).squeeze(-1)

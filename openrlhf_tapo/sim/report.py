@@ -14,7 +14,7 @@ from pathlib import Path
 
 from openrlhf_tapo.eval.stats import MeanCI, mean_ci
 from openrlhf_tapo.sim.env import REGIMES
-from openrlhf_tapo.sim.study import ARMS, STUDY_LR, base_of
+from openrlhf_tapo.sim.study import ARMS, STUDY_LR, Cell, base_of
 
 METRICS = {
     "final_accuracy": "final accuracy (exact, T = 1)",
@@ -30,9 +30,12 @@ def load_cells(runs_dir: Path) -> dict[str, dict]:
 
 
 def _find(cells: dict[str, dict], regime: str, group: int, lr: float, arm: str) -> dict | None:
-    from openrlhf_tapo.sim.study import Cell
-
     return cells.get(Cell(regime, group, lr, arm).name)
+
+
+def _pair(cells: dict[str, dict], regime: str, group: int, lr: float, arm: str) -> tuple[dict | None, dict | None]:
+    """The cells of a TAPO arm and of its base arm in one setting (None where a cell is missing)."""
+    return _find(cells, regime, group, lr, arm), _find(cells, regime, group, lr, base_of(arm))
 
 
 def metric_ci(cell: dict, metric: str) -> MeanCI:
@@ -75,7 +78,7 @@ def main_table(cells: dict[str, dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for regime, group in _settings(cells):
-        base, tapo = (_find(cells, regime, group, STUDY_LR, a) for a in ("grpo", "grpo+tapo"))
+        tapo, base = _pair(cells, regime, group, STUDY_LR, "grpo+tapo")
         if base is None or tapo is None:
             continue
         lines.append(
@@ -98,10 +101,7 @@ def arms_table(cells: dict[str, dict], metric: str) -> str:
     for regime, group in _settings(cells):
         row = []
         for arm in tapo_arms:
-            tapo, base = (
-                _find(cells, regime, group, STUDY_LR, arm),
-                _find(cells, regime, group, STUDY_LR, base_of(arm)),
-            )
+            tapo, base = _pair(cells, regime, group, STUDY_LR, arm)
             row.append("—" if tapo is None or base is None else _signed(paired_difference(tapo, base, metric)))
         lines.append(f"| {regime} | {group} | " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -134,7 +134,7 @@ def sensitivity_table(cells: dict[str, dict]) -> str:
     ]
     keys = sorted({(c["regime"], c["group_size"], c["lr"]) for c in cells.values()}, key=lambda k: (k[0], -k[1], k[2]))
     for regime, group, lr in keys:
-        base, tapo = (_find(cells, regime, group, lr, a) for a in ("grpo", "grpo+tapo"))
+        tapo, base = _pair(cells, regime, group, lr, "grpo+tapo")
         others = {c["lr"] for c in cells.values() if c["regime"] == regime and c["group_size"] == group}
         if base is None or tapo is None or len(others) < 2:
             continue
@@ -235,10 +235,7 @@ def _differences_plot(cells, path: Path) -> Path:
     y, ticks, labels = 0, [], []
     for regime, group in settings:
         for arm in tapo_arms:
-            tapo, base = (
-                _find(cells, regime, group, STUDY_LR, arm),
-                _find(cells, regime, group, STUDY_LR, base_of(arm)),
-            )
+            tapo, base = _pair(cells, regime, group, STUDY_LR, arm)
             if tapo is None or base is None:
                 continue
             ci = paired_difference(tapo, base, "final_accuracy")
