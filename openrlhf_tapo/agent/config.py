@@ -73,6 +73,9 @@ class AgentConfig:
     min_tokens_per_turn: int = 16  # a turn is not started with less room than this: the trajectory ends truncated
     stop: list[str] = field(default_factory=lambda: list(STOP_STRINGS))  # added to the sampling params' own stops
     instructions: str | None = None  # system-prompt instructions before the tools block; None = protocol default
+    # False: no JSON-schema tools block, the system prompt is `instructions` alone (which must then describe the
+    # tools): a compact prompt for small models, whose context a ~500-token schema block would dominate.
+    tools_block: bool = True
     last_turn_notice: str = "This was your last tool call: answer now inside <answer></answer>."  # "" = none
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -97,6 +100,8 @@ class AgentConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.tools_block, bool):
+            raise ValueError(f"agent.tools_block must be true or false, got {self.tools_block!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"agent.stop must be a list of non-empty strings, got {self.stop!r}")
         r = self.reward

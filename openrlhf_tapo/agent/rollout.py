@@ -147,7 +147,7 @@ class AgentExecutor(AgentExecutorBase):
             logger.warning("the tokenizer has no image processor (a text-only model): question images are not shown")
         loaded, urls, failed = await run_cpu(_load_question_images, images) if (images and vision) else ([], [], 0)
         note = f"{failed} question image(s) could not be loaded" if failed else ""
-        schemas = runner.schemas()
+        schemas = runner.schemas() if cfg.tools_block else []
         instructions = cfg.instructions or protocol.DEFAULT_INSTRUCTIONS
         if protocol.IM_START in prompt:
             prompt_text = protocol.with_system_prompt(prompt, len(loaded), schemas, instructions, note)

@@ -1,14 +1,18 @@
 """The synthetic visual knowledge base of the bundled task, generated from a seed.
 
-Every entity is a fictional organisation with an emblem (a procedurally drawn image) and a few text facts. The
-emblem is built so the local index's perceptual-hash image search can tell entities apart: each entity gets its
-own (shape, background pattern) pair plus a random stroke signature, so the grey-level structure differs even
-when colours repeat. A small numbered badge in one corner is the detail that needs `zoom`: at the resolution the
-processor feeds the model (about 112 x 112) its digit is a few pixels wide.
+Every entity is a fictional organisation with a two-syllable code name (`KAVO`), an emblem (a procedurally drawn
+image) and a home city. The emblem gives each entity its own perceptual hash: a (shape, background pattern)
+layout, two colours and a random stroke signature, so image search on a question image (the emblem itself) finds
+its entity.
 
-The text corpus holds two documents per entity: a profile (home city, founding year, emblem) and a news item that
-names the same entity with a DIFFERENT city and year. Both come back for a text search on the entity's name, so a
-policy that searched correctly can still answer wrongly: the credit misassignment TAPO corrects.
+The text corpus holds two short passages per entity, both titled with its name: a profile ("X is based in C.") and
+a news item ("X opened a branch in D.") that names a DIFFERENT city. A text search on the name returns both, so a
+policy that searched correctly can still answer wrongly by reading the wrong passage: the credit misassignment
+TAPO corrects.
+
+The base is large (default 512 entities) and every question asks about its own entity (`task/questions.py`), so
+the facts cannot be memorised from training: they must be read from the tools. `permuted(seed)` rotates the home
+cities among the entities, the counterfactual base against which tool-following is measured (`task/gates.py`).
 
 Nothing here is stored in git: `KnowledgeBase.generate(config)` rebuilds the same base from the seed, and
 `write(out_dir)` writes the corpora (jsonl in the local index's input layout) and the images.
@@ -18,10 +22,10 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
 PATTERNS = ("horizontal stripes", "vertical stripes", "checks", "dots", "diagonal stripes", "rings", "plain")
@@ -36,56 +40,42 @@ COLOURS = {
     "white": (245, 245, 245),
 }
 CITIES = ("Orvale", "Dunmere", "Kestwick", "Halvern", "Brisa", "Tolmoor")
-KINDS = ("guild", "observatory", "rowing club", "choir", "foundry", "library", "orchestra", "brewery")
-CORNERS = {  # corner -> zoom box in the tool's 0-1000 relative coordinates
-    "top-left": (0, 0, 250, 250),
-    "top-right": (750, 0, 1000, 250),
-    "bottom-left": (0, 750, 250, 1000),
-    "bottom-right": (750, 750, 1000, 1000),
-}
-_ONSETS = ("v", "k", "t", "m", "r", "s", "b", "d", "l", "n", "p", "z")
-_VOWELS = ("a", "e", "i", "o", "u")
-_CODAS = ("", "n", "r", "l", "s", "th")
+# Names are two syllables, each an added token of the tiny model (`prepare.py`): every syllable occurs in many
+# training names, so a held-out name is a new pair of known tokens, and copying it is copying two tokens.
+# (A name that were one token of its own would never be seen in training, its embedding left random.)
+SYLLABLES = tuple(c + v for c in "BDKLMNPRSTVZ" for v in "AEIOU")
 
 
 @dataclass(frozen=True)
 class KnowledgeBaseConfig:
     """Size and seed of the generated knowledge base.
 
-    num_entities: entities (at most len(SHAPES) * len(PATTERNS) = 56, one emblem layout each).
-    image_size: side of the square emblem images in pixels; the badge is image_size // 6 wide.
+    num_entities: entities (one question each; emblem layouts repeat beyond 56, colours and strokes still differ).
+    image_size: side of the square emblem images in pixels (56: 4 vision tokens after Qwen2-VL's patch merge).
     seed: everything (names, facts, drawings) is a function of the seed.
     """
 
-    num_entities: int = 24
-    image_size: int = 224
+    num_entities: int = 512
+    image_size: int = 56
     seed: int = 0
 
     def validate(self) -> None:
-        limit = len(SHAPES) * len(PATTERNS)
-        if not 2 <= self.num_entities <= limit:
-            raise ValueError(
-                f"num_entities must be in [2, {limit}] (one shape/pattern pair each), got {self.num_entities}"
-            )
-        if self.image_size < 96:
-            raise ValueError(f"image_size must be >= 96 pixels so the badge stays drawable, got {self.image_size}")
+        if not 2 <= self.num_entities <= len(SYLLABLES) ** 2 // 2:
+            raise ValueError(f"num_entities must be in [2, {len(SYLLABLES) ** 2 // 2}], got {self.num_entities}")
+        if self.image_size < 28:
+            raise ValueError(f"image_size must be >= 28 pixels (one Qwen2-VL merged patch), got {self.image_size}")
 
 
 @dataclass(frozen=True)
 class Entity:
     id: str
     name: str
-    kind: str
-    city: str
-    founded: int
-    other_city: str  # the distractor city named by the news document
-    other_year: int  # the distractor year named by the news document
+    city: str  # named by the profile: the answer
+    other_city: str  # named by the news item: the distractor
     shape: str
     pattern: str
     colour: str
     background: str
-    badge_corner: str
-    badge_digit: int
     signature: tuple[tuple[int, int, int, int], ...]  # stroke end points, in 0-1000 coordinates
 
     @property
@@ -98,14 +88,11 @@ class Entity:
 
 
 def _name(rng: random.Random) -> str:
-    def word(syllables: int) -> str:
-        return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables))
-
-    return f"{word(2).capitalize()} {word(2).capitalize()}"
+    return rng.choice(SYLLABLES) + rng.choice(SYLLABLES)
 
 
 class KnowledgeBase:
-    """The entities of one seed, their emblems and text documents."""
+    """The entities of one seed, their emblems and text passages."""
 
     def __init__(self, config: KnowledgeBaseConfig, entities: list[Entity]):
         self.config = config
@@ -119,7 +106,7 @@ class KnowledgeBase:
         rng = random.Random(config.seed)
         layouts = [(s, p) for s in SHAPES for p in PATTERNS]
         rng.shuffle(layouts)
-        names: set[str] = set()
+        names: set[str] = set(CITIES)
         entities = []
         colour_names = list(COLOURS)
         for i in range(config.num_entities):
@@ -127,40 +114,28 @@ class KnowledgeBase:
             while name in names:
                 name = _name(rng)
             names.add(name)
-            shape, pattern = layouts[i]
+            shape, pattern = layouts[i % len(layouts)]
             colour, background = rng.sample(colour_names, 2)
             city, other_city = rng.sample(CITIES, 2)
-            founded = rng.randint(1700, 1990)
-            other_year = rng.choice([y for y in range(1700, 2000) if abs(y - founded) > 5])
             signature = tuple(
                 (rng.randint(0, 1000), rng.randint(0, 1000), rng.randint(0, 1000), rng.randint(0, 1000))
                 for _ in range(3)
             )
-            entities.append(
-                Entity(
-                    id=f"e{i:03d}",
-                    name=name,
-                    kind=rng.choice(KINDS),
-                    city=city,
-                    founded=founded,
-                    other_city=other_city,
-                    other_year=other_year,
-                    shape=shape,
-                    pattern=pattern,
-                    colour=colour,
-                    background=background,
-                    badge_corner=rng.choice(list(CORNERS)),
-                    badge_digit=rng.randint(1, 5),
-                    signature=signature,
-                )
-            )
+            entities.append(Entity(f"e{i:05d}", name, city, other_city, shape, pattern, colour, background, signature))
         return cls(config, entities)
 
-    # -- drawing -------------------------------------------------------------------------------------------------
+    def permuted(self, seed: int) -> KnowledgeBase:
+        """The counterfactual base: every entity's home city replaced by another city (never its own, never its
+        news city), so an answer that follows the tools changes and one recalled from training does not."""
+        rng = random.Random(seed)
+        entities = []
+        for e in self.entities:
+            city = rng.choice([c for c in CITIES if c not in (e.city, e.other_city)])
+            entities.append(replace(e, city=city))
+        return KnowledgeBase(self.config, entities)
 
-    def draw(self, entity: Entity, jitter: random.Random | None = None) -> Image.Image:
-        """The emblem of `entity`; with `jitter`, a slightly shifted, rescaled and re-lit photo of it (the question
-        image), which perceptual hashing still matches to the original."""
+    def draw(self, entity: Entity) -> Image.Image:
+        """The emblem of `entity`."""
         size = self.config.image_size
         img = Image.new("RGB", (size, size), COLOURS[entity.background])
         draw = ImageDraw.Draw(img)
@@ -172,53 +147,23 @@ class KnowledgeBase:
                 fill=(0, 0, 0),
                 width=max(2, size // 45),
             )
-        _draw_badge(draw, entity.badge_corner, entity.badge_digit, size)
-        if jitter is None:
-            return img
-        dx, dy = jitter.randint(-size // 60, size // 60), jitter.randint(-size // 60, size // 60)
-        scale = jitter.uniform(0.97, 1.03)
-        shifted = img.transform(
-            img.size,
-            Image.Transform.AFFINE,
-            (1 / scale, 0, dx, 0, 1 / scale, dy),
-            fillcolor=COLOURS[entity.background],
-        )
-        gain = jitter.uniform(0.9, 1.1)
-        return shifted.point(lambda v: max(0, min(255, int(v * gain))))
-
-    # -- documents -----------------------------------------------------------------------------------------------
+        return img
 
     def text_documents(self) -> list[dict]:
+        """Profile and news passages; no URL (the tools then show none, which keeps observations short)."""
         docs = []
         for e in self.entities:
+            docs.append({"id": e.profile_id, "title": e.name, "text": f"{e.name} is based in {e.city}.", "url": ""})
             docs.append(
-                {
-                    "id": e.profile_id,
-                    "title": e.name,
-                    "text": (
-                        f"{e.name} is {_article(e.kind)} {e.kind} based in {e.city}. It was founded in {e.founded}. "
-                        f"Its emblem shows a {e.colour} {e.shape} on a {e.background} field with {e.pattern}."
-                    ),
-                    "url": f"https://kb.example/{e.id}/profile",
-                }
-            )
-            docs.append(
-                {
-                    "id": e.news_id,
-                    "title": f"{e.name} visits {e.other_city}",
-                    "text": (
-                        f"In {e.other_year} the {e.kind} {e.name} opened a branch in {e.other_city}, "
-                        f"far from its home town."
-                    ),
-                    "url": f"https://kb.example/{e.id}/news",
-                }
+                {"id": e.news_id, "title": e.name, "text": f"{e.name} opened a branch in {e.other_city}.", "url": ""}
             )
         return docs
 
-    def write(self, out_dir: str | Path) -> dict[str, Path]:
+    def write(self, out_dir: str | Path, images: bool = True) -> dict[str, Path]:
         """Write images/<id>.png, text_corpus.jsonl, image_corpus.jsonl and entities.json under `out_dir`.
 
-        Image records name their PNG relative to the jsonl file (`image`), the layout `LocalIndex` reads.
+        Image records name their PNG relative to the jsonl file (`image`), the layout `LocalIndex` reads. With
+        `images=False` the PNGs are assumed to be there already (a permuted base shares the original's emblems).
         """
         out = Path(out_dir)
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -229,14 +174,9 @@ class KnowledgeBase:
         with image_path.open("w") as f:
             for e in self.entities:
                 png = f"images/{e.id}.png"
-                self.draw(e).save(out / png)
-                record = {
-                    "id": e.id,
-                    "title": e.name,
-                    "url": f"https://kb.example/{e.id}/emblem.png",
-                    "image": str(png),
-                }
-                f.write(json.dumps(record) + "\n")
+                if images:
+                    self.draw(e).save(out / png)
+                f.write(json.dumps({"id": e.id, "title": e.name, "url": "", "image": png}) + "\n")
         entities_path = out / "entities.json"
         entities_path.write_text(
             json.dumps({"config": asdict(self.config), "entities": [asdict(e) for e in self.entities]}, indent=1)
@@ -248,20 +188,16 @@ class KnowledgeBase:
             "images": out / "images",
         }
 
-    def build_index(self, out_dir: str | Path) -> Path:
+    def build_index(self, out_dir: str | Path, images: bool = True) -> Path:
         """Write the corpora under `out_dir` and build the local search index in `out_dir/index`."""
         from openrlhf_tapo.search.local_index import LocalIndex, read_jsonl
 
-        paths = self.write(out_dir)
+        paths = self.write(out_dir, images=images)
         index_dir = Path(out_dir) / "index"
         LocalIndex.build(
             read_jsonl(paths["text_corpus"]), read_jsonl(paths["image_corpus"], images=True), index_dir, overwrite=True
         )
         return index_dir
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -314,13 +250,3 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, size: int, fill) -> None:
         draw.rectangle([c - r / 3, c - r, c + r / 3, c + r], fill=fill)
     elif shape == "ring":
         draw.ellipse([c - r, c - r, c + r, c + r], outline=fill, width=int(r / 2.5))
-
-
-def _draw_badge(draw: ImageDraw.ImageDraw, corner: str, digit: int, size: int) -> None:
-    x1, y1, x2, y2 = (v * size // 1000 for v in CORNERS[corner])
-    side = size // 6
-    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-    box = [cx - side // 2, cy - side // 2, cx + side // 2, cy + side // 2]
-    draw.rectangle(box, fill=(255, 255, 255), outline=(0, 0, 0), width=1)
-    font = ImageFont.load_default(size=max(8, side - 8))
-    draw.text((cx, cy), str(digit), fill=(0, 0, 0), font=font, anchor="mm")

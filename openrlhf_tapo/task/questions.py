@@ -1,22 +1,19 @@
-"""Questions of the bundled task, their gold tool-use traces, and the train/eval splits.
+"""Questions of the bundled task, their gold tool-use traces, the weak teacher's traces, and the splits.
 
-Three kinds, each needing the tools in a fixed order:
+One question per entity: "Which city is the organisation with this emblem based in?" with the emblem as the image.
+The answer is only in the tools: image_search(img_0) names the entity, text_search(name) returns its profile (the
+home city) and a news item (another city); the answer is the profile's city. Entities are split, not questions:
+the eval split asks about entities that no training question, warm-start trace or RL step ever shows, and every
+entity is asked about once, so a policy succeeds by reading its observations, not by recalling facts.
 
-- `city`    "Which city is the organisation with this emblem based in?"
-            image_search(img_0) -> the entity's name -> text_search(name) -> profile + news -> the profile's city
-- `founded` "In which year was the organisation with this emblem founded?"   same chain, answer the founding year
-- `badge`   "What digit is printed on the small badge in the <corner> corner of this image?"
-            zoom(img_0, corner box) -> read the digit -> answer
+Credit misassignment is common by construction: a trajectory with both right calls fails when it reads the news
+item, and an answer without tools is right by chance (1 in 6 cities). GRPO then punishes the right calls of the
+first; TAPO finds the same calls in successful trajectories of the group and softens that penalty.
 
-Credit misassignment is common by construction: text_search on the right name returns the profile AND a news item
-naming a second city and year for the same entity, so a trajectory with the correct calls often ends in a wrong
-answer (the distractor), and the answers come from small sets (6 cities, 5 digits), so a policy that skipped the
-tools is sometimes right by chance. GRPO then punishes the correct calls of the first and rewards the second;
-TAPO's transfer finds the same calls in successful trajectories of the group and softens that penalty.
-
-The question image is a jittered copy of the entity's emblem (shifted, rescaled, re-lit), so image search has to
-work by perceptual similarity, not identity. Train and eval splits ask about the same entities with different
-images and kinds (closed-book facts the policy can learn through the tools, not through memorised pixels).
+The warm start imitates a WEAK teacher (`teacher_actions`): on some questions it answers without tools (a guess),
+and after searching it sometimes answers the news item's city. Its two rates are the knobs that put the warm
+start's accuracy in the range where RL has room (`WarmStartConfig`); they were set once from the gates, before
+any GRPO-vs-TAPO comparison (docs/results.md).
 """
 
 from __future__ import annotations
@@ -26,43 +23,40 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from openrlhf_tapo.task.knowledge_base import CITIES, CORNERS, Entity, KnowledgeBase
+from openrlhf_tapo.task.knowledge_base import CITIES, Entity, KnowledgeBase
 
-KINDS = ("city", "founded", "badge")
+QUESTION = "Which city is the organisation with this emblem based in?"
 
 
 @dataclass(frozen=True)
 class QuestionSetConfig:
-    """How many questions of which kinds.
+    """How the entities are split.
 
-    num_train / num_eval: questions per split.
-    kind_weights: relative frequency of `city`, `founded`, `badge`.
-    seed: question images and kinds are a function of the seed (independent of the knowledge-base seed).
+    num_eval: entities held out for evaluation (one question each); every other entity gets one training question.
+    seed: the split is a function of the seed (independent of the knowledge-base seed).
     """
 
-    num_train: int = 96
-    num_eval: int = 32
-    kind_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    num_eval: int = 128
     seed: int = 0
 
-    def validate(self) -> None:
-        if self.num_train < 1 or self.num_eval < 0:
-            raise ValueError(f"num_train must be >= 1 and num_eval >= 0, got {self.num_train}, {self.num_eval}")
-        if len(self.kind_weights) != len(KINDS) or min(self.kind_weights) < 0 or sum(self.kind_weights) <= 0:
+    def validate(self, num_entities: int) -> None:
+        if not 0 <= self.num_eval < num_entities:
             raise ValueError(
-                f"kind_weights needs {len(KINDS)} non-negative weights for {KINDS}, got {self.kind_weights}"
+                f"num_eval must be in [0, num_entities) = [0, {num_entities}) so training keeps an entity, "
+                f"got {self.num_eval}"
             )
 
 
 @dataclass(frozen=True)
 class Question:
     id: str
-    kind: str
     question: str
-    image: str  # PNG path relative to the task directory
-    answer: str
-    choices: tuple[str, ...]  # every answer the question's kind allows (empty: open set), for chance level
+    image: str  # PNG path relative to the knowledge-base directory
+    answer: str  # the profile's city
+    distractor: str  # the news item's city
+    choices: tuple[str, ...]  # every answer allowed, for chance level
     entity_id: str
+    entity: str  # the name image search returns and text search needs
     gold_actions: tuple[str, ...]  # assistant turns of a correct trace: tool calls, then the answer
 
 
@@ -74,62 +68,43 @@ def answer_text(answer: str) -> str:
     return f"<answer>{answer}</answer>"
 
 
-def _question(kind: str, entity: Entity, qid: str, image: str) -> Question:
-    if kind == "badge":
-        corner = entity.badge_corner
-        return Question(
-            id=qid,
-            kind=kind,
-            question=f"What digit is printed on the small badge in the {corner} corner of this image?",
-            image=image,
-            answer=str(entity.badge_digit),
-            choices=tuple(str(d) for d in range(1, 6)),
-            entity_id=entity.id,
-            gold_actions=(
-                tool_call_text("zoom", {"image": "img_0", "bbox": list(CORNERS[corner])}),
-                answer_text(str(entity.badge_digit)),
-            ),
-        )
-    search = (
+def search_calls(entity_name: str) -> tuple[str, str]:
+    return (
         tool_call_text("image_search", {"image": "img_0"}),
-        tool_call_text("text_search", {"query": entity.name}),
+        tool_call_text("text_search", {"query": entity_name}),
     )
-    if kind == "city":
-        text, answer, choices = "Which city is the organisation with this emblem based in?", entity.city, CITIES
-    elif kind == "founded":
-        text, answer, choices = (
-            "In which year was the organisation with this emblem founded?",
-            str(entity.founded),
-            (),
-        )
-    else:
-        raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS}")
-    return Question(qid, kind, text, image, answer, tuple(choices), entity.id, (*search, answer_text(answer)))
+
+
+def _question(entity: Entity, qid: str, image: str) -> Question:
+    gold = (*search_calls(entity.name), answer_text(entity.city))
+    return Question(qid, QUESTION, image, entity.city, entity.other_city, CITIES, entity.id, entity.name, gold)
+
+
+def teacher_actions(question: Question, rng: random.Random, direct_share: float, misread_share: float) -> list[str]:
+    """The weak teacher's assistant turns for `question`: with probability `direct_share` a guessed answer without
+    tools; otherwise both searches, then the news item's city with probability `misread_share`, else the answer."""
+    if rng.random() < direct_share:
+        return [answer_text(rng.choice(question.choices))]
+    answer = question.distractor if rng.random() < misread_share else question.answer
+    return [*search_calls(question.entity), answer_text(answer)]
 
 
 def generate_questions(kb: KnowledgeBase, config: QuestionSetConfig, out_dir: str | Path) -> dict[str, list[Question]]:
-    """Draw both splits, writing their question images under `out_dir/questions/`.
-
-    Entities are visited round-robin (shuffled) so every entity is asked about in the training split.
-    """
-    config.validate()
+    """Both splits (one question per entity; `num_eval` entities held out), writing the question images (each the
+    entity's emblem, the image the index holds) under `out_dir/questions/`."""
+    config.validate(len(kb.entities))
     out = Path(out_dir)
     (out / "questions").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(config.seed)
+    order = list(kb.entities)
+    random.Random(config.seed).shuffle(order)
     splits: dict[str, list[Question]] = {}
-    for split, count in (("train", config.num_train), ("eval", config.num_eval)):
-        order: list[Entity] = []
+    for split, entities in (("eval", order[: config.num_eval]), ("train", order[config.num_eval :])):
         questions = []
-        for i in range(count):
-            if not order:
-                order = list(kb.entities)
-                rng.shuffle(order)
-            entity = order.pop()
-            kind = rng.choices(KINDS, weights=config.kind_weights)[0]
-            qid = f"{split}-{i:04d}"
+        for i, entity in enumerate(entities):
+            qid = f"{split}-{i:05d}"
             image = f"questions/{qid}.png"
-            kb.draw(entity, jitter=random.Random(rng.random())).save(out / image)
-            questions.append(_question(kind, entity, qid, image))
+            kb.draw(entity).save(out / image)
+            questions.append(_question(entity, qid, image))
         splits[split] = questions
     return splits
 

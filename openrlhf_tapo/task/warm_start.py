@@ -1,4 +1,5 @@
-"""Supervised warm start on correct tool-use traces, so RL starts from a policy that sometimes follows the protocol.
+"""Supervised warm start on a weak teacher's tool-use traces, so RL starts from a policy that follows the protocol
+and has room to improve.
 
 The traces are made by the REAL rollout path: our `AgentExecutor` runs every training question with a scripted
 engine that "generates" the question's gold actions (the tool calls, then the answer) while the real tools answer
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,21 +25,43 @@ import torch
 from openrlhf.models.loss import SFTLoss
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.utils.vlm_utils import merge_mm_train_inputs
+from transformers import get_scheduler
 
 from openrlhf_tapo.agent.hf_engine import CompletionOutput, RequestOutput
 from openrlhf_tapo.task.inprocess import Actor, responses_to_experiences
+from openrlhf_tapo.task.questions import teacher_actions
 
 
 @dataclass
 class WarmStartConfig:
-    """epochs: passes over the gold traces. micro_batch_size: traces per optimizer step.
-    lr: AdamW learning rate (a tiny randomly initialised model needs a large one). seed: shuffling."""
+    """The supervised warm start.
 
-    epochs: int = 6
-    micro_batch_size: int = 4
+    traces: training questions the teacher writes a trace for (one each; the questions' own entities).
+    direct_share / misread_share: the weak teacher (`questions.teacher_actions`): the share of traces that answer
+    without tools, and of searched traces that answer the news item's city. They put the warm start's sampled
+    accuracy in the range where RL has room (set once from the gates; docs/results.md).
+    steps / batch_size: optimizer steps and traces per step (a tiny model needs several hundred steps to copy names
+    into calls and cities into answers; STUDY-NOTES.md). lr: AdamW peak, reached after `warmup_steps` and decayed
+    along a cosine to `min_lr_ratio` of it. seed: trace sampling and batch order.
+    """
+
+    traces: int = 1024
+    direct_share: float = 0.2
+    misread_share: float = 0.45
+    steps: int = 400
+    batch_size: int = 32
     lr: float = 3e-3
+    warmup_steps: int = 40
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("direct_share", "misread_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"warm start {name} must be in [0, 1], got {getattr(self, name)}")
+        if min(self.traces, self.steps, self.batch_size) < 1:
+            raise ValueError("warm start traces, steps and batch_size must be >= 1")
 
 
 class ScriptedEngine:
@@ -87,39 +109,53 @@ def sft_step_loss(actor: Actor, batch: Experience, loss_fn: SFTLoss) -> torch.Te
     return loss_fn(log_probs, batch.action_mask)
 
 
+def teacher_turns(questions, config: WarmStartConfig) -> list[list[str]]:
+    """The weak teacher's assistant turns for each question (seeded by `config.seed`)."""
+    rng = random.Random(config.seed)
+    return [teacher_actions(q, rng, config.direct_share, config.misread_share) for q in questions]
+
+
 def warm_start(
     actor: Actor,
     responses: list[dict],
     pad_token_id: int,
     max_len: int,
     config: WarmStartConfig,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[int, float], None] = lambda step, loss: None,
 ) -> list[float]:
-    """Train `actor` in place on the gold `responses`; returns the loss of every optimizer step."""
+    """Train `actor` in place on the teacher `responses` for `config.steps` AdamW steps (batches drawn by epochs
+    of shuffled traces); returns the loss of every step. `progress(step, loss)` is called after each step."""
     experiences = responses_to_experiences(responses, max_len)
     optimizer = torch.optim.AdamW(
         [p for p in actor.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
+    scheduler = get_scheduler(
+        "cosine_with_min_lr",
+        optimizer,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=config.steps,
+        scheduler_specific_kwargs={"min_lr_rate": config.min_lr_ratio},
+    )
     loss_fn = SFTLoss()
     rng = random.Random(config.seed)
     losses: list[float] = []
+    order: list[int] = []
     actor.train()
-    start = time.time()
-    for epoch in range(config.epochs):
-        order = list(range(len(experiences)))
-        rng.shuffle(order)
-        for i in range(0, len(order), config.micro_batch_size):
-            batch = Experience.concat_experiences(
-                [experiences[j] for j in order[i : i + config.micro_batch_size]], pad_token_id
-            )
-            loss = sft_step_loss(actor, batch, loss_fn)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        progress(
-            f"  warm start epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.3f} ({time.time() - start:.0f} s)"
-        )
+    for step in range(config.steps):
+        batch_ids = []
+        while len(batch_ids) < min(config.batch_size, len(experiences)):
+            if not order:
+                order = list(range(len(experiences)))
+                rng.shuffle(order)
+            batch_ids.append(order.pop())
+        batch = Experience.concat_experiences([experiences[j] for j in batch_ids], pad_token_id)
+        loss = sft_step_loss(actor, batch, loss_fn)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        progress(step + 1, losses[-1])
     actor.eval()
     return losses

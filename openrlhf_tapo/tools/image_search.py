@@ -81,5 +81,5 @@ class ImageSearchTool(Tool):
         target = params["image"] + (f" region {params['bbox']}" if "bbox" in params else "")
         if not hits:
             return ToolResult(text=f"No similar images found for {target}.")
-        images = [(f"{hit.title} (URL: {hit.url})", hit.image) for hit in hits]
+        images = [(f"{hit.title} (URL: {hit.url})" if hit.url else hit.title, hit.image) for hit in hits]
         return ToolResult(text=f"Image search results for {target}:", images=images)

@@ -60,5 +60,6 @@ class TextSearchTool(Tool):
             body = " ".join(hit.text[: 2 * limit].split())  # collapse whitespace; no more text than can be shown
             if len(body) > limit:
                 body = body[:limit].rstrip() + " ..."
-            blocks.append(f"{i}. {hit.title}\nURL: {hit.url}\n{body}")
+            url = f"URL: {hit.url}\n" if hit.url else ""  # local corpora may have none
+            blocks.append(f"{i}. {hit.title}\n{url}{body}")
         return ToolResult(text="\n\n".join(blocks))
