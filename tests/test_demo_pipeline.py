@@ -33,8 +33,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)  # as the demo does (see its --threads help)
     root = tmp_path_factory.mktemp("demo")
     config = TaskConfig(
-        kb=KnowledgeBaseConfig(num_entities=4, seed=1),
-        questions=QuestionSetConfig(num_train=8, num_eval=2, kind_weights=(1.0, 0.0, 1.0), seed=1),
+        kb=KnowledgeBaseConfig(num_entities=10, seed=1), questions=QuestionSetConfig(num_eval=2, seed=1)
     )
     paths = prepare_task(root / "task", config, progress=lambda _: None)
     actor = load_actor(str(paths.model_dir))
@@ -46,7 +45,7 @@ def run(tmp_path_factory):
     traces = gold_traces(rl.executor, rows, [list(q.gold_actions) for q in questions], processor,
                          sampling_params(rl.args), rl.args.data.max_len)  # fmt: skip
     losses = warm_start(actor, traces, processor.tokenizer.pad_token_id, rl.args.data.max_len,
-                        WarmStartConfig(epochs=6, micro_batch_size=2, lr=3e-3), progress=lambda _: None)  # fmt: skip
+                        WarmStartConfig(steps=24, batch_size=2, warmup_steps=2))  # fmt: skip
     result = rl.train(rows, progress=lambda _: None)
     yield dict(root=root, rl=rl, rows=rows, questions=questions, losses=losses, result=result)
     torch.set_num_threads(threads)
@@ -80,13 +79,14 @@ def test_metrics_tensorboard_and_checkpoint_are_written(run):
 
 def test_scripted_step_tapo_corrects_failing_tool_turns_by_hand_computed_credit(run):
     rl, questions, rows = run["rl"], run["questions"], run["rows"]
-    picked = [i for i, q in enumerate(questions) if q.kind == "city"][:2]
+    picked = [0, 1]
     tokenizer = rl.processor.tokenizer
     engines, success = [], []
     for i in picked:
         gold = list(questions[i].gold_actions)
         for ok in (True, False, True, False):
-            engines.append(ScriptedEngine(tokenizer, gold if ok else gold[:-1] + ["<answer>Nowhere</answer>"]))
+            misread = gold[:-1] + [f"<answer>{questions[i].distractor}</answer>"]  # right calls, the news city
+            engines.append(ScriptedEngine(tokenizer, gold if ok else misread))
             success.append(ok)
     before = [p.detach().clone() for p in rl.actor.parameters()]
     calls_before = Counter(rl.executor.runner.counts)
@@ -96,8 +96,8 @@ def test_scripted_step_tapo_corrects_failing_tool_turns_by_hand_computed_credit(
     assert calls["calls/image_search"] == 8 and calls["calls/text_search"] == 8
     assert not any(key.startswith("errors") for key in calls)
 
-    # rewards 1.0 (correct, format) / 0.1 (format only): group_norm gives +-(0.45 / std), std over 4 = 0.5196
-    a = 0.45 / torch.tensor([1.0, 0.1, 1.0, 0.1]).std().item()
+    # rewards 1 / 0 (exact match): group_norm gives +-(0.5 / std), std over 4 = 0.5774
+    a = 0.5 / torch.tensor([1.0, 0.0, 1.0, 0.0]).std().item()
     # each failing call matches the same call of both successful trajectories: m = 1, support c = 2/2 = 1,
     # reference advantage +a, so its turn becomes min(0, -a + 0.8 * a) = -0.2 a; the answer turn keeps -a
     beta = rl.config.tapo.beta

@@ -108,7 +108,7 @@ def test_missing_ray_venv_says_make_venv_ray(tmp_path, monkeypatch):
 
 def test_ray_engine_builds_a_head_dim_32_model():
     args = argparse.Namespace(
-        quick=True, seed=0, steps=None, warm_epochs=None, policy_loss_type="ppo", no_tapo=False, engine="ray"
+        quick=True, seed=0, steps=None, warm_steps=None, policy_loss_type="ppo", no_tapo=False, engine="ray"
     )
     task, _, _ = demo.build_configs(args)
     assert task.model_hidden_size == RAY_MODEL_SIZE["hidden_size"] == 128

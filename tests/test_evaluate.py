@@ -151,8 +151,8 @@ def tiny_task(tmp_path_factory):
     from openrlhf_tapo.task.questions import QuestionSetConfig
 
     config = TaskConfig(
-        kb=KnowledgeBaseConfig(num_entities=4),
-        questions=QuestionSetConfig(num_train=2, num_eval=3, kind_weights=(1.0, 0.0, 0.0)),
+        kb=KnowledgeBaseConfig(num_entities=5),
+        questions=QuestionSetConfig(num_eval=3),
         vocab_size=400,
     )
     return prepare_task(tmp_path_factory.mktemp("task"), config, progress=lambda _: None)
@@ -199,7 +199,8 @@ def test_evaluate_scores_scripted_trajectories_through_the_real_agent(tiny_task)
     assert records[1].tool_calls == {"image_search": 1}
     assert records[2].tool_errors == {"bad_json": 1} and records[2].tool_calls == {}
     assert [r.attempted_calls for r in records] == [2, 1, 1]
-    assert records[0].reward == pytest.approx(1.0) and records[2].reward == pytest.approx(0.9)  # format broken
+    # the task's reward is exact match alone: a broken call before a right answer costs nothing
+    assert records[0].reward == pytest.approx(1.0) and records[2].reward == pytest.approx(1.0)
     assert sorted(seen) == [0, 1, 2] and engine.turns == []
     s = summarize_records(records)
     assert s["accuracy"]["exact_match"] == pytest.approx(2 / 3) and s["tool_calls_per_sample"] == pytest.approx(1.0)

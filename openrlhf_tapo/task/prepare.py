@@ -8,6 +8,7 @@ Layout of a task directory::
     prompts_{train,eval}.jsonl        OpenRLHF prompt rows {"prompt", "label", "images", "datasource" (= kind)},
                                       written by the agent's converter (agent/data.py), images in prompts_*_images/
     agent.yaml                        the agent configuration (tools on the local index, limits, reward)
+    kb_permuted/, agent_counterfactual.yaml   the same with every home city permuted (the counterfactual check)
     model/init/                       the tiny Qwen2.5-VL (random weights) + tokenizer + processor
 """
 
@@ -23,17 +24,23 @@ import yaml
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.data import AgentSample, write_openrlhf_jsonl
 from openrlhf_tapo.task.knowledge_base import CITIES, SYLLABLES, KnowledgeBase, KnowledgeBaseConfig
-from openrlhf_tapo.task.questions import QUESTION, Question, QuestionSetConfig, generate_questions, write_questions
+from openrlhf_tapo.task.questions import (
+    QUESTION,
+    Question,
+    QuestionSetConfig,
+    generate_questions,
+    read_questions,
+    write_questions,
+)
 from openrlhf_tapo.task.tiny_model import build_tiny_vlm
 
+COUNTERFACTUAL_SEED = 1  # the permutation of home cities the counterfactual base uses
 PROMPT_KEYS = {"input_key": "prompt", "label_key": "label", "image_key": "images"}  # OpenRLHF's --data.* keys
 
 
-INSTRUCTIONS = (
-    "Answer the question about the image. Tools: image_search(image) names what an image shows; text_search(query) "
-    'returns passages. Call one tool per turn: <tool_call>{"name": ..., "arguments": {...}}</tool_call>. '
-    "Give the answer as <answer>...</answer>."
-)  # the whole system prompt (no JSON-schema block, `AgentConfig.tools_block`): ~60 tokens instead of ~700
+INSTRUCTIONS = "Use image_search, then text_search, then answer."
+# The whole system prompt (no JSON-schema block, `AgentConfig.tools_block`): a tiny model learns the call format
+# from its warm-start traces, and ~10 tokens instead of ~700 keep every sequence short.
 
 
 @dataclass
@@ -66,6 +73,7 @@ class TaskPaths:
     kb_dir: Path
     index_dir: Path
     agent_config: Path
+    counterfactual_agent_config: Path  # the same agent on the permuted base (`gates.tool_following`)
     model_dir: Path
     questions: dict[str, Path]
     prompts: dict[str, Path]
@@ -125,9 +133,11 @@ def prepare_task(
         prompts[split] = write_openrlhf_jsonl(samples, root / f"prompts_{split}.jsonl")
     counts = ", ".join(f"{split} {len(items)}" for split, items in splits.items())
     progress(f"  questions: {counts} (one entity each; eval entities held out)")
-    agent_data = agent_config_data(index_dir, config)
     agent_path = root / "agent.yaml"
-    agent_path.write_text(yaml.safe_dump({"agent": agent_data}, sort_keys=False))
+    agent_path.write_text(yaml.safe_dump({"agent": agent_config_data(index_dir, config)}, sort_keys=False))
+    permuted_index = kb.permuted(COUNTERFACTUAL_SEED).build_index(root / "kb_permuted")
+    counterfactual = root / "agent_counterfactual.yaml"
+    counterfactual.write_text(yaml.safe_dump({"agent": agent_config_data(permuted_index, config)}, sort_keys=False))
     model_dir = build_tiny_vlm(
         root / "model" / "init",
         tokenizer_corpus(kb, splits["train"]),
@@ -141,7 +151,30 @@ def prepare_task(
         f"  tiny Qwen2.5-VL (hidden {config.model_hidden_size}) + BPE tokenizer ({config.vocab_size} tokens) "
         f"built offline at {model_dir}"
     )
-    return TaskPaths(root, kb_dir, index_dir, agent_path, model_dir, questions, prompts)
+    return TaskPaths(root, kb_dir, index_dir, agent_path, counterfactual, model_dir, questions, prompts)
+
+
+def task_paths(root: str | Path) -> TaskPaths:
+    """The paths of a task directory `prepare_task` wrote (to reuse it without rebuilding)."""
+    root = Path(root)
+    kb = root / "kb"
+    splits = ("train", "eval")
+    return TaskPaths(
+        root,
+        kb,
+        kb / "index",
+        root / "agent.yaml",
+        root / "agent_counterfactual.yaml",
+        root / "model" / "init",
+        {s: kb / f"questions_{s}.jsonl" for s in splits},
+        {s: root / f"prompts_{s}.jsonl" for s in splits},
+    )
+
+
+def counterfactual_answers(root: str | Path, config: TaskConfig, split: str = "eval") -> list[str]:
+    """The home city the permuted base gives each question of `split`, in question order."""
+    permuted = KnowledgeBase.generate(config.kb).permuted(COUNTERFACTUAL_SEED)
+    return [permuted.by_id[q.entity_id].city for q in read_questions(task_paths(root).questions[split])]
 
 
 def read_prompt_rows(path: str | Path) -> list[dict]:

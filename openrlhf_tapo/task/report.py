@@ -8,7 +8,6 @@ per-step metrics (`metrics.jsonl`, OpenRLHF's status keys: `rollout/reward_mean`
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 TAPO_KEYS = (
@@ -21,14 +20,9 @@ TAPO_KEYS = (
 )
 
 
-def accuracy_by_kind(responses: list[dict], kinds: list[str]) -> dict[str, float]:
-    """Mean score per question kind (`kinds[i]` is the kind of `responses[i]`), plus `all`."""
-    scores: dict[str, list[float]] = defaultdict(list)
-    for r, kind in zip(responses, kinds, strict=True):
-        score = float(r["scores"] or 0.0)
-        scores[kind].append(score)
-        scores["all"].append(score)
-    return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
+def accuracy(responses: list[dict]) -> float:
+    """Mean score (1 = correct) of agent-executor responses."""
+    return sum(float(r["scores"] or 0.0) for r in responses) / max(1, len(responses))
 
 
 def _tool_rate(responses: list[dict]) -> float:
@@ -40,14 +34,17 @@ def _mean(metrics: list[dict], key: str) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def summarize(before: list[dict], after: list[dict], kinds: list[str], metrics: list[dict]) -> dict:
+def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metrics: list[dict]) -> dict:
+    """`before` / `after`: eval responses by decoding mode ("sampled", "greedy"); tool use is read from the first."""
+    first_before, first_after = next(iter(before.values())), next(iter(after.values()))
     return {
-        "eval_accuracy_before": accuracy_by_kind(before, kinds),
-        "eval_accuracy_after": accuracy_by_kind(after, kinds),
-        "eval_tool_call_rate_before": _tool_rate(before),
-        "eval_tool_call_rate_after": _tool_rate(after),
-        "eval_tool_calls_per_traj_before": sum(r["extra_logs"]["tool_calls"] for r in before) / max(1, len(before)),
-        "eval_tool_calls_per_traj_after": sum(r["extra_logs"]["tool_calls"] for r in after) / max(1, len(after)),
+        "eval_accuracy_before": {mode: accuracy(rs) for mode, rs in before.items()},
+        "eval_accuracy_after": {mode: accuracy(rs) for mode, rs in after.items()},
+        "eval_questions": len(first_before),
+        "eval_tool_call_rate_before": _tool_rate(first_before),
+        "eval_tool_call_rate_after": _tool_rate(first_after),
+        "eval_tool_calls_per_traj_before": _calls(first_before),
+        "eval_tool_calls_per_traj_after": _calls(first_after),
         "train_steps": len(metrics),
         "train_reward_first": metrics[0]["rollout/reward_mean"] if metrics else float("nan"),
         "train_reward_last": metrics[-1]["rollout/reward_mean"] if metrics else float("nan"),
@@ -57,11 +54,21 @@ def summarize(before: list[dict], after: list[dict], kinds: list[str], metrics: 
     }
 
 
+def _calls(responses: list[dict]) -> float:
+    return sum(r["extra_logs"]["tool_calls"] for r in responses) / max(1, len(responses))
+
+
 def format_summary(summary: dict) -> str:
+    from openrlhf_tapo.task.gates import format_gates
+
     before, after = summary["eval_accuracy_before"], summary["eval_accuracy_after"]
-    lines = ["eval accuracy (greedy)     before -> after"]
-    for kind in sorted(set(before) | set(after)):
-        lines.append(f"  {kind:<24} {before.get(kind, float('nan')):.3f} -> {after.get(kind, float('nan')):.3f}")
+    lines = []
+    if "gates" in summary:
+        lines += ["gates (warm start, before RL)"] + format_gates(summary["gates"])
+    lines.append(f"eval accuracy ({summary['eval_questions']} held-out questions)   before -> after   change")
+    for mode in before:
+        change = after.get(mode, float("nan")) - before[mode]
+        lines.append(f"  {mode:<34} {before[mode]:.3f} -> {after.get(mode, float('nan')):.3f}   {change:+.3f}")
     lines.append(
         f"eval tool-call rate        {summary['eval_tool_call_rate_before']:.3f} -> "
         f"{summary['eval_tool_call_rate_after']:.3f} (calls/traj {summary['eval_tool_calls_per_traj_before']:.2f} -> "
@@ -120,14 +127,14 @@ def plot_run(run_dir: str | Path, summary: dict, metrics: list[dict]) -> list[Pa
     plt.close(fig)
 
     before, after = summary["eval_accuracy_before"], summary["eval_accuracy_after"]
-    kinds = sorted(set(before) | set(after))
+    kinds = list(before)
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = range(len(kinds))
     ax.bar([x - 0.2 for x in xs], [before.get(k, 0.0) for k in kinds], width=0.4, label="before RL (warm start)")
     ax.bar([x + 0.2 for x in xs], [after.get(k, 0.0) for k in kinds], width=0.4, label="after RL")
     ax.set_xticks(list(xs), kinds)
-    ax.set_ylabel("eval accuracy (greedy)")
-    ax.set_title("eval accuracy by question kind")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title(f"held-out eval accuracy ({summary['eval_questions']} questions)")
     ax.legend()
     fig.tight_layout()
     accuracy = run_dir / "accuracy.png"
@@ -137,13 +144,13 @@ def plot_run(run_dir: str | Path, summary: dict, metrics: list[dict]) -> list[Pa
 
 
 def write_report(
-    run_dir: str | Path, before: list[dict], after: list[dict], kinds: list[str], metrics: list[dict], extra: dict
+    run_dir: str | Path, before: dict[str, list[dict]], after: dict[str, list[dict]], metrics: list[dict], extra: dict
 ) -> dict:
     """summary.json + summary.txt + the plots under `run_dir`; returns the summary with the written paths.
 
-    `before` / `after` are the eval responses in eval-row order, `kinds` the question kind of each row."""
+    `before` / `after` are the eval responses by decoding mode (`summarize`)."""
     run_dir = Path(run_dir)
-    summary = {**summarize(before, after, kinds, metrics), **extra}
+    summary = {**summarize(before, after, metrics), **extra}
     plots = plot_run(run_dir, summary, metrics) if metrics else []
     summary["plots"] = [str(p) for p in plots]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

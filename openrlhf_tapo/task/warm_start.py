@@ -43,9 +43,13 @@ class WarmStartConfig:
     steps / batch_size: optimizer steps and traces per step (a tiny model needs several hundred steps to copy names
     into calls and cities into answers; STUDY-NOTES.md). lr: AdamW peak, reached after `warmup_steps` and decayed
     along a cosine to `min_lr_ratio` of it. seed: trace sampling and batch order.
+    observation_loss: also train on the tool responses (a language-model loss on every token after the prompt):
+    each passage repeats the entity's name, so the model practises copying names from context many times per
+    trace, which it must do once per trace in its own call (measured: docs/results.md).
     """
 
     traces: int = 1024
+    observation_loss: bool = True
     direct_share: float = 0.2
     misread_share: float = 0.45
     steps: int = 400
@@ -125,6 +129,10 @@ def warm_start(
 ) -> list[float]:
     """Train `actor` in place on the teacher `responses` for `config.steps` AdamW steps (batches drawn by epochs
     of shuffled traces); returns the loss of every step. `progress(step, loss)` is called after each step."""
+    if config.observation_loss:
+        responses = [
+            {**r, "action_ranges": [(r["action_ranges"][0][0], len(r["observation_tokens"]))]} for r in responses
+        ]
     experiences = responses_to_experiences(responses, max_len)
     optimizer = torch.optim.AdamW(
         [p for p in actor.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
