@@ -159,3 +159,22 @@ def test_a_bad_request_fails_alone(tiny):
     assert isinstance(outs[1], ValueError) and "image placeholders" in str(outs[1])
     assert len(outs[0].outputs[0].token_ids) == 4 and len(outs[2].outputs[0].token_ids) == 4
     assert engine.batch_sizes == [2]
+
+
+def test_bad_words_per_row_match_model_generate(tiny):
+    model, processor = tiny
+    tok = processor.tokenizer
+    engine = HFGenerationEngine(model, processor, batch_wait_s=0.5, max_batch=len(PROMPTS))
+    greedy = serve(engine, requests(processor, SamplingParams(max_tokens=12, temperature=0.0)))
+    params = []
+    for i, out in enumerate(greedy):
+        # a two-token word that tokenises back to its tokens: its 2nd token is banned right after its 1st
+        ids = out.token_ids
+        k = next(k for k in range(1, len(ids) - 1) if tok.encode(tok.decode(ids[k : k + 2])) == ids[k : k + 2])
+        single = [tok.decode(ids[:1])] if i % 2 else []  # and on odd rows the first token everywhere
+        params.append(SamplingParams(max_tokens=12, temperature=0.0, bad_words=[tok.decode(ids[k : k + 2]), *single]))
+    batch = requests(processor, params)
+    outs = serve(engine, batch)
+    for request, out, free in zip(batch, outs, greedy, strict=True):
+        assert out.token_ids == engine._generate_with_hf(*request).outputs[0].token_ids
+        assert out.token_ids != free.token_ids

@@ -22,9 +22,10 @@ The decode loop is our own (`model.generate` cannot do per-row seeds, stops or t
 padded, the prefill gets the batch's images (`pixel_values` concatenated in row order, `image_grid_thw` stacked)
 and Qwen2-VL's M-RoPE positions from `get_rope_index` under the attention mask (as `generate` builds them, with the
 text positions in front), then each step feeds one token per row through the KV cache. Every row is processed with
-its own sampling parameters, by transformers' own logits processors (bad words, temperature, top-k, top-p) and its
-own `torch.Generator` (seeded by `seed`, else from the engine's generator), so a seeded request samples the same
-tokens as alone with `model.generate` after `torch.manual_seed(seed)`. Finished rows leave the batch (and the cache).
+its own sampling parameters: bad words as transformers' `NoBadWordsLogitsProcessor` bans them, transformers' own
+warpers (temperature, top-k, top-p), and its own `torch.Generator` (seeded by `seed`, else from the engine's
+generator), so a seeded request samples the same tokens as alone with `model.generate` after `torch.manual_seed`.
+Finished rows leave the batch (and the cache).
 
 Numerics: a row's logits in a batch equal its logits alone up to float rounding (padding and batch size change the
 kernels' summation order, ~1e-7 here), so greedy or seeded outputs are batch-independent except where two tokens'
@@ -45,7 +46,6 @@ import torch
 from openrlhf.utils.vlm_utils import dedup_media_tokens
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.logits_process import (
-    NoBadWordsLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -130,10 +130,20 @@ class _Row:
     token_ids: list[int]  # prompt with image pads expanded
     mm: dict
     generator: torch.Generator
-    processors: list
+    banned: list[int]  # single-token bad words, banned at every step
+    banned_after: list[tuple[list[int], int]]  # (prefix, token): token banned right after prefix
+    warpers: list  # temperature, top-k, top-p: transformers' own, in `generate`'s order
     stop: _StopOnStrings | None
     new_tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+
+    def banned_now(self) -> list[int]:
+        """Tokens the bad words forbid at this step, as transformers' `NoBadWordsLogitsProcessor` decides."""
+        if not self.banned_after:
+            return self.banned
+        sequence = self.token_ids + self.new_tokens
+        tail = [token for prefix, token in self.banned_after if sequence[len(sequence) - len(prefix) :] == prefix]
+        return self.banned + tail
 
 
 class HFGenerationEngine:
@@ -269,20 +279,23 @@ class HFGenerationEngine:
         images = list((request.multi_modal_data or {}).get("image") or [])
         token_ids, mm = self._multimodal_inputs(request.prompt_token_ids, images)
         params = self._params(request.sp)
-        # the same processors, in the same order, as `model.generate` builds for these parameters
-        processors: list = []
-        if params.bad_words_ids:
-            processors.append(NoBadWordsLogitsProcessor(params.bad_words_ids, sorted(self.eos_token_ids) or None))
+        # bad words as `NoBadWordsLogitsProcessor` applies them (a lone EOS token is never banned), then the warpers
+        # `model.generate` builds for these parameters, in its order
+        words = [ids for ids in params.bad_words_ids if not (len(ids) == 1 and ids[0] in self.eos_token_ids)]
+        banned = sorted({ids[0] for ids in words if len(ids) == 1})
+        banned_after = [(ids[:-1], ids[-1]) for ids in words if len(ids) > 1]
+        warpers: list = []
         if params.temperature > 0:
             if params.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(params.temperature))
+                warpers.append(TemperatureLogitsWarper(params.temperature))
             if params.top_k is not None:
-                processors.append(TopKLogitsWarper(params.top_k))
+                warpers.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1.0:
-                processors.append(TopPLogitsWarper(params.top_p))
+                warpers.append(TopPLogitsWarper(params.top_p))
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._rng))
         stop = _StopOnStrings(self.tokenizer, params.stops, 0, params.skip_special) if params.stops else None
-        return _Row(request, params, token_ids, mm, torch.Generator().manual_seed(seed), processors, stop)
+        generator = torch.Generator().manual_seed(seed)
+        return _Row(request, params, token_ids, mm, generator, banned, banned_after, warpers, stop)
 
     def _decode(self, rows: list[_Row]) -> None:
         """One batched decode loop: fills each row's `new_tokens` (and `logprobs`)."""
@@ -321,12 +334,10 @@ class HFGenerationEngine:
         cache = out.past_key_values
         active = list(range(len(rows)))  # rows still generating, in batch order
         while True:
-            logits = out.logits[:, -1, :].float()
+            tokens = self._next_tokens([rows[i] for i in active], out.logits[:, -1, :].float())
             next_tokens, keep = [], []
-            for b, i in enumerate(active):
-                row = rows[i]
-                token = self._next_token(row, logits[b])
-                if not self._finished(row, token):
+            for b, (i, token) in enumerate(zip(active, tokens, strict=True)):
+                if not self._finished(rows[i], token):
                     next_tokens.append(token)
                     keep.append(b)
             if not keep:
@@ -346,21 +357,31 @@ class HFGenerationEngine:
                 use_cache=True,
             )
 
-    def _next_token(self, row: _Row, logits: torch.Tensor) -> int:
-        scores = logits.unsqueeze(0)
-        if row.processors:
-            sequence = torch.tensor([row.token_ids + row.new_tokens])
-            for processor in row.processors:
-                scores = processor(sequence, scores)
-        if row.params.temperature > 0:
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, num_samples=1, generator=row.generator).item())
-        else:
-            token = int(scores.argmax(dim=-1).item())
-        row.new_tokens.append(token)
-        if row.params.logprobs:
-            row.logprobs.append(torch.log_softmax(logits, dim=-1)[token].item())
-        return token
+    def _next_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Each row's next token from its logits (batch, vocab): bad words, then argmax or its warpers and sampler."""
+        scores = logits
+        bans = [(b, token) for b, row in enumerate(rows) for token in row.banned_now()]
+        if bans:
+            scores = logits.clone()
+            scores[[b for b, _ in bans], [token for _, token in bans]] = float("-inf")
+        greedy = scores.argmax(dim=-1).tolist() if any(row.params.temperature <= 0 for row in rows) else None
+        tokens = []
+        for b, row in enumerate(rows):
+            if row.params.temperature <= 0:
+                tokens.append(greedy[b])
+                continue
+            row_scores = scores[b : b + 1]
+            for warper in row.warpers:
+                row_scores = warper(None, row_scores)
+            probs = torch.softmax(row_scores, dim=-1)
+            tokens.append(int(torch.multinomial(probs, num_samples=1, generator=row.generator).item()))
+        if any(row.params.logprobs for row in rows):
+            chosen = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens).unsqueeze(-1))[:, 0].tolist()
+        for b, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            row.new_tokens.append(token)
+            if row.params.logprobs:
+                row.logprobs.append(chosen[b])
+        return tokens
 
     def _finished(self, row: _Row, token: int) -> bool:
         return (
