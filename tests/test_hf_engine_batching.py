@@ -178,3 +178,23 @@ def test_bad_words_per_row_match_model_generate(tiny):
     for request, out, free in zip(batch, outs, greedy, strict=True):
         assert out.token_ids == engine._generate_with_hf(*request).outputs[0].token_ids
         assert out.token_ids != free.token_ids
+
+
+def test_requests_arriving_a_few_ms_apart_share_a_batch_and_a_cancelled_one_is_dropped(tiny):
+    model, processor = tiny
+    engine = HFGenerationEngine(model, processor)  # default gathering: a 10 ms quiet window
+    batch = requests(processor, SamplingParams(max_tokens=4, temperature=0.0)) * 2
+
+    async def late(i, request):
+        await asyncio.sleep(0.002 * i)  # as trajectories reach the engine after building their prompts
+        return await engine.generate(*request)
+
+    async def run():
+        outs = await asyncio.gather(*[late(i, r) for i, r in enumerate(batch)])
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.generate(*batch[0]), timeout=0.001)  # cancelled while queued
+        return outs, await engine.generate(*batch[1])
+
+    outs, after = asyncio.run(run())
+    assert engine.batches < len(batch) and len(outs) == len(batch)
+    assert after.outputs[0].token_ids == outs[1].outputs[0].token_ids

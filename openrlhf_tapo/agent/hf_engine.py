@@ -14,8 +14,8 @@ It follows vLLM's conventions where an executor can observe them:
 
 Used by the tests, the CPU demo, the evaluation CLI and the CPU RL loop. Requests are served in BATCHES, like vLLM:
 each `generate` call queues its request and awaits a future; one worker thread (started on demand, gone when the
-queue is empty) takes everything queued (up to `max_batch`, after waiting `batch_wait_s` for more to arrive), runs
-one batched decode loop over it and resolves each request's future, so the event loop keeps running the tool calls
+queue is empty) takes everything queued (up to `max_batch`, once no more arrived for `batch_wait_s`), runs one
+batched decode loop over it and resolves each request's future, so the event loop keeps running the tool calls
 of other trajectories meanwhile and the requests that arrive during a batch form the next one.
 
 The decode loop is our own (`model.generate` cannot do per-row seeds, stops or temperatures): prompts are left
@@ -150,18 +150,22 @@ class HFGenerationEngine:
     """`generate` with vLLM's contract over a transformers `Qwen2_5_VLForConditionalGeneration` (or any causal LM).
 
     `processor` is the model's processor (tokenizer + image processor) or a plain tokenizer for text-only models.
-    `max_batch`: most requests decoded together; `batch_wait_s`: how long the worker waits for more requests before
-    starting a batch that is not full. `requests` counts served requests, `batches` decode loops run and
-    `batch_sizes` their sizes.
+    `max_batch`: most requests decoded together. Before starting a batch that is not full the worker waits while
+    requests keep coming: until none arrived for `batch_wait_s`, at most `batch_wait_max_s` in all (trajectories
+    that start together reach the engine a few ms apart, after building their prompts). `requests` counts served
+    requests, `batches` decode loops run and `batch_sizes` their sizes.
     """
 
-    def __init__(self, model, processor, max_batch: int = 64, batch_wait_s: float = 0.005):
+    def __init__(
+        self, model, processor, max_batch: int = 64, batch_wait_s: float = 0.01, batch_wait_max_s: float = 0.1
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
         self.processor = processor
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
+        self.batch_wait_max_s = batch_wait_max_s
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.image_processor = getattr(processor, "image_processor", None)
         config = model.config
@@ -200,9 +204,13 @@ class HFGenerationEngine:
     def _work(self) -> None:
         while True:
             with self._cond:
-                deadline = time.monotonic() + self.batch_wait_s
-                while 0 < len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                    self._cond.wait(left)
+                # gather: wait while requests keep arriving (each resets a quiet window of batch_wait_s)
+                deadline = time.monotonic() + self.batch_wait_max_s
+                while 0 < len(self._queue) < self.max_batch:
+                    left = min(self.batch_wait_s, deadline - time.monotonic())
+                    queued = len(self._queue)
+                    if left <= 0 or (not self._cond.wait(left) and len(self._queue) == queued):
+                        break
                 if not self._queue:
                     self._worker = None
                     return
