@@ -198,3 +198,18 @@ def test_requests_arriving_a_few_ms_apart_share_a_batch_and_a_cancelled_one_is_d
     outs, after = asyncio.run(run())
     assert engine.batches < len(batch) and len(outs) == len(batch)
     assert after.outputs[0].token_ids == outs[1].outputs[0].token_ids
+
+
+def test_a_training_model_with_gradient_checkpointing_decodes_in_eval_mode(tiny):
+    model, processor = tiny
+    engine = HFGenerationEngine(model, processor, batch_wait_s=0.5, max_batch=len(PROMPTS))
+    batch = requests(processor, SamplingParams(max_tokens=6, temperature=0.0))
+    expected = [out.token_ids for out in serve(engine, batch)]
+    model.gradient_checkpointing_enable()
+    model.train()
+    try:
+        assert [out.token_ids for out in serve(engine, batch)] == expected  # the KV cache is kept
+        assert model.training
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()

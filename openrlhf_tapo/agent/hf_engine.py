@@ -228,7 +228,12 @@ class HFGenerationEngine:
             return
         try:
             with self._lock, torch.no_grad():
-                self._decode(rows)
+                training = self.model.training  # eval: no dropout, and gradient checkpointing would drop the cache
+                self.model.eval()
+                try:
+                    self._decode(rows)
+                finally:
+                    self.model.train(training)
                 self.requests += len(rows)
                 self.batches += 1
                 self.batch_sizes.append(len(rows))
