@@ -42,10 +42,10 @@ def run(tmp_path_factory):
     rl = InProcessRL(actor, processor, load_agent_config(paths.agent_config), rl_config, paths.model_dir, root)
     rows = read_prompt_rows(paths.prompts["train"])
     questions = read_questions(paths.questions["train"])
-    traces = gold_traces(rl.executor, rows, [list(q.gold_actions) for q in questions], processor,
-                         sampling_params(rl.args), rl.args.data.max_len)  # fmt: skip
-    losses = warm_start(actor, traces, processor.tokenizer.pad_token_id, rl.args.data.max_len,
-                        WarmStartConfig(steps=24, batch_size=2, warmup_steps=2))  # fmt: skip
+    turns = [list(q.gold_actions) for q in questions]
+    traces = gold_traces(rl.executor, rows, turns, processor, sampling_params(rl.args), rl.args.data.max_len)
+    losses = warm_start(actor, traces, (traces, turns), processor.tokenizer, rl.args.data.max_len,
+                        WarmStartConfig(steps=24, batch_size=2, warmup_steps=2, content_steps=0))  # fmt: skip
     result = rl.train(rows, progress=lambda _: None)
     yield dict(root=root, rl=rl, rows=rows, questions=questions, losses=losses, result=result)
     torch.set_num_threads(threads)

@@ -24,7 +24,7 @@ from openrlhf_tapo.task.questions import (
     write_questions,
 )
 from openrlhf_tapo.task.tiny_model import build_processor, build_tokenizer
-from openrlhf_tapo.task.warm_start import gold_traces
+from openrlhf_tapo.task.warm_start import content_responses, content_spans, gold_traces
 from openrlhf_tapo.tools import canonical_params
 
 
@@ -154,6 +154,19 @@ def test_gold_traces_through_the_real_agent_get_full_reward_and_read_the_tools(b
         # a name is the same two tokens in the observation and in the call that copies it
         name_ids = tokenizer.encode(q.entity, add_special_tokens=False)
         assert len(name_ids) == 2 and tokenizer.encode(f' "{q.entity}"', add_special_tokens=False)[-3:-1] == name_ids
+    # the warm start's content tokens: the image label, the name in the query, the answer city, nothing else
+    turns = [list(q.gold_actions) for q in questions]
+    for q, r in zip(questions, content_responses(responses, turns, tokenizer), strict=True):
+        ids = r["observation_tokens"]
+        assert [tokenizer.decode(ids[a:b]) for a, b in r["action_ranges"]] == ["img_0", q.entity, q.answer]
+
+
+def test_content_spans_are_argument_values_and_answers():
+    call = '<tool_call>{"name": "text_search", "arguments": {"query": "ZUDE", "k": 2}}</tool_call>'
+    (span,) = content_spans(call)
+    assert call[span[0] : span[1]] == "ZUDE"
+    assert content_spans("<answer>Brisa</answer>") == [(8, 13)]
+    assert content_spans('<tool_call>{"name": "x", </tool_call>') == []  # a broken call has no content
 
 
 def test_inprocess_strategy_accumulates_and_clips_like_deepspeed():

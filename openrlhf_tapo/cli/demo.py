@@ -287,10 +287,11 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
         rl = InProcessRL(actor, processor, agent_config, rl_config, paths.model_dir, run_dir)
         questions = read_questions(paths.questions["train"])[: warm_config.traces]
         max_len = rl.args.data.max_len
+        sp = sampling_params(rl.args)
         turns = teacher_turns(questions, warm_config)
-        traces = gold_traces(
-            rl.executor, train_rows[: len(turns)], turns, processor, sampling_params(rl.args), max_len
-        )
+        traces = gold_traces(rl.executor, train_rows[: len(turns)], turns, processor, sp, max_len)
+        gold_turns = [list(q.gold_actions) for q in questions]
+        gold = (gold_traces(rl.executor, train_rows[: len(turns)], gold_turns, processor, sp, max_len), gold_turns)
         rewards = [t["reward"] for t in traces]
         with console.bar(warm_config.steps, "warm start", "steps") as bar:
 
@@ -299,7 +300,7 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
                     bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
                     bar.update(step - bar.n)
 
-            warm_losses = warm_start(actor, traces, processor.tokenizer.pad_token_id, max_len, warm_config, on_step)
+            warm_losses = warm_start(actor, traces, gold, processor.tokenizer, max_len, warm_config, on_step)
         log(f"  warm start: {len(traces)} traces, loss {warm_losses[0]:.3f} -> {warm_losses[-1]:.3f}")
         warm_dir = run_dir / "model" / "warm_start"
         actor.model.save_pretrained(warm_dir)

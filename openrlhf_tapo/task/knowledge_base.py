@@ -39,7 +39,13 @@ COLOURS = {
     "black": (25, 25, 25),
     "white": (245, 245, 245),
 }
-CITIES = ("Orvale", "Dunmere", "Kestwick", "Halvern", "Brisa", "Tolmoor")
+# 40 home cities, each one token of the tiny model (`prepare.py`). Many, so that a guess is right 1 time in 40 and
+# the answer must be read; the same 40 in every split, so every city token is seen in training.
+CITIES = tuple(
+    a + b
+    for a in ("Or", "Dun", "Kest", "Hal", "Bri", "Tol", "Mar", "Vel")
+    for b in ("vale", "mere", "wick", "vern", "sa")
+)
 # Names are two syllables, each an added token of the tiny model (`prepare.py`): every syllable occurs in many
 # training names, so a held-out name is a new pair of known tokens, and copying it is copying two tokens.
 # (A name that were one token of its own would never be seen in training, its embedding left random.)

@@ -7,7 +7,7 @@ the eval split asks about entities that no training question, warm-start trace o
 entity is asked about once, so a policy succeeds by reading its observations, not by recalling facts.
 
 Credit misassignment is common by construction: a trajectory with both right calls fails when it reads the news
-item, and an answer without tools is right by chance (1 in 6 cities). GRPO then punishes the right calls of the
+item, and an answer without tools is right by chance (1 in 40 cities). GRPO then punishes the right calls of the
 first; TAPO finds the same calls in successful trajectories of the group and softens that penalty.
 
 The warm start imitates a WEAK teacher (`teacher_actions`): on some questions it answers without tools (a guess),
