@@ -34,6 +34,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # modules that import torch and OpenRLHF are imported where used: they print, and take seconds
+    from openrlhf_tapo.agent.config import AgentConfig
+    from openrlhf_tapo.task.prepare import TaskPaths
 
 ARMS = ("ppo", "ppo+tapo", "sapo", "sapo+tapo", "gspo_token", "gspo_token+tapo")
 GATE_SEED = 7_000_000  # sampling seeds of the gate rollouts
@@ -42,10 +47,25 @@ EVAL_SEED = 9_000_000  # sampling seeds of every run's final sampled eval: all a
 SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only", "threads")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from openrlhf_tapo.task.warm_start import WarmStartConfig
+# flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
+DEFAULTS_FROM = {
+    "warm_steps": ("WarmStartConfig", "steps"),
+    "warm_batch": ("WarmStartConfig", "batch_size"),
+    "warm_lr": ("WarmStartConfig", "lr"),
+    "direct_share": ("WarmStartConfig", "direct_share"),
+    "misread_share": ("WarmStartConfig", "misread_share"),
+    "beta": ("TAPOConfig", "beta"),
+    "theta": ("TAPOConfig", "theta"),
+    "alpha_min": ("TAPOConfig", "alpha_min"),
+    "span": ("TAPOConfig", "span"),
+}
 
-    warm = WarmStartConfig()
+
+def _default(flag: str) -> str:
+    return " (default: {}'s {})".format(*DEFAULTS_FROM[flag])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/study", help="output directory (task, warm start, gates, runs, report)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list from {', '.join(ARMS)}")
@@ -53,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds-other", type=int, default=5, help="paired seeds of the SAPO and GSPO-token arms")
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
     p.add_argument("--steps", type=int, default=12, help="RL steps per run")
-    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step")
     p.add_argument("--n-samples", type=int, default=8, help="rollouts per prompt (GRPO group size)")
     p.add_argument("--lr", type=float, default=5e-4, help="RL AdamW learning rate")
     p.add_argument("--eval-samples", type=int, default=4, help="T = 1 samples per eval question (final eval, gates)")
@@ -61,15 +81,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
     p.add_argument("--num-eval", type=int, default=128, help="entities held out for evaluation")
     p.add_argument("--permute-seed", type=int, default=1, help="seed of the counterfactual (permuted) base")
-    p.add_argument("--warm-steps", type=int, default=warm.steps, help="warm-start optimizer steps")
-    p.add_argument("--warm-batch", type=int, default=warm.batch_size, help="warm-start traces per step")
-    p.add_argument("--warm-lr", type=float, default=warm.lr, help="warm-start peak AdamW learning rate")
-    p.add_argument("--direct-share", type=float, default=warm.direct_share, help="teacher traces without tools")
-    p.add_argument("--misread-share", type=float, default=warm.misread_share, help="searched traces misread")
-    p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (default: TAPOConfig's)")
-    p.add_argument("--theta", type=float, help="TAPO similarity threshold (default: TAPOConfig's)")
-    p.add_argument("--alpha-min", type=float, help="TAPO confidence gate (default: TAPOConfig's)")
-    p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects (default: TAPOConfig's)")
+    p.add_argument("--warm-steps", type=int, help="warm-start optimizer steps" + _default("warm_steps"))
+    p.add_argument("--warm-batch", type=int, help="warm-start traces per optimizer step" + _default("warm_batch"))
+    p.add_argument("--warm-lr", type=float, help="warm-start peak AdamW learning rate" + _default("warm_lr"))
+    p.add_argument("--direct-share", type=float, help="teacher traces without tools" + _default("direct_share"))
+    p.add_argument("--misread-share", type=float, help="searched traces misread" + _default("misread_share"))
+    p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (base arms: 0)" + _default("beta"))
+    p.add_argument("--theta", type=float, help="TAPO similarity threshold" + _default("theta"))
+    p.add_argument("--alpha-min", type=float, help="TAPO confidence gate" + _default("alpha_min"))
+    p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects" + _default("span"))
     p.add_argument("--budget-min", type=float, help="start no run after this many minutes")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process")
@@ -84,6 +104,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_eval < 64:
         print(f"study: note: --num-eval {args.num_eval} < 64 is a smoke size, not a study", file=sys.stderr)
     return args
+
+
+def resolve_defaults(args) -> None:
+    """Fill the flags left unset with their config class's default, so OUT/config.json records the values used."""
+    from openrlhf_tapo.algorithms.tapo import TAPOConfig
+    from openrlhf_tapo.task.warm_start import WarmStartConfig
+
+    configs = {"WarmStartConfig": WarmStartConfig(), "TAPOConfig": TAPOConfig()}
+    for flag, (cls, name) in DEFAULTS_FROM.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, getattr(configs[cls], name))
 
 
 def seeds_of(arm: str, args) -> int:
@@ -107,8 +138,8 @@ def run_dir_of(out: Path, arm: str, seed: int) -> Path:
     return out / "runs" / arm.replace("+", "_") / f"seed{seed}"
 
 
-def check_config(args, out: Path) -> dict:
-    """The sizes this OUT was started with (written on the first call); a later call must use the same ones."""
+def check_config(args, out: Path) -> None:
+    """Keep the sizes this OUT was started with (written on the first call); a later call must use the same ones."""
     config = {k: v for k, v in vars(args).items() if k not in SCHEDULE_FLAGS}
     path = out / "config.json"
     if path.is_file():
@@ -118,7 +149,6 @@ def check_config(args, out: Path) -> dict:
             raise SystemExit(f"study: {out} was started with other settings (saved, now): {changed}")
     else:
         path.write_text(json.dumps(config, indent=1))
-    return config
 
 
 def _seed_everything(seed: int) -> None:
@@ -133,9 +163,9 @@ class Study:
     """What every stage needs: the task's paths, the agent configuration, the tokenizer, the warm start."""
 
     out: Path
-    paths: object  # task.prepare.TaskPaths
-    agent_config: object  # agent.config.AgentConfig
-    processor: object
+    paths: TaskPaths
+    agent_config: AgentConfig
+    processor: Any  # the tokenizer OpenRLHF's PPOTrainer gives the experience maker
     warm_dir: Path
 
     def rows(self, split: str) -> list[dict]:
@@ -206,9 +236,10 @@ def prepare(args, out: Path, log) -> Study:
         log(f"task: {args.entities} entities, {args.num_eval} held out for evaluation")
         paths = prepare_task(root, task_config(args), progress=log)
         done.touch()
-    processor = get_tokenizer(str(paths.model_dir), None, "left")  # what PPOTrainer gives the experience maker
+    processor = get_tokenizer(str(paths.model_dir), None, "left")
     study = Study(out, paths, load_agent_config(paths.agent_config), processor, out / "warm")
-    if (study.warm_dir / "config.json").is_file():
+    marker = study.warm_dir / "warm_start.json"  # written last: a warm start interrupted while saving is redone
+    if marker.is_file():
         return study
     config = warm_config(args)
     _seed_everything(config.seed)
@@ -228,9 +259,9 @@ def prepare(args, out: Path, log) -> Study:
             log(f"  warm step {step}/{config.steps}: loss {loss:.3f}")
 
     warm_start(actor, traces, study.processor.tokenizer.pad_token_id, max_len, config, progress)
-    actor.model.save_pretrained(study.warm_dir)  # config.json last: its presence marks a finished warm start
+    actor.model.save_pretrained(study.warm_dir)
     study.processor.save_pretrained(study.warm_dir)
-    (study.warm_dir / "warm_start.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    marker.write_text(json.dumps(dataclasses.asdict(config), indent=1))
     return study
 
 
@@ -264,7 +295,7 @@ def measure_gates(study: Study, args, log) -> dict:
     oargs = study.openrlhf_args()
     max_len, k = oargs.data.max_len, args.eval_samples
 
-    def sampled(agent_config, rows, n):
+    def sampled(agent_config, rows, n):  # one seed for all: the permuted base is asked with the same random numbers
         return evaluate(AgentExecutor(agent_config), rows, study.processor, engine, oargs, max_len, 1.0, n, GATE_SEED)
 
     eval_rows = study.rows("eval")
@@ -318,9 +349,12 @@ def rl_config(arm: str, seed: int, args):
     from openrlhf_tapo.task.rl_loop import RLConfig
 
     loss, _, tapo_on = arm.partition("+")
-    tapo = TAPOConfig() if args.beta is None else TAPOConfig(beta=args.beta)
-    overrides = {k: v for k, v in (("theta", args.theta), ("alpha_min", args.alpha_min), ("span", args.span)) if v}
-    tapo = dataclasses.replace(tapo, **overrides)
+    tapo = TAPOConfig(
+        beta=args.beta if tapo_on else 0.0,  # base arms: the stage measures, beta 0 changes no advantage
+        theta=args.theta,
+        alpha_min=args.alpha_min,
+        span=args.span,
+    )
     return RLConfig(
         steps=args.steps,
         prompts_per_step=args.prompts_per_step,
@@ -328,8 +362,8 @@ def rl_config(arm: str, seed: int, args):
         micro_batch_size=args.n_samples,
         lr=args.lr,
         policy_loss_type=loss,
-        tapo_enable=True,  # base arms: the stage measures (beta 0 changes no advantage)
-        tapo=tapo if tapo_on else dataclasses.replace(tapo, beta=0.0),
+        tapo_enable=True,
+        tapo=tapo,
         seed=seed,
     )
 
@@ -404,7 +438,7 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
         f"Task: {args.entities} entities, {args.num_eval} held out for evaluation. Warm start: {args.warm_steps} "
         f"steps x {args.warm_batch} traces, lr {args.warm_lr}, teacher direct share {args.direct_share}, misread "
         f"share {args.misread_share}. Per run: {args.steps} RL steps x {args.prompts_per_step} prompts x "
-        f"{args.n_samples} rollouts, lr {args.lr}; TAPO beta {rl_config('ppo+tapo', 0, args).tapo.beta} on the "
+        f"{args.n_samples} rollouts, lr {args.lr}; TAPO beta {args.beta} on the "
         "+TAPO arms (base arms run the stage with beta 0: measure only). Final eval: the eval split at T = 1 with "
         f"{args.eval_samples} samples per question on fixed sampling seeds (the same for every arm), and greedy.",
         "",
@@ -480,14 +514,15 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_config(args, out)
-    planned = planned_runs(args)
     if args.report_only and not (out / "gates.json").is_file():
         raise SystemExit(f"study: --report-only: {out} has no gates.json (no study was started there)")
+    planned = planned_runs(args)
     start = time.time()
     stopped = "All planned runs finished."
     # everything the libraries print goes to OUT/study.log; the terminal gets the study's lines and its bar
     with quiet_output(out / "study.log") as terminal:
+        resolve_defaults(args)  # imports torch and OpenRLHF, which print
+        check_config(args, out)
         from tqdm import tqdm
 
         def log(msg: str) -> None:
