@@ -1,6 +1,6 @@
 """The CPU study in one command: base algorithms vs base + TAPO on the bundled task, over paired seeds.
 
-    python -m openrlhf_tapo.cli.study --out runs/study [--arms ppo,ppo+tapo,...] [--seeds-grpo 10]
+    python -m openrlhf_tapo.cli.study --out runs/study [--workers 2] [--arms ppo,ppo+tapo,...] [--seeds-grpo 10]
         [--seeds-other 5] [--budget-min 170] [--seed-list 0,1] [--report-only]
 
 1. Builds the bundled task once (`task.prepare`; `--entities`, `--num-eval` size it) and warm-starts the tiny model
@@ -19,19 +19,25 @@
 
 Resumable: a rerun with the same OUT reuses the task, the warm start and the gates and skips finished runs; its
 sizes must match the ones OUT was started with (OUT/config.json). Seed-major order keeps a partial study balanced
-and paired. `--seed-list`/`--arms` split a study over processes writing into one OUT (start one first, so the task,
-warm start and gates exist before the others start); `--budget-min` stops starting runs; `--report-only` only
-rewrites the report.
+and paired. `--workers N` runs N runs at a time in N processes (each `--threads` torch threads; e.g. one per core),
+still taking them in seed-major order. `--seed-list`/`--arms` split a study over separate commands writing into one
+OUT (start one first, so the task, warm start and gates exist before the others start); `--budget-min` stops
+starting runs; `--report-only` only rewrites the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
 import json
+import multiprocessing
+import os
 import random
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +50,8 @@ ARMS = ("ppo", "ppo+tapo", "sapo", "sapo+tapo", "gspo_token", "gspo_token+tapo")
 GATE_SEED = 7_000_000  # sampling seeds of the gate rollouts
 EVAL_SEED = 9_000_000  # sampling seeds of every run's final sampled eval: all arms draw the same random numbers
 # flags that may differ between calls on one OUT: they choose which runs run (more seeds extend a study), not how
-SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only", "threads")
+SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only")
+SCHEDULE_FLAGS += ("workers", "threads")
 
 
 # flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
@@ -92,15 +99,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects" + _default("span"))
     p.add_argument("--budget-min", type=float, help="start no run after this many minutes")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel, one process each (e.g. 1 per core)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         p.error(f"--arms {args.arms!r}: unknown {unknown}; choose from {', '.join(ARMS)}")
     args.arms = arms
-    if min(args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts) < 1:
-        p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples and --gate-prompts must be >= 1")
+    if min(args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers) < 1:
+        p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples, --gate-prompts and --workers must be >= 1")
     if args.num_eval < 64:
         print(f"study: note: --num-eval {args.num_eval} < 64 is a smoke size, not a study", file=sys.stderr)
     return args
@@ -475,36 +483,100 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
     return path
 
 
+class InlineExecutor:
+    """`submit` runs the call at once in this process (one worker: the bar can then show each run's steps)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # re-raised by `result()`, as a pool's future does
+            future.set_exception(e)
+        return future
+
+
+_WORKER_STUDY: Study | None = None  # a pool process's study, loaded once by `_init_worker`
+
+
+def _init_worker(args, out: Path) -> None:
+    """A pool process: its output (libraries' and the run's step lines) appended to OUT/study.log, `--threads`
+    torch threads, the task and warm start loaded once."""
+    global _WORKER_STUDY
+    log = (out / "study.log").open("a", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    from openrlhf_tapo.utils import cuda_stubs
+
+    cuda_stubs.install()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _WORKER_STUDY = prepare(args, out, print)
+
+
+def _run_in_worker(arm: str, seed: int, args):
+    return run_one(arm, seed, _WORKER_STUDY, args, print)
+
+
 def run_all(study: Study, args, planned: list[tuple[str, int]], start: float, log, terminal) -> str:
-    """Run the planned (arm, seed) runs OUT has not finished, in order, under a progress bar on `terminal`;
-    returns how the loop ended."""
+    """Run the planned (arm, seed) runs OUT has not finished, in order, `--workers` at a time, under a progress bar
+    on `terminal`; returns how the loop ended."""
     from tqdm import tqdm
 
     finished = {(r.arm, r.seed) for r in read_results(study.out)}
-    todo = [run for run in planned if run not in finished]
-    log(f"runs: {len(planned) - len(todo)} of {len(planned)} already finished, {len(todo)} to run")
-    with tqdm(todo, desc="runs", unit="run", file=terminal, dynamic_ncols=True) as bar:
-        for arm, seed in bar:
-            if (arm, seed) in {(r.arm, r.seed) for r in read_results(study.out)}:  # another process ran it
-                continue
-            if args.budget_min is not None and (time.time() - start) / 60 > args.budget_min:
-                log(f"Stopped by --budget-min {args.budget_min:g} before {arm} seed {seed}.")
-                return f"Stopped by --budget-min {args.budget_min:g} before {arm} seed {seed}."
-            bar.set_postfix_str(f"{arm} seed {seed}")
+    queue = [run for run in planned if run not in finished]
+    log(f"runs: {len(finished & set(planned))} of {len(planned)} already finished, {len(queue)} to run")
+    stopped = "All planned runs finished."
+    with tqdm(total=len(queue), desc="runs", unit="run", file=terminal, dynamic_ncols=True) as bar:
+        if args.workers == 1:
+            executor = contextlib.nullcontext(InlineExecutor())
 
-            def step_done(line: str, arm=arm, seed=seed) -> None:  # "  step 3/12: reward ..." -> "step 3/12"
-                print(line, flush=True)
-                bar.set_postfix_str(f"{arm} seed {seed} {line.strip().split(':')[0]}")
+            def submit(pool, arm: str, seed: int) -> Future:
+                def step_done(line: str) -> None:  # "  step 3/12: reward ..." -> "step 3/12"
+                    print(line, flush=True)
+                    bar.set_postfix_str(f"{arm} seed {seed} {line.strip().split(':')[0]}")
 
-            result = run_one(arm, seed, study, args, step_done)
-            with (study.out / "results.jsonl").open("a") as f:  # one line per run: safe with concurrent workers
-                f.write(json.dumps(result.to_json()) + "\n")
-            log(
-                f"{arm} seed {seed}: eval accuracy sampled {result.sampled_accuracy:.3f}, greedy "
-                f"{result.greedy_accuracy:.3f}; correctable {result.failing_traj_correctable:.3f} "
-                f"({result.seconds / 60:.1f} min)"
-            )
-    return "All planned runs finished."
+                return pool.submit(run_one, arm, seed, study, args, step_done)
+        else:
+            # the worker functions by their module's name: under `python -m` this module is __main__, which a
+            # spawned process does not import under that name
+            this = importlib.import_module("openrlhf_tapo.cli.study")
+            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
+            executor = ProcessPoolExecutor(args.workers, context, this._init_worker, (args, study.out))
+
+            def submit(pool, arm: str, seed: int) -> Future:
+                return pool.submit(this._run_in_worker, arm, seed, args)
+
+        with executor as pool:
+            pending: dict[Future, tuple[str, int]] = {}
+            while queue or pending:
+                while queue and len(pending) < args.workers:
+                    arm, seed = queue.pop(0)
+                    if (arm, seed) in {(r.arm, r.seed) for r in read_results(study.out)}:  # another process ran it
+                        bar.update(1)
+                        continue
+                    if args.budget_min is not None and (time.time() - start) / 60 > args.budget_min:
+                        stopped = f"Stopped by --budget-min {args.budget_min:g} before {arm} seed {seed}."
+                        log(stopped)
+                        queue.clear()
+                        break
+                    bar.set_postfix_str(f"{arm} seed {seed}")  # inline: the run starts now, its steps follow
+                    pending[submit(pool, arm, seed)] = (arm, seed)
+                    if args.workers > 1:
+                        bar.set_postfix_str("running " + ", ".join(f"{a} seed {s}" for a, s in pending.values()))
+                done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending else (set(), None)
+                for future in done:
+                    del pending[future]
+                    result = future.result()
+                    with (study.out / "results.jsonl").open("a") as f:  # one line per run: safe with other processes
+                        f.write(json.dumps(result.to_json()) + "\n")
+                    bar.update(1)
+                    log(
+                        f"{result.arm} seed {result.seed}: eval accuracy sampled {result.sampled_accuracy:.3f}, "
+                        f"greedy {result.greedy_accuracy:.3f}; correctable {result.failing_traj_correctable:.3f} "
+                        f"({result.seconds / 60:.1f} min)"
+                    )
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
