@@ -105,3 +105,26 @@ def test_base_arms_measure_with_beta_zero():
     assert study.rl_config("sapo", 3, args).tapo.beta == 0.0
     tapo = study.rl_config("sapo+tapo", 3, args)
     assert (tapo.tapo.beta, tapo.tapo_enable, tapo.policy_loss_type, tapo.seed) == (0.5, True, "sapo", 3)
+
+
+def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(tiny_study):
+    """Arms are compared on fixed sampling seeds: the same policy evaluated twice gives the same trajectories."""
+    from openrlhf_tapo.agent.executor import AgentExecutor
+    from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
+    from openrlhf_tapo.task.inprocess import load_actor
+    from openrlhf_tapo.task.rl_loop import evaluate
+
+    out, _ = tiny_study
+    args = study.parse_args(["--out", str(out), *TINY])
+    study.resolve_defaults(args)
+    s = study.prepare(args, out, print)  # reuses the task and the warm start
+    actor = load_actor(str(s.warm_dir))
+    ev = (AgentExecutor(s.agent_config), s.rows("eval")[:2], s.processor, HFGenerationEngine(actor.model, s.processor))
+    ev += (s.openrlhf_args(), 1536, 1.0, 1)
+
+    def tokens(seed):
+        return [r["observation_tokens"] for r in evaluate(*ev, seed=seed)[1]]
+
+    first = tokens(study.EVAL_SEED)
+    assert tokens(study.EVAL_SEED) == first
+    assert tokens(study.EVAL_SEED + 1) != first
