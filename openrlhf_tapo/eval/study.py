@@ -278,7 +278,7 @@ def plot_curves(results: Sequence[RunResult], path: Path) -> Path:
         for arm, rows in _by_arm(results).items():
             mean, low, high = band([r.curves.get(name, []) for r in rows])
             steps = range(1, len(mean) + 1)
-            ax.plot(steps, mean, lw=1.2, label=arm_label(arm), **_style(arm))
+            ax.plot(steps, mean, lw=1.2, marker=".", ms=3, label=arm_label(arm), **_style(arm))
             ax.fill_between(steps, low, high, color=_style(arm)["color"], alpha=0.12, lw=0)
         ax.set_ylabel(label, fontsize=7)
         ax.set_xlabel("RL step", fontsize=7)
