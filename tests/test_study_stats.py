@@ -62,16 +62,20 @@ def _run(arm, seed, acc, correctable=0.0, corrected=0.0, curve=(0.1, 0.2)):
     return RunResult(
         arm,
         seed,
-        acc,
-        0.5,
-        1.5,
-        acc,
-        correctable,
-        correctable / 2,
-        corrected,
-        0.1,
-        60.0,
-        curve=list(curve),
+        sampled_accuracy=acc,
+        greedy_accuracy=acc / 2,
+        tool_call_rate=0.5,
+        train_accuracy_mean=acc,
+        seconds=60.0,
+        curves={
+            "accuracy": list(curve),
+            "tool_call_rate": [0.5, 0.6],
+            "entropy": [2.0, 1.5],
+            "correctable": [None, 0.5],
+        },
+        failing_traj_correctable=correctable,
+        failing_calls_correctable=correctable / 2,
+        failing_calls_corrected=corrected,
         failing_trajectories=10.0,
         failing_calls=20.0,
     )
@@ -87,28 +91,64 @@ def test_paired_comparison_uses_common_seeds_only():
     # differences 0.1, 0.0, 0.2: mean 0.1, s = 0.1, half width t_{.975,2} * 0.1 / sqrt(3) = 4.3027 * 0.057735
     assert c.paired.mean == pytest.approx(0.1)
     assert c.paired.half_width == pytest.approx(4.3027 * 0.1 / math.sqrt(3), abs=1e-3)
-    assert c.welch.mean == pytest.approx((0.3 + 0.3 + 0.6 + 0.9) / 4 - 0.3)
+    assert paired_comparison(results, "ppo", "greedy_accuracy").paired.mean == pytest.approx(0.05)
 
 
-def test_study_tables_and_plots(tmp_path):
+def test_study_tables_summary_and_plots(tmp_path):
     from PIL import Image
 
-    from openrlhf_tapo.eval.study import comparison_table, correctable_table, plot_study, results_table
+    from openrlhf_tapo.eval.study import comparison_table, correctable_table, plot_study, results_table, summary
 
     results = [_run("ppo", s, a, correctable=c) for s, (a, c) in enumerate([(0.2, 0.5), (0.4, 0.7)])]
     results += [_run("ppo+tapo", s, a, corrected=0.3) for s, a in enumerate([0.3, 0.5])]
     table = results_table(results)
-    # accuracy 0.2, 0.4: mean 0.3, half width 12.706 * 0.14142 / sqrt(2) = 1.271
-    assert "| GRPO | 2 | 0.300 ± 1.271 |" in table and "| GRPO + TAPO | 2 | 0.400 ± 1.271 |" in table
-    assert "| GRPO + TAPO vs GRPO | 2 | +0.100 [+0.100, +0.100] |" in comparison_table(results)
+    # sampled accuracy 0.2, 0.4: mean 0.3, half width 12.706 * 0.14142 / sqrt(2) = 1.271; greedy: half of it
+    assert "| GRPO | 2 | 0.300 ± 1.271 | 0.150 ± 0.635 |" in table and "| GRPO + TAPO | 2 | 0.400 ± 1.271 |" in table
+    # both seeds differ by +0.1 (greedy +0.05): a zero-width interval that excludes 0, in bold
+    comparison = comparison_table(results)
+    assert "| GRPO + TAPO vs GRPO | final accuracy, sampled (T = 1) | 2 | **+0.100 [+0.100, +0.100]** |" in comparison
+    assert "| GRPO + TAPO vs GRPO | final accuracy, greedy | 2 | **+0.050 [+0.050, +0.050]** |" in comparison
     # pooled: (0.5 * 10 + 0.7 * 10) / 20 trajectories, (0.25 * 20 + 0.35 * 20) / 40 calls
     assert "| GRPO | 2 | 0.600 ± 1.271 | 0.300 ± 0.635 | 12/20 trajectories, 12/40 calls |" in correctable_table(
         results
     )
+    agg = summary(results)
+    assert agg["arms"]["ppo"]["sampled_accuracy"]["mean"] == pytest.approx(0.3)
+    assert agg["paired"]["ppo+tapo - ppo"]["greedy_accuracy"]["mean"] == pytest.approx(0.05)
+    assert agg["paired"]["ppo+tapo - ppo"]["greedy_accuracy"]["seeds"] == [0, 1]
     for path in plot_study(results, tmp_path):
         assert path.stat().st_size < 200_000
         with Image.open(path) as img:
             assert img.format == "PNG"
+
+
+def test_run_curves_mark_steps_without_failing_trajectories():
+    from openrlhf_tapo.eval.study import run_curves
+
+    steps = [
+        {"accuracy": 0.25, "tool_call_rate": 1.0, "policy/entropy": 1.5, "tapo/failing_trajectories": 0.0},
+        {"accuracy": 0.5, "tool_call_rate": 0.5, "policy/entropy": 1.0, "tapo/failing_trajectories": 2.0}
+        | {"tapo/failing_traj_correctable_frac": 0.5},
+    ]
+    assert run_curves(steps) == {
+        "accuracy": [0.25, 0.5],
+        "tool_call_rate": [1.0, 0.5],
+        "entropy": [1.5, 1.0],
+        "correctable": [None, 0.5],
+    }
+
+
+def test_signed_and_band():
+    from openrlhf_tapo.eval.stats import band, signed
+
+    assert signed(mean_ci([0.1, 0.3])) == "+0.200 [-1.071, +1.471]"  # 12.706 * 0.14142 / sqrt(2) = 1.2706
+    assert signed(mean_ci([0.2, 0.3, 0.4])) == "**+0.300 [+0.052, +0.548]**"  # 4.3027 * 0.1 / sqrt(3) = 0.2484
+    assert signed(mean_ci([-0.5])) == "-0.500 (n=1)"
+    # step 1: 1, 3 -> mean 2 ± 12.706 * 1.41421 / 1.41421; step 2: one value (None skipped) -> width 0; cut to 2
+    mean, low, high = band([[1.0, None, 7.0], [3.0, 4.0]])
+    assert mean == [2.0, 4.0] and high[1] == low[1] == 4.0
+    assert (low[0], high[0]) == (pytest.approx(2 - 12.706, abs=1e-3), pytest.approx(2 + 12.706, abs=1e-3))
+    assert math.isnan(band([[None], [None]])[0][0])
 
 
 def test_tapo_counts_pool_over_steps_instead_of_averaging_fractions():

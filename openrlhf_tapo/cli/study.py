@@ -1,64 +1,162 @@
-"""The CPU study in one command: base algorithm vs base + TAPO on the bundled task, over several seeds.
+"""The CPU study in one command: base algorithms vs base + TAPO on the bundled task, over paired seeds.
 
-    python -m openrlhf_tapo.cli.study --out runs/study [--losses ppo,sapo,gspo_token] [--seeds 5] [--steps 12]
-        [--budget-min 60]
+    python -m openrlhf_tapo.cli.study --out runs/study [--workers 2] [--arms ppo,ppo+tapo,...] [--seeds-grpo 10]
+        [--seeds-other 5] [--budget-min 170] [--seed-list 0,1] [--report-only]
 
-1. Builds the bundled task once (knowledge base, local index, questions, tiny Qwen2.5-VL) and warm-starts the model
-   once on gold tool-use traces (the shared initial policy of every run).
-2. For every seed, for every arm: the in-process RL loop (`task.rl_loop`, OpenRLHF's own experience maker, PPO
-   trainer and loss) from the warm start; `ppo` = GRPO. Base arms run the TAPO stage with beta = 0: it measures the
-   correctable-misassignment rate and changes no advantage; `+tapo` arms correct with the given beta.
-3. After each run, a greedy evaluation on the eval split; results are appended to OUT/results.jsonl (a rerun with
-   the same OUT skips the (arm, seed) pairs already there).
-4. OUT/study.md: per-arm means with 95 % CIs, paired TAPO - base differences, the correctable rate; PNG plots.
+1. Builds the bundled task once (`task.prepare`; `--entities`, `--num-eval` size it) and warm-starts the tiny model
+   once on the weak teacher's traces (`task.warm_start`): the shared initial policy of every run.
+2. Measures the GATES on the warm start (`task.gates`), once, before any comparison: well-formed calls and sampled
+   accuracy (eval split, T = 1), tool-following (the eval split against a counterfactual base whose home cities
+   are permuted), the correctable rate of GRPO groups (training questions, T = 1). Failing gates do not stop the
+   study; they head the report.
+3. Runs every (arm, seed), seeds in the outer loop: the in-process RL loop (`task.rl_loop`: OpenRLHF's experience
+   maker, PPO trainer and loss) from the warm start. `ppo` = GRPO. Base arms run the TAPO stage with beta 0 (it
+   measures the correctable rate every step and changes no advantage); `+tapo` arms correct. After each run: the
+   eval split sampled at T = 1 (same sampling seeds for every arm) and greedy. One line per run is appended to
+   OUT/results.jsonl; each run keeps its per-step metrics.jsonl under OUT/runs/<arm>/seed<s>/.
+4. Writes OUT/study.md (gates first, per-arm means with 95 % CIs, paired TAPO - base differences with 95 % t
+   intervals, the correctable rate, plots) and OUT/summary.json.
 
-Size is configurable (steps, prompts, samples, seeds, task size); `--budget-min` stops starting new runs when the
-budget is spent and reports what finished, saying so. Seeds are run in the outer loop so a partial study stays
-balanced across arms.
+Resumable: a rerun with the same OUT reuses the task, the warm start and the gates and skips finished runs; its
+sizes must match the ones OUT was started with (OUT/config.json). Seed-major order keeps a partial study balanced
+and paired. `--workers N` runs N runs at a time in N processes (each `--threads` torch threads; e.g. one per core),
+still taking them in seed-major order. `--seed-list`/`--arms` split a study over separate commands writing into one
+OUT (start one first, so the task, warm start and gates exist before the others start); `--budget-min` stops
+starting runs; `--report-only` only rewrites the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import importlib
 import json
+import multiprocessing
+import os
 import random
 import sys
 import time
-from dataclasses import replace
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-ARM_LOSSES = ("ppo", "sapo", "gspo_token", "gspo")
+if TYPE_CHECKING:  # modules that import torch and OpenRLHF are imported where used: they print, and take seconds
+    from openrlhf_tapo.agent.config import AgentConfig
+    from openrlhf_tapo.task.prepare import TaskPaths
+
+ARMS = ("ppo", "ppo+tapo", "sapo", "sapo+tapo", "gspo_token", "gspo_token+tapo")
+GATE_SEED = 7_000_000  # sampling seeds of the gate rollouts
+EVAL_SEED = 9_000_000  # sampling seeds of every run's final sampled eval: all arms draw the same random numbers
+# flags that may differ between calls on one OUT: they choose which runs run (more seeds extend a study), not how
+SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only")
+SCHEDULE_FLAGS += ("workers", "threads")
+
+
+# flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
+DEFAULTS_FROM = {
+    "warm_steps": ("WarmStartConfig", "steps"),
+    "warm_batch": ("WarmStartConfig", "batch_size"),
+    "warm_lr": ("WarmStartConfig", "lr"),
+    "direct_share": ("WarmStartConfig", "direct_share"),
+    "misread_share": ("WarmStartConfig", "misread_share"),
+    "beta": ("TAPOConfig", "beta"),
+    "theta": ("TAPOConfig", "theta"),
+    "alpha_min": ("TAPOConfig", "alpha_min"),
+    "span": ("TAPOConfig", "span"),
+}
+
+
+def _default(flag: str) -> str:
+    return " (default: {}'s {})".format(*DEFAULTS_FROM[flag])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/study", help="output directory (task, warm start, runs, report)")
-    p.add_argument("--losses", default="ppo,sapo,gspo_token", help=f"comma list of base losses from {ARM_LOSSES}")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per arm")
-    p.add_argument("--steps", type=int, default=12, help="RL steps per run")
-    p.add_argument("--prompts-per-step", type=int, default=4)
-    p.add_argument("--n-samples", type=int, default=4, help="rollouts per prompt (GRPO group size)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--entities", type=int, default=24, help="knowledge-base entities")
-    p.add_argument("--num-train", type=int, default=96)
-    p.add_argument("--num-eval", type=int, default=32)
-    p.add_argument("--warm-epochs", type=int, default=4, help="supervised warm-start epochs on gold traces")
-    p.add_argument("--warm-lr", type=float, default=3e-3, help="warm-start AdamW learning rate")
-    p.add_argument("--warm-batch", type=int, default=8, help="warm-start traces per optimizer step")
-    p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (default: TAPOConfig's)")
-    p.add_argument("--theta", type=float, help="TAPO similarity threshold (default: TAPOConfig's)")
-    p.add_argument("--alpha-min", type=float, help="TAPO confidence gate (default: TAPOConfig's)")
-    p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects (default: TAPOConfig's)")
-    p.add_argument("--budget-min", type=float, default=None, help="stop starting runs after this many minutes")
+    p.add_argument("--out", default="runs/study", help="output directory (task, warm start, gates, runs, report)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list from {', '.join(ARMS)}")
+    p.add_argument("--seeds-grpo", type=int, default=10, help="paired seeds of the ppo and ppo+tapo arms")
+    p.add_argument("--seeds-other", type=int, default=5, help="paired seeds of the SAPO and GSPO-token arms")
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
-    p.add_argument("--report-only", action="store_true", help="only rewrite OUT/study.md from OUT/results.jsonl")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
+    p.add_argument("--steps", type=int, default=12, help="RL steps per run")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step")
+    p.add_argument("--n-samples", type=int, default=8, help="rollouts per prompt (GRPO group size)")
+    p.add_argument("--lr", type=float, default=5e-4, help="RL AdamW learning rate")
+    p.add_argument("--eval-samples", type=int, default=4, help="T = 1 samples per eval question (final eval, gates)")
+    p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
+    p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
+    p.add_argument("--num-eval", type=int, default=128, help="entities held out for evaluation")
+    p.add_argument("--permute-seed", type=int, default=1, help="seed of the counterfactual (permuted) base")
+    p.add_argument("--warm-steps", type=int, help="warm-start optimizer steps" + _default("warm_steps"))
+    p.add_argument("--warm-batch", type=int, help="warm-start traces per optimizer step" + _default("warm_batch"))
+    p.add_argument("--warm-lr", type=float, help="warm-start peak AdamW learning rate" + _default("warm_lr"))
+    p.add_argument("--direct-share", type=float, help="teacher traces without tools" + _default("direct_share"))
+    p.add_argument("--misread-share", type=float, help="searched traces misread" + _default("misread_share"))
+    p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (base arms: 0)" + _default("beta"))
+    p.add_argument("--theta", type=float, help="TAPO similarity threshold" + _default("theta"))
+    p.add_argument("--alpha-min", type=float, help="TAPO confidence gate" + _default("alpha_min"))
+    p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects" + _default("span"))
+    p.add_argument("--budget-min", type=float, help="start no run after this many minutes")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel, one process each (e.g. 1 per core)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     args = p.parse_args(argv)
-    if args.beta is None:
-        from openrlhf_tapo.algorithms.tapo import TAPOConfig
-
-        args.beta = TAPOConfig().beta
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        p.error(f"--arms {args.arms!r}: unknown {unknown}; choose from {', '.join(ARMS)}")
+    args.arms = arms
+    if min(args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers) < 1:
+        p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples, --gate-prompts and --workers must be >= 1")
+    if args.num_eval < 64:
+        print(f"study: note: --num-eval {args.num_eval} < 64 is a smoke size, not a study", file=sys.stderr)
     return args
+
+
+def resolve_defaults(args) -> None:
+    """Fill the flags left unset with their config class's default, so OUT/config.json records the values used."""
+    from openrlhf_tapo.algorithms.tapo import TAPOConfig
+    from openrlhf_tapo.task.warm_start import WarmStartConfig
+
+    configs = {"WarmStartConfig": WarmStartConfig(), "TAPOConfig": TAPOConfig()}
+    for flag, (cls, name) in DEFAULTS_FROM.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, getattr(configs[cls], name))
+
+
+def seeds_of(arm: str, args) -> int:
+    return args.seeds_grpo if arm.partition("+")[0] == "ppo" else args.seeds_other
+
+
+def planned_runs(args) -> list[tuple[str, int]]:
+    """(arm, seed) in seed-major order (all arms of seed 0, then of seed 1, ...), `--seed-list` applied."""
+    wanted = {int(s) for s in args.seed_list.split(",")} if args.seed_list else None
+    top = max(seeds_of(a, args) for a in args.arms)
+    return [
+        (arm, seed)
+        for seed in range(top)
+        if wanted is None or seed in wanted
+        for arm in args.arms
+        if seed < seeds_of(arm, args)
+    ]
+
+
+def run_dir_of(out: Path, arm: str, seed: int) -> Path:
+    return out / "runs" / arm.replace("+", "_") / f"seed{seed}"
+
+
+def check_config(args, out: Path) -> None:
+    """Keep the sizes this OUT was started with (written on the first call); a later call must use the same ones."""
+    config = {k: v for k, v in vars(args).items() if k not in SCHEDULE_FLAGS}
+    path = out / "config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        if changed:
+            raise SystemExit(f"study: {out} was started with other settings (saved, now): {changed}")
+    else:
+        path.write_text(json.dumps(config, indent=1))
 
 
 def _seed_everything(seed: int) -> None:
@@ -68,238 +166,455 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare(args, out: Path, log):
-    """The task and the warm-started initial policy (built once; reused when OUT already has them)."""
+@dataclass
+class Study:
+    """What every stage needs: the task's paths, the agent configuration, the tokenizer, the warm start."""
+
+    out: Path
+    paths: TaskPaths
+    agent_config: AgentConfig
+    processor: Any  # the tokenizer OpenRLHF's PPOTrainer gives the experience maker
+    warm_dir: Path
+
+    def rows(self, split: str) -> list[dict]:
+        from openrlhf_tapo.task.prepare import read_prompt_rows
+
+        return read_prompt_rows(self.paths.prompts[split])
+
+    def openrlhf_args(self):
+        """OpenRLHF args of a default RL run: the sampling parameters of the gates and the warm-start traces."""
+        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args
+
+        return build_openrlhf_args(RLConfig(), self.warm_dir, self.out / "gates")
+
+
+def task_config(args):
+    from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
+    from openrlhf_tapo.task.prepare import TaskConfig
+    from openrlhf_tapo.task.questions import QuestionSetConfig
+
+    return TaskConfig(kb=KnowledgeBaseConfig(num_entities=args.entities), questions=QuestionSetConfig(args.num_eval))
+
+
+def warm_config(args):
+    from openrlhf_tapo.task.warm_start import WarmStartConfig
+
+    return WarmStartConfig(
+        direct_share=args.direct_share,
+        misread_share=args.misread_share,
+        steps=args.warm_steps,
+        batch_size=args.warm_batch,
+        lr=args.warm_lr,
+    )
+
+
+def task_paths(root: Path):
+    """The paths `prepare_task` returned when it built `root`."""
+    from openrlhf_tapo.task.prepare import TaskPaths
+
+    kb, splits = root / "kb", ("train", "eval")
+    return TaskPaths(
+        root,
+        kb,
+        kb / "index",
+        root / "agent.yaml",
+        root / "model" / "init",
+        {s: kb / f"questions_{s}.jsonl" for s in splits},
+        {s: root / f"prompts_{s}.jsonl" for s in splits},
+    )
+
+
+def prepare(args, out: Path, log) -> Study:
+    """The task and the warm-started policy (each built once; reused when OUT already has it)."""
     from openrlhf.utils import get_tokenizer
 
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
-    from openrlhf_tapo.task.prepare import TaskConfig, TaskPaths, prepare_task, read_prompt_rows
-    from openrlhf_tapo.task.questions import QuestionSetConfig, read_questions
-    from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args, sampling_params
-    from openrlhf_tapo.task.warm_start import WarmStartConfig, gold_traces, warm_start
+    from openrlhf_tapo.task.prepare import prepare_task
+    from openrlhf_tapo.task.questions import read_questions
+    from openrlhf_tapo.task.rl_loop import sampling_params
+    from openrlhf_tapo.task.warm_start import gold_traces, teacher_turns, warm_start
 
-    config = TaskConfig(
-        kb=KnowledgeBaseConfig(num_entities=args.entities),
-        questions=QuestionSetConfig(num_train=args.num_train, num_eval=args.num_eval),
-    )
-    log(f"task: {args.entities} entities, {args.num_train} train / {args.num_eval} eval questions")
     root = out / "task"
-    if (root / "agent.yaml").is_file() and (root / "model" / "init" / "config.json").is_file():
-        kb = root / "kb"  # built by an earlier call with the same --out: reuse (the warm start was made from it)
-        splits = ("train", "eval")
-        paths = TaskPaths(
-            root,
-            kb,
-            kb / "index",
-            root / "agent.yaml",
-            root / "model" / "init",
-            {s: kb / f"questions_{s}.jsonl" for s in splits},
-            {s: root / f"prompts_{s}.jsonl" for s in splits},
-        )
+    done = root / "done"  # written last: a task interrupted while building is rebuilt
+    if done.is_file():
+        paths = task_paths(root)
     else:
-        paths = prepare_task(root, config, progress=log)
-    agent_config = load_agent_config(paths.agent_config)
-    warm_dir = out / "warm"
-    processor = get_tokenizer(str(paths.model_dir), None, "left")  # what PPOTrainer gives the experience maker
-    max_len = RLConfig().max_len
-    if not (warm_dir / "config.json").is_file():
-        _seed_everything(0)
-        actor = load_actor(str(paths.model_dir))
-        rows = read_prompt_rows(paths.prompts["train"])
-        gold = [list(q.gold_actions) for q in read_questions(paths.questions["train"])]
-        oargs = build_openrlhf_args(RLConfig(), paths.model_dir, out / "warm_args")
-        executor = AgentExecutor(agent_config)
-        responses = gold_traces(executor, rows, gold, processor, sampling_params(oargs), max_len)
-        pad = processor.tokenizer.pad_token_id
-        warm_start(
-            actor,
-            responses,
-            pad,
-            max_len,
-            WarmStartConfig(args.warm_epochs, args.warm_batch, args.warm_lr),
-            progress=log,
-        )
-        actor.model.save_pretrained(warm_dir)
-        processor.save_pretrained(warm_dir)
-    return paths, agent_config, processor, warm_dir
+        log(f"task: {args.entities} entities, {args.num_eval} held out for evaluation")
+        paths = prepare_task(root, task_config(args), progress=log)
+        done.touch()
+    processor = get_tokenizer(str(paths.model_dir), None, "left")
+    study = Study(out, paths, load_agent_config(paths.agent_config), processor, out / "warm")
+    marker = study.warm_dir / "warm_start.json"  # written last: a warm start interrupted while saving is redone
+    if marker.is_file():
+        return study
+    config = warm_config(args)
+    _seed_everything(config.seed)
+    actor = load_actor(str(paths.model_dir))
+    questions = read_questions(paths.questions["train"])[: config.traces]
+    rows = study.rows("train")[: config.traces]
+    oargs = study.openrlhf_args()
+    max_len = oargs.data.max_len
+    traces = gold_traces(
+        AgentExecutor(study.agent_config), rows, teacher_turns(questions, config), study.processor,
+        sampling_params(oargs), max_len,
+    )  # fmt: skip
+    log(f"warm start: {len(traces)} teacher traces, {config.steps} steps of {config.batch_size}")
+
+    def progress(step: int, loss: float) -> None:
+        if step % max(1, config.steps // 10) == 0 or step == config.steps:
+            log(f"  warm step {step}/{config.steps}: loss {loss:.3f}")
+
+    warm_start(actor, traces, study.processor.tokenizer.pad_token_id, max_len, config, progress)
+    actor.model.save_pretrained(study.warm_dir)
+    study.processor.save_pretrained(study.warm_dir)
+    marker.write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    return study
 
 
-def run_one(arm: str, seed: int, args, paths, agent_config, processor, warm_dir: Path, out: Path, log):
-    from openrlhf_tapo.algorithms.tapo import TAPOConfig
-    from openrlhf_tapo.eval.study import RunResult, tapo_counts
+def permuted_agent_config(study: Study, args):
+    """The agent configuration with its tools on the counterfactual base (home cities permuted; built once under
+    OUT/task/kb_permuted), and that base."""
+    from openrlhf_tapo.task.knowledge_base import KnowledgeBase
+
+    kb = KnowledgeBase.generate(task_config(args).kb).permuted(args.permute_seed)
+    kb_dir = study.paths.root / "kb_permuted"
+    index_dir = kb_dir / "index"
+    if not (kb_dir / "done").is_file():
+        index_dir = kb.build_index(kb_dir)
+        (kb_dir / "done").touch()
+    config = study.agent_config
+    backend = dataclasses.replace(config.tools.backend, index_dir=str(index_dir.resolve()))
+    return dataclasses.replace(config, tools=dataclasses.replace(config.tools, backend=backend)), kb
+
+
+def measure_gates(study: Study, args, log) -> dict:
+    """The gate values of the warm start and what they were measured on (see `task.gates`)."""
+    from openrlhf_tapo.agent.executor import AgentExecutor
+    from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
+    from openrlhf_tapo.task import gates
     from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.prepare import read_prompt_rows
-    from openrlhf_tapo.task.rl_loop import InProcessRL, RLConfig, evaluate
+    from openrlhf_tapo.task.questions import read_questions
+    from openrlhf_tapo.task.rl_loop import evaluate
+
+    actor = load_actor(str(study.warm_dir))
+    engine = HFGenerationEngine(actor.model, study.processor)
+    oargs = study.openrlhf_args()
+    max_len, k = oargs.data.max_len, args.eval_samples
+
+    def sampled(agent_config, rows, n):  # one seed for all: the permuted base is asked with the same random numbers
+        return evaluate(AgentExecutor(agent_config), rows, study.processor, engine, oargs, max_len, 1.0, n, GATE_SEED)
+
+    eval_rows = study.rows("eval")
+    log(f"gates: eval split at T = 1 ({len(eval_rows)} questions x {k})")
+    eval_summary, eval_responses = sampled(study.agent_config, eval_rows, k)
+    log("gates: eval split against the permuted base")
+    permuted_config, permuted_kb = permuted_agent_config(study, args)
+    _, permuted_responses = sampled(permuted_config, eval_rows, k)
+    questions = [q for q in read_questions(study.paths.questions["eval"]) for _ in range(k)]
+    answers = [gates.final_answer(r, study.processor.tokenizer) for r in permuted_responses]
+    following = gates.tool_following(
+        answers, [permuted_kb.by_id[q.entity_id].city for q in questions], [q.answer for q in questions]
+    )
+    train_rows = study.rows("train")[: args.gate_prompts]
+    log(f"gates: GRPO groups of training questions ({len(train_rows)} x {args.n_samples})")
+    _, group_responses = sampled(study.agent_config, train_rows, args.n_samples)
+    correctable = gates.grpo_correctable(group_responses, args.n_samples)
+    values = {
+        "well_formed_calls": gates.well_formed_rate(eval_responses),
+        "tool_following": following["tool_following"],
+        "sampled_accuracy": eval_summary["accuracy"],
+        "correctable": correctable["failing_traj_correctable_frac"],
+    }
+    return {
+        "values": values,
+        "eval_tool_call_rate": eval_summary["tool_call_rate"],
+        "tool_following": following,
+        "correctable": correctable,
+        "groups_accuracy": sum(float(r["scores"] or 0.0) for r in group_responses) / len(group_responses),
+    }
+
+
+def ensure_gates(study: Study, args, log) -> None:
+    """Measure the gates once per OUT (OUT/gates.json) and print them."""
+    from openrlhf_tapo.task import gates
+
+    path = study.out / "gates.json"
+    if not path.is_file():
+        measured = measure_gates(study, args, log)
+        measured["checked"] = gates.check(measured["values"])
+        path.write_text(json.dumps(measured, indent=1))
+    measured = json.loads(path.read_text())
+    failed = [name for name, g in measured["checked"].items() if not g["passed"]]
+    log("GATES of the warm start" + (f": FAILED {', '.join(failed)}" if failed else ": all pass"))
+    for line in gates.format_gates(measured["checked"]):
+        log(line)
+
+
+def rl_config(arm: str, seed: int, args):
+    from openrlhf_tapo.algorithms.tapo import TAPOConfig
+    from openrlhf_tapo.task.rl_loop import RLConfig
 
     loss, _, tapo_on = arm.partition("+")
-    tapo = TAPOConfig(beta=args.beta if tapo_on else 0.0)
-    overrides = {k: v for k, v in (("theta", args.theta), ("alpha_min", args.alpha_min), ("span", args.span)) if v}
-    tapo = replace(tapo, **overrides)
-    config = RLConfig(
+    tapo = TAPOConfig(
+        beta=args.beta if tapo_on else 0.0,  # base arms: the stage measures, beta 0 changes no advantage
+        theta=args.theta,
+        alpha_min=args.alpha_min,
+        span=args.span,
+    )
+    return RLConfig(
         steps=args.steps,
         prompts_per_step=args.prompts_per_step,
         n_samples_per_prompt=args.n_samples,
         micro_batch_size=args.n_samples,
         lr=args.lr,
         policy_loss_type=loss,
-        tapo_enable=True,  # base arms: the stage measures (beta 0 changes no advantage)
+        tapo_enable=True,
         tapo=tapo,
         seed=seed,
     )
-    run_dir = run_dir_of(out, arm, seed)
+
+
+def run_one(arm: str, seed: int, study: Study, args, log):
+    from openrlhf_tapo.eval.study import RunResult, run_curves, tapo_counts
+    from openrlhf_tapo.task.inprocess import load_actor
+    from openrlhf_tapo.task.rl_loop import InProcessRL, evaluate
+
+    start = time.time()
+    config = rl_config(arm, seed, args)
+    run_dir = run_dir_of(study.out, arm, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(1000 + seed)
-    actor = load_actor(str(warm_dir))
-    rl = InProcessRL(actor, processor, agent_config, config, warm_dir, run_dir)
-    result = rl.train(read_prompt_rows(paths.prompts["train"]), progress=log)
-    summary, _ = evaluate(
-        rl.executor, read_prompt_rows(paths.prompts["eval"]), processor, rl.engine, rl.args, config.max_len
-    )
+    actor = load_actor(str(study.warm_dir))
+    rl = InProcessRL(actor, study.processor, study.agent_config, config, study.warm_dir, run_dir)
+    result = rl.train(study.rows("train"), progress=log)
+    eval_rows = study.rows("eval")
+    ev = (rl.executor, eval_rows, study.processor, rl.engine, rl.args, config.max_len)
+    sampled, _ = evaluate(*ev, temperature=1.0, samples=args.eval_samples, seed=EVAL_SEED)
+    greedy, _ = evaluate(*ev)
     metrics = result.metrics
-    tail = metrics[-max(1, len(metrics) // 4) :]
     return RunResult(
         arm=arm,
         seed=seed,
-        final_accuracy=summary["accuracy"],
-        final_tool_call_rate=summary["tool_call_rate"],
-        final_tool_calls=summary["agent/tool_calls"],
-        train_accuracy_tail=sum(m["accuracy"] for m in tail) / len(tail),
-        seconds=round(result.seconds, 1),
-        curve=[m["accuracy"] for m in metrics],
+        sampled_accuracy=sampled["accuracy"],
+        greedy_accuracy=greedy["accuracy"],
+        tool_call_rate=sampled["tool_call_rate"],
+        train_accuracy_mean=sum(m["accuracy"] for m in metrics) / len(metrics),
+        seconds=round(time.time() - start, 1),  # training and both evaluations
+        curves=run_curves(metrics),
         **tapo_counts(metrics),
     )
 
 
-def run_dir_of(out: Path, arm: str, seed: int) -> Path:
-    return out / "runs" / arm.replace("+", "_") / f"seed{seed}"
+def read_results(out: Path) -> list:
+    """The finished runs of OUT/results.jsonl (the last line of an (arm, seed) wins)."""
+    from openrlhf_tapo.eval.study import RunResult
 
-
-def read_results(path: Path) -> list:
-    """The finished runs; their TAPO counts are recomputed from each run's metrics.jsonl when it is there."""
-    from openrlhf_tapo.eval.study import RunResult, tapo_counts
-
+    path = out / "results.jsonl"
     if not path.is_file():
         return []
-    results = []
+    rows = {}
     for line in path.read_text().splitlines():
         if line.strip():
             r = RunResult(**json.loads(line))
-            metrics_file = run_dir_of(path.parent, r.arm, r.seed) / "metrics.jsonl"
-            if metrics_file.is_file():
-                metrics = [json.loads(m) for m in metrics_file.read_text().splitlines() if m.strip()]
-                for key, value in tapo_counts(metrics).items():
-                    setattr(r, key, value)
-            results.append(r)
-    return results
+            rows[(r.arm, r.seed)] = r
+    return list(rows.values())
 
 
-def write_report(results, out: Path, args, initial: dict | None, planned: int, stopped: str) -> Path:
-    from openrlhf_tapo.eval.study import (
-        comparison_table,
-        correctable_table,
-        plot_study,
-        results_table,
-        witness_table,
-    )
+def write_report(results, gates: dict, args, out: Path, planned: int, stopped: str) -> Path:
+    """OUT/study.md and OUT/summary.json."""
+    from openrlhf_tapo.eval import study as agg
 
-    plots = plot_study(results, out)
+    plots = agg.plot_study(results, out)
+    failed = [name for name, g in gates["checked"].items() if not g["passed"]]
     cmd = "python -m openrlhf_tapo.cli.study " + " ".join(sys.argv[1:])
     lines = [
-        "# CPU study: base vs base + TAPO",
+        "# CPU study on the bundled task: base vs base + TAPO",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{cmd}`.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{cmd}`.",
         f"Runs finished: {len(results)} of {planned} planned. {stopped}",
         "",
-        f"Per run: {args.steps} RL steps x {args.prompts_per_step} prompts x {args.n_samples} rollouts, lr {args.lr}; "
-        f"task: {args.entities} entities, {args.num_train} train / {args.num_eval} eval questions; TAPO beta "
-        f"{args.beta} on the +TAPO arms (base arms run the stage with beta 0: measure only).",
+        "## Gates of the warm start (measured before any comparison)",
+        "",
+        f"**GATES FAILED: {', '.join(failed)}. The comparison below is not interpretable as a test of TAPO.**"
+        if failed
+        else "All gates pass.",
+        "",
+        agg.gates_table(gates["checked"]),
+        "",
+        f"Task: {args.entities} entities, {args.num_eval} held out for evaluation. Warm start: {args.warm_steps} "
+        f"steps x {args.warm_batch} traces, lr {args.warm_lr}, teacher direct share {args.direct_share}, misread "
+        f"share {args.misread_share}. Per run: {args.steps} RL steps x {args.prompts_per_step} prompts x "
+        f"{args.n_samples} rollouts, lr {args.lr}; TAPO beta {args.beta} on the "
+        "+TAPO arms (base arms run the stage with beta 0: measure only). Final eval: the eval split at T = 1 with "
+        f"{args.eval_samples} samples per question on fixed sampling seeds (the same for every arm), and greedy.",
+        "",
+        "## Per arm (mean ± 95 % CI half width over seeds)",
+        "",
+        agg.results_table(results),
+        "",
+        "## TAPO minus base, paired by seed (95 % t interval; bold: excludes 0)",
+        "",
+        agg.comparison_table(results),
+        "",
+        "## Correctable misassignment (base arms: under the base algorithm's own credit)",
+        "",
+        agg.correctable_table(results),
+        "",
+        "## When TAPO could act (summed over runs and steps)",
+        "",
+        agg.witness_table(results),
+        "",
+        *[f"![{p.stem}]({p.name})" for p in plots],
     ]
-    if initial:
-        lines.append(
-            f"Warm-start policy before RL (greedy, eval split): accuracy {initial['accuracy']:.3f}, "
-            f"tool-call rate {initial['tool_call_rate']:.3f}."
-        )
-    lines += ["", "## Final accuracy and tool use (mean ± 95 % CI half width over seeds)", "", results_table(results)]
-    lines += ["", "## TAPO minus base (final eval accuracy)", "", comparison_table(results)]
-    lines += ["", "## Correctable misassignment under the base algorithm", "", correctable_table(results)]
-    lines += ["", "## When TAPO could act (summed over runs and steps)", "", witness_table(results)]
-    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "study.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = {
+        "gates": gates["checked"],
+        "gate_details": {k: v for k, v in gates.items() if k != "checked"},
+        **agg.summary(results),
+        "runs_finished": len(results),
+        "runs_planned": planned,
+        "stopped": stopped,
+        "config": {k: v for k, v in vars(args).items() if k not in SCHEDULE_FLAGS},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return path
+
+
+class InlineExecutor:
+    """`submit` runs the call at once in this process (one worker: the bar can then show each run's steps)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # re-raised by `result()`, as a pool's future does
+            future.set_exception(e)
+        return future
+
+
+_WORKER_STUDY: Study | None = None  # a pool process's study, loaded once by `_init_worker`
+
+
+def _init_worker(args, out: Path) -> None:
+    """A pool process: its output (libraries' and the run's step lines) appended to OUT/study.log, `--threads`
+    torch threads, the task and warm start loaded once."""
+    global _WORKER_STUDY
+    log = (out / "study.log").open("a", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    from openrlhf_tapo.utils import cuda_stubs
+
+    cuda_stubs.install()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _WORKER_STUDY = prepare(args, out, print)
+
+
+def _run_in_worker(arm: str, seed: int, args):
+    return run_one(arm, seed, _WORKER_STUDY, args, print)
+
+
+def run_all(study: Study, args, planned: list[tuple[str, int]], start: float, log, terminal) -> str:
+    """Run the planned (arm, seed) runs OUT has not finished, in order, `--workers` at a time, under a progress bar
+    on `terminal`; returns how the loop ended."""
+    from tqdm import tqdm
+
+    finished = {(r.arm, r.seed) for r in read_results(study.out)}
+    queue = [run for run in planned if run not in finished]
+    log(f"runs: {len(finished & set(planned))} of {len(planned)} already finished, {len(queue)} to run")
+    stopped = "All planned runs finished."
+    with tqdm(total=len(queue), desc="runs", unit="run", file=terminal, dynamic_ncols=True) as bar:
+        if args.workers == 1:
+            executor = contextlib.nullcontext(InlineExecutor())
+
+            def submit(pool, arm: str, seed: int) -> Future:
+                def step_done(line: str) -> None:  # "  step 3/12: reward ..." -> "step 3/12"
+                    print(line, flush=True)
+                    bar.set_postfix_str(f"{arm} seed {seed} {line.strip().split(':')[0]}")
+
+                return pool.submit(run_one, arm, seed, study, args, step_done)
+        else:
+            # the worker functions by their module's name: under `python -m` this module is __main__, which a
+            # spawned process does not import under that name
+            this = importlib.import_module("openrlhf_tapo.cli.study")
+            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
+            executor = ProcessPoolExecutor(args.workers, context, this._init_worker, (args, study.out))
+
+            def submit(pool, arm: str, seed: int) -> Future:
+                return pool.submit(this._run_in_worker, arm, seed, args)
+
+        with executor as pool:
+            pending: dict[Future, tuple[str, int]] = {}
+            while queue or pending:
+                while queue and len(pending) < args.workers:
+                    arm, seed = queue.pop(0)
+                    if (arm, seed) in {(r.arm, r.seed) for r in read_results(study.out)}:  # another process ran it
+                        bar.update(1)
+                        continue
+                    if args.budget_min is not None and (time.time() - start) / 60 > args.budget_min:
+                        stopped = f"Stopped by --budget-min {args.budget_min:g} before {arm} seed {seed}."
+                        log(stopped)
+                        queue.clear()
+                        break
+                    bar.set_postfix_str(f"{arm} seed {seed}")  # inline: the run starts now, its steps follow
+                    pending[submit(pool, arm, seed)] = (arm, seed)
+                    if args.workers > 1:
+                        bar.set_postfix_str("running " + ", ".join(f"{a} seed {s}" for a, s in pending.values()))
+                done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending else (set(), None)
+                for future in done:
+                    del pending[future]
+                    result = future.result()
+                    with (study.out / "results.jsonl").open("a") as f:  # one line per run: safe with other processes
+                        f.write(json.dumps(result.to_json()) + "\n")
+                    bar.update(1)
+                    log(
+                        f"{result.arm} seed {result.seed}: eval accuracy sampled {result.sampled_accuracy:.3f}, "
+                        f"greedy {result.greedy_accuracy:.3f}; correctable {result.failing_traj_correctable:.3f} "
+                        f"({result.seconds / 60:.1f} min)"
+                    )
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    losses = [x.strip() for x in args.losses.split(",") if x.strip()]
-    bad = [x for x in losses if x not in ARM_LOSSES]
-    if bad or not losses:
-        raise SystemExit(f"study: --losses {args.losses!r}: unknown {bad}; choose from {', '.join(ARM_LOSSES)}")
-    if args.seeds < 1 or args.steps < 1:
-        raise SystemExit("study: --seeds and --steps must be >= 1")
+    from openrlhf_tapo.task.console import quiet_output
     from openrlhf_tapo.utils import cuda_stubs
 
-    cuda_stubs.install()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only and not (out / "gates.json").is_file():
+        raise SystemExit(f"study: --report-only: {out} has no gates.json (no study was started there)")
+    planned = planned_runs(args)
     start = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{(time.time() - start) / 60:5.1f} min] {msg}", flush=True)
-
-    paths, agent_config, processor, warm_dir = prepare(args, out, log)
-    initial_path = out / "initial_eval.json"
-    if not initial_path.is_file():
-        from openrlhf_tapo.agent.executor import AgentExecutor
-        from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
-        from openrlhf_tapo.task.inprocess import load_actor
-        from openrlhf_tapo.task.prepare import read_prompt_rows
-        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args, evaluate
-
-        actor = load_actor(str(warm_dir))
-        oargs = build_openrlhf_args(RLConfig(), warm_dir, out / "warm_args")
-        rows = read_prompt_rows(paths.prompts["eval"])
-        summary, _ = evaluate(
-            AgentExecutor(agent_config), rows, processor, HFGenerationEngine(actor.model, processor), oargs, 1536
-        )
-        initial_path.write_text(json.dumps(summary, indent=2))
-    initial = json.loads(initial_path.read_text())
-    log(f"warm start: eval accuracy {initial['accuracy']:.3f}, tool-call rate {initial['tool_call_rate']:.3f}")
-
-    results_path = out / "results.jsonl"
-    arms = [a for loss in losses for a in (loss, f"{loss}+tapo")]
-    seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
-    planned = [(arm, seed) for seed in seeds for arm in arms]
     stopped = "All planned runs finished."
-    for i, (arm, seed) in enumerate(planned, 1):
-        if args.report_only:
-            break
-        if (arm, seed) in {(r.arm, r.seed) for r in read_results(results_path)}:  # another process may have run it
-            continue
-        if args.budget_min is not None and (time.time() - start) / 60 > args.budget_min:
-            stopped = f"Stopped by --budget-min {args.budget_min:g} before run {i} ({arm}, seed {seed})."
-            log(stopped)
-            break
-        log(f"run {i}/{len(planned)}: {arm} seed {seed}")
-        result = run_one(arm, seed, args, paths, agent_config, processor, warm_dir, out, log)
-        with results_path.open("a") as f:  # one short line per append: safe with concurrent seed-list workers
-            f.write(json.dumps(result.to_json()) + "\n")
-        log(
-            f"  -> final accuracy {result.final_accuracy:.3f}, tool-call rate {result.final_tool_call_rate:.3f}, "
-            f"correctable failing trajectories {result.failing_traj_correctable:.3f} ({result.seconds / 60:.1f} min)"
-        )
-    results = [r for r in read_results(results_path) if r.arm in arms]
-    all_planned = len(arms) * args.seeds
-    if len(results) < all_planned and stopped.startswith("All"):
-        stopped = "Partial: the remaining (arm, seed) runs were not run."
-    report = write_report(results, out, args, initial, all_planned, stopped)
+    # everything the libraries print goes to OUT/study.log; the terminal gets the study's lines and its bar
+    with quiet_output(out / "study.log") as terminal:
+        resolve_defaults(args)  # imports torch and OpenRLHF, which print
+        check_config(args, out)
+        from tqdm import tqdm
+
+        def log(msg: str) -> None:
+            line = f"[{(time.time() - start) / 60:5.1f} min] {msg}"
+            print(line, flush=True)
+            tqdm.write(line, file=terminal)
+
+        if not args.report_only:
+            cuda_stubs.install()
+            import torch
+
+            torch.set_num_threads(args.threads)
+            study = prepare(args, out, log)
+            ensure_gates(study, args, log)
+            stopped = run_all(study, args, planned, start, log, terminal)
+    results = [r for r in read_results(out) if (r.arm, r.seed) in set(planned)]
+    if len(results) < len(planned) and stopped.startswith("All"):
+        stopped = "Partial: the remaining (arm, seed) runs have not run yet."
+    gates = json.loads((out / "gates.json").read_text())
+    report = write_report(results, gates, args, out, len(planned), stopped)
     print(report.read_text())
     return 0
 

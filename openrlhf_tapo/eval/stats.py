@@ -118,3 +118,29 @@ def welch_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -
     df = (va + vb) ** 2 / (va**2 / (ma.n - 1) + vb**2 / (mb.n - 1))
     half = t_quantile((1.0 + level) / 2.0, df) * se
     return MeanCI(diff, diff - half, diff + half, ma.n + mb.n, se, level)
+
+
+def signed(ci: MeanCI) -> str:
+    """A difference as `+m [low, high]`, bold when the interval excludes 0 (`+m (n=1)` without an interval)."""
+    if ci.n < 2:
+        return f"{ci.mean:+.3f} (n={ci.n})"
+    mark = "**" if ci.low > 0 or ci.high < 0 else ""
+    return f"{mark}{ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]{mark}"
+
+
+def band(curves: Sequence[Sequence[float | None]]) -> tuple[list[float], list[float], list[float]]:
+    """Per step over `curves` (one per seed, cut to the shortest): mean and 95 % t band. None marks a step where a
+    curve has no value (e.g. a rate whose denominator was 0) and is left out there; a step with one value has a
+    band of width 0, one with none is nan."""
+    mean, low, high = [], [], []
+    for t in range(min(len(c) for c in curves) if curves else 0):
+        values = [c[t] for c in curves if c[t] is not None]
+        if not values:
+            for series in (mean, low, high):
+                series.append(math.nan)
+            continue
+        ci = mean_ci(values)
+        mean.append(ci.mean)
+        low.append(ci.low if ci.n > 1 else ci.mean)
+        high.append(ci.high if ci.n > 1 else ci.mean)
+    return mean, low, high

@@ -1,9 +1,11 @@
-"""Aggregation of the CPU study: per-arm means with 95 % confidence intervals, paired TAPO-vs-base differences,
-the correctable-misassignment rate measured under the base algorithm, and the plots.
+"""Aggregation of the CPU study on the bundled task: the gates, per-arm means with 95 % confidence intervals, paired
+TAPO-minus-base differences, the correctable-misassignment rate measured under the base algorithm, and the plots.
 
-One run = one (arm, seed); its result row (`RunResult`) holds the final greedy evaluation and the run's means of
-the TAPO diagnostics over its training steps. Arms are named `<loss>` (the base algorithm; TAPO measures but does
-not correct: beta = 0) and `<loss>+tapo`.
+One run = one (arm, seed); its result row (`RunResult`) holds the final evaluation on the held-out eval split
+(sampled at temperature 1 with fixed sampling seeds, and greedy), the run's per-step curves and its TAPO
+diagnostics pooled over its steps. Arms are named `<loss>` (the base algorithm; TAPO measures but does not correct:
+beta = 0) and `<loss>+tapo`; seed s of a TAPO arm is paired with seed s of its base arm (same warm start, same
+prompt order, same rollout sampling seeds).
 """
 
 from __future__ import annotations
@@ -12,25 +14,39 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from openrlhf_tapo.eval.stats import MeanCI, mean_ci, welch_diff_ci
+from openrlhf_tapo.eval.stats import MeanCI, band, mean_ci, signed
 
 LOSS_NAMES = {"ppo": "GRPO", "sapo": "SAPO", "gspo_token": "GSPO-token", "gspo": "GSPO"}
+# result field -> what the paired comparison calls it
+PAIRED_METRICS = {
+    "sampled_accuracy": "final accuracy, sampled (T = 1)",
+    "greedy_accuracy": "final accuracy, greedy",
+    "train_accuracy_mean": "training accuracy, mean over the run",
+}
+# curve name -> (metrics.jsonl key, axis label)
+CURVES = {
+    "accuracy": ("accuracy", "training accuracy (T = 1)"),
+    "tool_call_rate": ("tool_call_rate", "tool-call rate"),
+    "entropy": ("policy/entropy", "entropy estimate (nats/token)"),
+    "correctable": ("tapo/failing_traj_correctable_frac", "correctable failing trajectories"),
+}
 
 
 @dataclass
 class RunResult:
     arm: str  # "ppo", "ppo+tapo", "sapo", ...
     seed: int
-    final_accuracy: float  # greedy, eval split, after the last step
-    final_tool_call_rate: float  # fraction of eval trajectories with >= 1 tool-call attempt (malformed included)
-    final_tool_calls: float  # tool-call attempts per eval trajectory
-    train_accuracy_tail: float  # mean training accuracy (sampled) over the last quarter of steps
-    failing_traj_correctable: float  # pooled over steps: correctable failing trajectories / failing trajectories
-    failing_calls_correctable: float  # pooled: correctable calls in failing trajectories / their calls
-    failing_calls_corrected: float  # pooled: corrected calls / calls in failing trajectories (0 without TAPO)
-    transferred_credit: float  # mean credit per corrected call (tapo/mean_transferred_credit, call-weighted)
+    sampled_accuracy: float  # eval split, T = 1, several samples per question on fixed sampling seeds
+    greedy_accuracy: float  # eval split, greedy
+    tool_call_rate: float  # eval split, sampled: share of trajectories with >= 1 tool-call attempt
+    train_accuracy_mean: float  # training accuracy (T = 1 rollouts) averaged over the run's steps
     seconds: float
-    curve: list[float] = field(default_factory=list)  # training accuracy per step
+    # per step: accuracy, tool_call_rate, entropy, correctable (None where no trajectory failed)
+    curves: dict[str, list[float | None]] = field(default_factory=dict)
+    failing_traj_correctable: float = 0.0  # pooled over steps: correctable failing trajectories / failing ones
+    failing_calls_correctable: float = 0.0  # pooled: correctable calls in failing trajectories / their calls
+    failing_calls_corrected: float = 0.0  # pooled: corrected calls / calls in failing trajectories (0 without TAPO)
+    transferred_credit: float = 0.0  # mean credit per corrected call (tapo/mean_transferred_credit, call-weighted)
     failing_trajectories: float = 0.0  # summed over steps (trajectories with success False and advantage < 0)
     failing_calls: float = 0.0  # tool calls in those, summed over steps
     corrected_calls: float = 0.0  # summed over steps
@@ -41,6 +57,17 @@ class RunResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def run_curves(metrics: Sequence[dict]) -> dict[str, list[float | None]]:
+    """The per-step curves of a run from its metrics.jsonl rows; the correctable rate is None at steps without a
+    failing trajectory (a 0 there would read as "nothing correctable")."""
+    curves = {name: [m.get(key, 0.0) for m in metrics] for name, (key, _) in CURVES.items() if name != "correctable"}
+    curves["correctable"] = [
+        m.get("tapo/failing_traj_correctable_frac") if m.get("tapo/failing_trajectories", 0.0) > 0 else None
+        for m in metrics
+    ]
+    return curves
 
 
 def tapo_counts(metrics: Sequence[dict]) -> dict[str, float]:
@@ -93,62 +120,74 @@ def _by_arm(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     return out
 
 
+def _bases(results: Sequence[RunResult]) -> list[str]:
+    """Base arms that have their TAPO arm among `results`."""
+    arms = _by_arm(results)
+    return [a for a in arms if "+" not in a and f"{a}+tapo" in arms]
+
+
 @dataclass
 class PairComparison:
     base: str
     tapo: str
-    paired: MeanCI | None  # mean over common seeds of (tapo - base) final accuracy
-    welch: MeanCI | None
+    metric: str
+    paired: MeanCI | None  # mean over common seeds of (tapo - base), Student-t 95 % interval
     seeds: list[int]
 
 
-def paired_comparison(results: Sequence[RunResult], base: str, metric: str = "final_accuracy") -> PairComparison:
-    """TAPO minus base on the seeds both arms ran (same seed = same warm start, same prompt order)."""
+def paired_comparison(results: Sequence[RunResult], base: str, metric: str = "sampled_accuracy") -> PairComparison:
+    """TAPO minus base on the seeds both arms ran (same seed = same warm start, prompt order, sampling seeds)."""
     arms = _by_arm(results)
     tapo = f"{base}+tapo"
     a = {r.seed: getattr(r, metric) for r in arms.get(tapo, [])}
     b = {r.seed: getattr(r, metric) for r in arms.get(base, [])}
     seeds = sorted(set(a) & set(b))
     paired = mean_ci([a[s] - b[s] for s in seeds]) if seeds else None
-    welch = welch_diff_ci(list(a.values()), list(b.values())) if len(a) >= 2 and len(b) >= 2 else None
-    return PairComparison(base, tapo, paired, welch, seeds)
+    return PairComparison(base, tapo, metric, paired, seeds)
 
 
 def _ci(values: list[float]) -> str:
     return mean_ci(values).fmt(3) if values else "-"
 
 
+def gates_table(checked: dict[str, dict]) -> str:
+    """The warm start's gates (`task.gates.check`): value, required range, PASS / FAIL."""
+    lines = ["| gate | value | required | result |", "|---|---|---|---|"]
+    for name, g in checked.items():
+        low, high = g["range"]
+        need = f">= {low}" if high is None else f"{low} - {high}"
+        lines.append(f"| {name} | {g['value']:.3f} | {need} | {'PASS' if g['passed'] else '**FAIL**'} |")
+    return "\n".join(lines)
+
+
 def results_table(results: Sequence[RunResult]) -> str:
-    """Per arm: n seeds, final accuracy, tool-call rate, tool calls, training accuracy (mean ± 95 % CI half width)."""
+    """Per arm (mean ± 95 % CI half width over seeds): final sampled and greedy accuracy, training accuracy over
+    the run, eval tool-call rate, pooled correctable rate, minutes per run."""
     lines = [
-        "| arm | seeds | final accuracy (eval, greedy) | tool-call attempt rate | attempts / traj "
-        "| train accuracy (last quarter) | failing calls corrected | min per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | seeds | final acc, sampled (T = 1) | final acc, greedy | train acc, mean over run "
+        "| eval tool-call rate | correctable failing trajectories | failing calls corrected | min per run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, rows in _by_arm(results).items():
         lines.append(
-            f"| {arm_label(arm)} | {len(rows)} | {_ci([r.final_accuracy for r in rows])} "
-            f"| {_ci([r.final_tool_call_rate for r in rows])} | {_ci([r.final_tool_calls for r in rows])} "
-            f"| {_ci([r.train_accuracy_tail for r in rows])} | {_ci([r.failing_calls_corrected for r in rows])} "
+            f"| {arm_label(arm)} | {len(rows)} | {_ci([r.sampled_accuracy for r in rows])} "
+            f"| {_ci([r.greedy_accuracy for r in rows])} | {_ci([r.train_accuracy_mean for r in rows])} "
+            f"| {_ci([r.tool_call_rate for r in rows])} | {_ci([r.failing_traj_correctable for r in rows])} "
+            f"| {_ci([r.failing_calls_corrected for r in rows])} "
             f"| {sum(r.seconds for r in rows) / len(rows) / 60:.1f} |"
         )
     return "\n".join(lines)
 
 
 def comparison_table(results: Sequence[RunResult]) -> str:
-    """Per base algorithm: TAPO - base final accuracy, paired over seeds and Welch (95 % CI)."""
-    lines = [
-        "| comparison | common seeds | paired diff (95 % CI) | Welch diff (95 % CI) |",
-        "|---|---|---|---|",
-    ]
-    arms = _by_arm(results)
-    for base in [a for a in arms if "+" not in a and f"{a}+tapo" in arms]:
-        c = paired_comparison(results, base)
-        paired = (
-            f"{c.paired.mean:+.3f} [{c.paired.low:+.3f}, {c.paired.high:+.3f}]" if c.paired and c.paired.n > 1 else "-"
-        )
-        welch = f"{c.welch.mean:+.3f} [{c.welch.low:+.3f}, {c.welch.high:+.3f}]" if c.welch else "-"
-        lines.append(f"| {arm_label(c.tapo)} vs {arm_label(base)} | {len(c.seeds)} | {paired} | {welch} |")
+    """Per base algorithm and metric: TAPO minus base, paired over seeds (mean, 95 % t interval; bold when it
+    excludes 0)."""
+    lines = ["| comparison | metric | paired seeds | TAPO - base [95 % CI] |", "|---|---|---|---|"]
+    for base in _bases(results):
+        for metric, name in PAIRED_METRICS.items():
+            c = paired_comparison(results, base, metric)
+            diff = signed(c.paired) if c.paired else "-"
+            lines.append(f"| {arm_label(c.tapo)} vs {arm_label(base)} | {name} | {len(c.seeds)} | {diff} |")
     return "\n".join(lines)
 
 
@@ -184,7 +223,7 @@ def witness_table(results: Sequence[RunResult]) -> str:
         corrected = sum(r.corrected_calls for r in rows)
         credit = sum(r.transferred_credit * r.corrected_calls for r in rows) / corrected if corrected else 0.0
         lines.append(
-            f"| {arm_label(arm)} | {sum(len(r.curve) for r in rows)} "
+            f"| {arm_label(arm)} | {sum(len(r.curves.get('accuracy', [])) for r in rows)} "
             f"| {sum(r.train_call_attempts for r in rows) / len(rows):.2f} "
             f"| {sum(r.train_valid_calls for r in rows) / len(rows):.2f} "
             f"| {sum(r.steps_with_witness for r in rows):.0f} "
@@ -196,46 +235,87 @@ def witness_table(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def plot_study(results: Sequence[RunResult], out: Path) -> list[Path]:
-    """accuracy_by_arm.png (final accuracy, mean and 95 % CI per arm, seeds as dots) and training_curves.png."""
+def summary(results: Sequence[RunResult]) -> dict:
+    """Machine-readable aggregates: per arm the means and 95 % CIs, per base arm the paired differences."""
+    arms = {}
+    for arm, rows in _by_arm(results).items():
+        entry: dict = {"seeds": sorted(r.seed for r in rows)}
+        for metric in (*PAIRED_METRICS, "tool_call_rate", "failing_traj_correctable"):
+            entry[metric] = vars(mean_ci([getattr(r, metric) for r in rows]))
+        arms[arm] = entry
+    paired = {
+        f"{base}+tapo - {base}": {
+            metric: {"seeds": c.seeds, **vars(c.paired)} if c.paired else None
+            for metric in PAIRED_METRICS
+            for c in [paired_comparison(results, base, metric)]
+        }
+        for base in _bases(results)
+    }
+    return {"arms": arms, "paired": paired}
+
+
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    arms = _by_arm(results)
-    paths = []
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=80)
-    for i, (arm, rows) in enumerate(arms.items()):
-        values = [r.final_accuracy for r in rows]
-        ci = mean_ci(values)
-        err = [[ci.mean - ci.low], [ci.high - ci.mean]] if ci.n > 1 else None
-        colour = "tab:orange" if "+" in arm else "tab:blue"
-        ax.bar(i, ci.mean, color=colour, alpha=0.6, yerr=err, capsize=4)
-        ax.scatter([i] * len(values), values, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(arms)), [arm_label(a) for a in arms], rotation=20, fontsize=7)
-    ax.set_ylabel("final eval accuracy")
-    ax.set_title("final accuracy per arm (mean, 95% CI, seeds)", fontsize=9)
-    fig.tight_layout()
-    paths.append(out / "accuracy_by_arm.png")
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    return plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=80)
-    for arm, rows in arms.items():
-        length = min(len(r.curve) for r in rows)
-        if length == 0:
-            continue
-        mean = [sum(r.curve[t] for r in rows) / len(rows) for t in range(length)]
-        ax.plot(range(1, length + 1), mean, label=arm_label(arm), ls="--" if "+" not in arm else "-")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training accuracy (sampled)")
-    ax.set_title("training accuracy, mean over seeds", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+
+def _style(arm: str) -> dict:
+    colours = {"ppo": "tab:blue", "sapo": "tab:green", "gspo_token": "tab:red", "gspo": "tab:purple"}
+    loss, _, tapo = arm.partition("+")
+    return {"color": colours.get(loss, "tab:gray"), "ls": "-" if tapo else "--"}
+
+
+def plot_curves(results: Sequence[RunResult], path: Path) -> Path:
+    """Per-step curves (training accuracy, tool-call rate, entropy, correctable rate), per arm the mean over seeds
+    with its 95 % band."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5), dpi=70)
+    for ax, (name, (_, label)) in zip(axes.flat, CURVES.items(), strict=True):
+        for arm, rows in _by_arm(results).items():
+            mean, low, high = band([r.curves.get(name, []) for r in rows])
+            steps = range(1, len(mean) + 1)
+            ax.plot(steps, mean, lw=1.2, marker=".", ms=3, label=arm_label(arm), **_style(arm))
+            ax.fill_between(steps, low, high, color=_style(arm)["color"], alpha=0.12, lw=0)
+        ax.set_ylabel(label, fontsize=7)
+        ax.set_xlabel("RL step", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    paths.append(out / "training_curves.png")
-    fig.savefig(paths[-1])
+    fig.savefig(path)
     plt.close(fig)
-    return paths
+    return path
+
+
+def plot_differences(results: Sequence[RunResult], path: Path) -> Path:
+    """Forest plot: TAPO minus base per base algorithm and metric, paired over seeds, 95 % t interval."""
+    plt = _pyplot()
+    rows = [
+        (c, name) for base in _bases(results) for metric, name in PAIRED_METRICS.items()
+        for c in [paired_comparison(results, base, metric)] if c.paired
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2), dpi=70)
+    for y, (c, _) in enumerate(rows):
+        ci = c.paired
+        err = [[ci.mean - ci.low], [ci.high - ci.mean]] if ci.n > 1 else None
+        ax.errorbar(ci.mean, -y, xerr=err, fmt="o", ms=3, color=_style(c.base)["color"])
+    ax.axvline(0, color="k", lw=0.8)
+    labels = [f"{arm_label(c.tapo)} - {arm_label(c.base)}: {name} (n={len(c.seeds)})" for c, name in rows]
+    ax.set_yticks([-y for y in range(len(rows))], labels, fontsize=6)
+    ax.set_xlabel("TAPO minus base (paired over seeds, 95 % CI)", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_study(results: Sequence[RunResult], out: Path) -> list[Path]:
+    """curves.png and paired_differences.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [plot_curves(results, out / "curves.png"), plot_differences(results, out / "paired_differences.png")]

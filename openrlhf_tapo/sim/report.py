@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from openrlhf_tapo.eval.stats import MeanCI, mean_ci
+from openrlhf_tapo.eval.stats import MeanCI, band, mean_ci, signed
 from openrlhf_tapo.sim.env import REGIMES
 from openrlhf_tapo.sim.study import ARMS, STUDY_LR, Cell, base_of
 
@@ -58,13 +58,6 @@ def correctable_rate(cell: dict, steps: slice = slice(None)) -> float:
     return sum(row["correctable_trajectories"] for row in rows) / failing if failing else 0.0
 
 
-def _signed(ci: MeanCI) -> str:
-    if ci.n < 2:
-        return f"{ci.mean:+.3f} (n={ci.n})"
-    mark = "**" if ci.low > 0 or ci.high < 0 else ""
-    return f"{mark}{ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]{mark}"
-
-
 def _settings(cells: dict[str, dict]) -> list[tuple[str, int]]:
     seen = {(c["regime"], c["group_size"]) for c in cells.values() if c["lr"] == STUDY_LR}
     order = list(REGIMES)
@@ -84,8 +77,8 @@ def main_table(cells: dict[str, dict]) -> str:
         lines.append(
             f"| {regime} | {group} | {metric_ci(base, 'final_accuracy').fmt()} "
             f"| {metric_ci(tapo, 'final_accuracy').fmt()} "
-            f"| {_signed(paired_difference(tapo, base, 'final_accuracy'))} "
-            f"| {_signed(paired_difference(tapo, base, 'mean_accuracy'))} "
+            f"| {signed(paired_difference(tapo, base, 'final_accuracy'))} "
+            f"| {signed(paired_difference(tapo, base, 'mean_accuracy'))} "
             f"| {metric_ci(base, 'final_call_rate').mean:.2f} → {metric_ci(tapo, 'final_call_rate').mean:.2f} "
             f"| {correctable_rate(base):.2f} |"
         )
@@ -102,7 +95,7 @@ def arms_table(cells: dict[str, dict], metric: str) -> str:
         row = []
         for arm in tapo_arms:
             tapo, base = _pair(cells, regime, group, STUDY_LR, arm)
-            row.append("—" if tapo is None or base is None else _signed(paired_difference(tapo, base, metric)))
+            row.append("—" if tapo is None or base is None else signed(paired_difference(tapo, base, metric)))
         lines.append(f"| {regime} | {group} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -140,8 +133,8 @@ def sensitivity_table(cells: dict[str, dict]) -> str:
             continue
         lines.append(
             f"| {regime} | {group} | {lr:g} | {metric_ci(base, 'final_accuracy').fmt()} "
-            f"| {_signed(paired_difference(tapo, base, 'final_accuracy'))} "
-            f"| {_signed(paired_difference(tapo, base, 'mean_accuracy'))} |"
+            f"| {signed(paired_difference(tapo, base, 'final_accuracy'))} "
+            f"| {signed(paired_difference(tapo, base, 'mean_accuracy'))} |"
         )
     return "\n".join(lines)
 
@@ -158,16 +151,6 @@ def summary(cells: dict[str, dict]) -> dict:
             entry["paired_difference"] = {m: vars(paired_difference(cell, base_cell, m)) for m in METRICS}
         out[name] = entry
     return out
-
-
-def _band(runs: Sequence[dict], key: str) -> tuple[list[float], list[float], list[float]]:
-    mean, low, high = [], [], []
-    for t in range(len(runs[0][key])):
-        ci = mean_ci([run[key][t] for run in runs])
-        mean.append(ci.mean)
-        low.append(ci.low if ci.n > 1 else ci.mean)
-        high.append(ci.high if ci.n > 1 else ci.mean)
-    return mean, low, high
 
 
 _LOSS_COLOURS = {"ppo": "tab:blue", "sapo": "tab:green", "gspo_token": "tab:red"}
@@ -212,7 +195,7 @@ def _grid_plot(cells, key: str, arms: dict[str, tuple[str, str]], ylabel: str, p
                 cell = _find(cells, regime, group, STUDY_LR, arm)
                 if cell is None:
                     continue
-                mean, low, high = _band(cell["runs"], key)
+                mean, low, high = band([run[key] for run in cell["runs"]])
                 steps = cell["runs"][0]["steps"]
                 ax.plot(steps, mean, color=colour, ls=style, lw=1.2, label=arm)
                 ax.fill_between(steps, low, high, color=colour, alpha=0.15, lw=0)

@@ -188,9 +188,13 @@ def summarize_responses(responses: list[dict]) -> dict[str, float]:
     return out
 
 
-def evaluate(executor, rows, processor, engine, args, max_len: int) -> tuple[dict[str, float], list[dict]]:
-    """Greedy (temperature 0) rollouts of every row; returns the summary and the responses."""
-    responses = rollout(executor, rows, 1, sampling_params(args, temperature=0.0), max_len, processor, engine)
+def evaluate(
+    executor, rows, processor, engine, args, max_len: int, temperature: float = 0.0, samples: int = 1, seed=None
+) -> tuple[dict[str, float], list[dict]]:
+    """`samples` rollouts of every row at `temperature` (default: one greedy); returns the summary and the responses.
+    With `seed` the sampling seeds are fixed (`rollout`), so policies compared on them draw the same random numbers."""
+    sp = sampling_params(args, temperature=temperature)
+    responses = rollout(executor, rows, samples, sp, max_len, processor, engine, seed=seed)
     return summarize_responses(responses), responses
 
 
@@ -256,6 +260,9 @@ class InProcessRL:
         samples = responses_to_experiences(responses, args.data.max_len)
         experiences = self.maker.split_rollout_samples(samples)
         attach_log_probs(self.actor, experiences)
+        # entropy estimate: mean -log p of the sampled action tokens (a single-sample estimate, no full softmax)
+        tokens = sum(float(e.action_mask.sum()) for e in experiences)
+        entropy = -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)
         experiences = self.maker.compute_advantages_and_returns(experiences)
         self.last_advantages = [(list(e.index), e.advantages.clone(), e.action_mask.clone()) for e in experiences]
         stats = rollout_stats(experiences)
@@ -263,6 +270,7 @@ class InProcessRL:
         status = ppo_train(self.trainer, experiences, self.kl_ctl.value)
         t3 = time.time()
         status.update(stats)
+        status["policy/entropy"] = entropy
         status.update(summarize_responses(responses))
         status.update({"timing/rollout": t1 - t0, "timing/make_experience": t2 - t1, "timing/ppo_train": t3 - t2})
         return {k: float(v) for k, v in status.items() if isinstance(v, int | float)}
