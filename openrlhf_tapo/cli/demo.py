@@ -38,6 +38,8 @@ from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output,
 
 DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
 EVAL_SAMPLES = 2  # temperature-1 samples per eval question
+EVAL_SEED = 7  # sampling seeds of the eval rollouts: the same before and after RL
+GATE_PROMPTS = 16  # training questions whose GRPO groups measure the correctable rate
 
 if TYPE_CHECKING:
     from openrlhf_tapo.task.prepare import TaskConfig
@@ -117,17 +119,16 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
     return task, warm, rl
 
 
-def evaluate_modes(rl, rows: list[dict], engine, samples: int, executor=None) -> dict[str, list[dict]]:
-    """Eval rollouts of `rows` by decoding mode: `samples` per question at temperature 1 (fixed sampling seeds, the
-    same before and after RL) and one greedy. `executor` defaults to the run's (the counterfactual check passes
-    one on the permuted base)."""
-    from openrlhf_tapo.task.rl_loop import rollout, sampling_params
+def evaluate_modes(rl, rows: list[dict], engine, sampled: list[dict] | None = None) -> dict[str, list[dict]]:
+    """Eval rollouts of `rows` by decoding mode: `EVAL_SAMPLES` per question at temperature 1 on fixed seeds (the
+    same before and after RL; `sampled` when already run) and one greedy."""
+    from openrlhf_tapo.task.rl_loop import evaluate
 
-    executor = executor or rl.executor
     max_len = rl.args.data.max_len
-    sampled = rollout(executor, rows, samples, sampling_params(rl.args, 1.0), max_len, rl.processor, engine, seed=7)
-    greedy = rollout(executor, rows, 1, sampling_params(rl.args, 0.0), max_len, rl.processor, engine)
-    return {f"sampled (T=1, {samples} per question)": sampled, "greedy": greedy}
+    if sampled is None:
+        _, sampled = evaluate(rl.executor, rows, rl.processor, engine, rl.args, max_len, 1.0, EVAL_SAMPLES, EVAL_SEED)
+    _, greedy = evaluate(rl.executor, rows, rl.processor, engine, rl.args, max_len)
+    return {f"sampled (T=1, {EVAL_SAMPLES} per question)": sampled, "greedy": greedy}
 
 
 def ray_python(explicit: str | None = None) -> Path:
@@ -245,14 +246,13 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
 
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
-    from openrlhf_tapo.eval.study import tapo_counts
-    from openrlhf_tapo.task.gates import check, final_answer, tool_following, well_formed_rate
+    from openrlhf_tapo.task.gates import measure
     from openrlhf_tapo.task.inprocess import load_actor
     from openrlhf_tapo.task.prepare import counterfactual_answers, prepare_task, read_prompt_rows
     from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.report import accuracy, format_summary, write_report
     from openrlhf_tapo.task.rl_loop import InProcessRL, sampling_params
-    from openrlhf_tapo.task.warm_start import gold_traces, teacher_turns, warm_start
+    from openrlhf_tapo.task.warm_start import train_warm_start
 
     task_config, warm_config, rl_config = build_configs(args)
     if args.engine == "ray":
@@ -285,14 +285,8 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
         actor = load_actor(str(paths.model_dir))
         processor = get_tokenizer(str(paths.model_dir), None, "left")  # what PPOTrainer gives the experience maker
         rl = InProcessRL(actor, processor, agent_config, rl_config, paths.model_dir, run_dir)
-        questions = read_questions(paths.questions["train"])[: warm_config.traces]
+        questions = read_questions(paths.questions["train"])
         max_len = rl.args.data.max_len
-        sp = sampling_params(rl.args)
-        turns = teacher_turns(questions, warm_config)
-        traces = gold_traces(rl.executor, train_rows[: len(turns)], turns, processor, sp, max_len)
-        gold_turns = [list(q.gold_actions) for q in questions]
-        gold = (gold_traces(rl.executor, train_rows[: len(turns)], gold_turns, processor, sp, max_len), gold_turns)
-        rewards = [t["reward"] for t in traces]
         with console.bar(warm_config.steps, "warm start", "steps") as bar:
 
             def on_step(step: int, loss: float) -> None:
@@ -300,30 +294,28 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
                     bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
                     bar.update(step - bar.n)
 
-            warm_losses = warm_start(actor, traces, gold, processor.tokenizer, max_len, warm_config, on_step)
-        log(f"  warm start: {len(traces)} traces, loss {warm_losses[0]:.3f} -> {warm_losses[-1]:.3f}")
+            warm = train_warm_start(
+                actor, rl.executor, train_rows, questions, processor, sampling_params(rl.args), max_len, warm_config,
+                on_step,
+            )  # fmt: skip
+        warm_losses = warm["losses"]
+        log(f"  warm start: {warm['traces']} traces, loss {warm_losses[0]:.3f} -> {warm_losses[-1]:.3f}")
         warm_dir = run_dir / "model" / "warm_start"
         actor.model.save_pretrained(warm_dir)
         processor.save_pretrained(warm_dir)
-        note.append(f"{len(traces)} teacher traces (teacher accuracy {sum(rewards) / len(rewards):.2f})")
+        note.append(f"{warm['traces']} teacher traces (teacher accuracy {warm['teacher_accuracy']:.2f})")
         note.append(f"loss {warm_losses[0]:.2f} -> {warm_losses[-1]:.2f}")
 
     with stage("3/6 eval before RL, and the gates") as note:
-        before = evaluate_modes(rl, eval_rows, rl.engine, EVAL_SAMPLES)
-        sampled_before = next(iter(before.values()))
-        counterfactual = AgentExecutor(load_agent_config(paths.counterfactual_agent_config))
-        flipped = evaluate_modes(rl, eval_rows, rl.engine, 1, counterfactual)["greedy"]
-        answers = [final_answer(r, processor.tokenizer) for r in flipped]
-        original = [q.answer for q in read_questions(paths.questions["eval"])]
-        following = tool_following(answers, counterfactual_answers(paths.root, task_config), original)
-        gate_values = {
-            "well_formed_calls": well_formed_rate(sampled_before),
-            "tool_following": following["tool_following"],
-            "sampled_accuracy": sum(float(r["scores"] or 0) for r in sampled_before) / len(sampled_before),
-        }
+        eval_answers = [q.answer for q in read_questions(paths.questions["eval"])]
+        gates = measure(
+            rl.executor, AgentExecutor(load_agent_config(paths.counterfactual_agent_config)), eval_rows, eval_answers,
+            counterfactual_answers(paths.root, task_config), train_rows[:GATE_PROMPTS], rl_config.n_samples_per_prompt,
+            EVAL_SAMPLES, processor, rl.engine, rl.args, max_len, EVAL_SEED,
+        )  # fmt: skip
+        before = evaluate_modes(rl, eval_rows, rl.engine, gates.pop("eval_responses"))
         note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in before.items()))
-        note.append(f"well-formed calls {gate_values['well_formed_calls']:.2f}")
-        note.append(f"tool-following {gate_values['tool_following']:.2f}")
+        note.append(", ".join(f"{name} {g['value']:.2f}" for name, g in gates["checked"].items()))
 
     where = "OpenRLHF's Ray pipeline" if args.engine == "ray" else "in-process"
     with stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, {where}") as note:
@@ -348,15 +340,13 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
             note.append(f"Ray/vLLM/DeepSpeed log: {run_dir / 'ray_train.log'}")
 
     with stage("5/6 eval after RL") as note:
-        after = evaluate_modes(rl, eval_rows, rl.engine, EVAL_SAMPLES)
+        after = evaluate_modes(rl, eval_rows, rl.engine)
         note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in after.items()))
 
     with stage("6/6 report") as note:
-        pooled = tapo_counts(result.metrics)  # the correctable rate the TAPO stage logged at every RL step
-        gate_values["correctable"] = pooled["failing_traj_correctable"]
         extra = {
-            "gates": check(gate_values),
-            "counterfactual": following,
+            "gates": gates["checked"],
+            "gate_details": gates,
             "engine": args.engine,
             "seconds_total": time.time() - start,
             "stage_start_s": {k: v - start for k, v in timings.items()},

@@ -208,22 +208,6 @@ def warm_config(args):
     )
 
 
-def task_paths(root: Path):
-    """The paths `prepare_task` returned when it built `root`."""
-    from openrlhf_tapo.task.prepare import TaskPaths
-
-    kb, splits = root / "kb", ("train", "eval")
-    return TaskPaths(
-        root,
-        kb,
-        kb / "index",
-        root / "agent.yaml",
-        root / "model" / "init",
-        {s: kb / f"questions_{s}.jsonl" for s in splits},
-        {s: root / f"prompts_{s}.jsonl" for s in splits},
-    )
-
-
 def prepare(args, out: Path, log) -> Study:
     """The task and the warm-started policy (each built once; reused when OUT already has it)."""
     from openrlhf.utils import get_tokenizer
@@ -231,10 +215,10 @@ def prepare(args, out: Path, log) -> Study:
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.prepare import prepare_task
+    from openrlhf_tapo.task.prepare import prepare_task, task_paths
     from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.rl_loop import sampling_params
-    from openrlhf_tapo.task.warm_start import gold_traces, teacher_turns, warm_start
+    from openrlhf_tapo.task.warm_start import train_warm_start
 
     root = out / "task"
     done = root / "done"  # written last: a task interrupted while building is rebuilt
@@ -252,88 +236,56 @@ def prepare(args, out: Path, log) -> Study:
     config = warm_config(args)
     _seed_everything(config.seed)
     actor = load_actor(str(paths.model_dir))
-    questions = read_questions(paths.questions["train"])[: config.traces]
-    rows = study.rows("train")[: config.traces]
     oargs = study.openrlhf_args()
-    max_len = oargs.data.max_len
-    traces = gold_traces(
-        AgentExecutor(study.agent_config), rows, teacher_turns(questions, config), study.processor,
-        sampling_params(oargs), max_len,
-    )  # fmt: skip
-    log(f"warm start: {len(traces)} teacher traces, {config.steps} steps of {config.batch_size}")
+    log(f"warm start: {config.steps} steps of {config.batch_size} traces")
 
     def progress(step: int, loss: float) -> None:
         if step % max(1, config.steps // 10) == 0 or step == config.steps:
             log(f"  warm step {step}/{config.steps}: loss {loss:.3f}")
 
-    warm_start(actor, traces, study.processor.tokenizer.pad_token_id, max_len, config, progress)
+    questions = read_questions(paths.questions["train"])
+    executor = AgentExecutor(study.agent_config)
+    sp = sampling_params(oargs)
+    train_warm_start(actor, executor, study.rows("train"), questions, study.processor, sp, oargs.data.max_len, config,
+                     progress)  # fmt: skip
     actor.model.save_pretrained(study.warm_dir)
     study.processor.save_pretrained(study.warm_dir)
     marker.write_text(json.dumps(dataclasses.asdict(config), indent=1))
     return study
 
 
-def permuted_agent_config(study: Study, args):
-    """The agent configuration with its tools on the counterfactual base (home cities permuted; built once under
-    OUT/task/kb_permuted), and that base."""
-    from openrlhf_tapo.task.knowledge_base import KnowledgeBase
-
-    kb = KnowledgeBase.generate(task_config(args).kb).permuted(args.permute_seed)
-    kb_dir = study.paths.root / "kb_permuted"
-    index_dir = kb_dir / "index"
-    if not (kb_dir / "done").is_file():
-        index_dir = kb.build_index(kb_dir)
-        (kb_dir / "done").touch()
-    config = study.agent_config
-    backend = dataclasses.replace(config.tools.backend, index_dir=str(index_dir.resolve()))
-    return dataclasses.replace(config, tools=dataclasses.replace(config.tools, backend=backend)), kb
-
-
 def measure_gates(study: Study, args, log) -> dict:
-    """The gate values of the warm start and what they were measured on (see `task.gates`)."""
+    """The gate values of the warm start and what they were measured on (`task.gates.measure`)."""
+    from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
     from openrlhf_tapo.task import gates
     from openrlhf_tapo.task.inprocess import load_actor
+    from openrlhf_tapo.task.prepare import counterfactual_answers
     from openrlhf_tapo.task.questions import read_questions
-    from openrlhf_tapo.task.rl_loop import evaluate
 
     actor = load_actor(str(study.warm_dir))
-    engine = HFGenerationEngine(actor.model, study.processor)
     oargs = study.openrlhf_args()
-    max_len, k = oargs.data.max_len, args.eval_samples
-
-    def sampled(agent_config, rows, n):  # one seed for all: the permuted base is asked with the same random numbers
-        return evaluate(AgentExecutor(agent_config), rows, study.processor, engine, oargs, max_len, 1.0, n, GATE_SEED)
-
-    eval_rows = study.rows("eval")
-    log(f"gates: eval split at T = 1 ({len(eval_rows)} questions x {k})")
-    eval_summary, eval_responses = sampled(study.agent_config, eval_rows, k)
-    log("gates: eval split against the permuted base")
-    permuted_config, permuted_kb = permuted_agent_config(study, args)
-    _, permuted_responses = sampled(permuted_config, eval_rows, k)
-    questions = [q for q in read_questions(study.paths.questions["eval"]) for _ in range(k)]
-    answers = [gates.final_answer(r, study.processor.tokenizer) for r in permuted_responses]
-    following = gates.tool_following(
-        answers, [permuted_kb.by_id[q.entity_id].city for q in questions], [q.answer for q in questions]
+    eval_rows, train_rows = study.rows("eval"), study.rows("train")[: args.gate_prompts]
+    log(f"gates: {len(eval_rows)} eval questions x {args.eval_samples} at T = 1, on the original and the permuted "
+        f"base; GRPO groups of {len(train_rows)} x {args.n_samples} training questions")  # fmt: skip
+    measured = gates.measure(
+        AgentExecutor(study.agent_config),
+        AgentExecutor(load_agent_config(study.paths.counterfactual_agent_config)),
+        eval_rows,
+        [q.answer for q in read_questions(study.paths.questions["eval"])],
+        counterfactual_answers(study.paths.root, task_config(args)),
+        train_rows,
+        args.n_samples,
+        args.eval_samples,
+        study.processor,
+        HFGenerationEngine(actor.model, study.processor),
+        oargs,
+        oargs.data.max_len,
+        GATE_SEED,
     )
-    train_rows = study.rows("train")[: args.gate_prompts]
-    log(f"gates: GRPO groups of training questions ({len(train_rows)} x {args.n_samples})")
-    _, group_responses = sampled(study.agent_config, train_rows, args.n_samples)
-    correctable = gates.grpo_correctable(group_responses, args.n_samples)
-    values = {
-        "well_formed_calls": gates.well_formed_rate(eval_responses),
-        "tool_following": following["tool_following"],
-        "sampled_accuracy": eval_summary["accuracy"],
-        "correctable": correctable["failing_traj_correctable_frac"],
-    }
-    return {
-        "values": values,
-        "eval_tool_call_rate": eval_summary["tool_call_rate"],
-        "tool_following": following,
-        "correctable": correctable,
-        "groups_accuracy": sum(float(r["scores"] or 0.0) for r in group_responses) / len(group_responses),
-    }
+    measured.pop("eval_responses")
+    return measured
 
 
 def ensure_gates(study: Study, args, log) -> None:
@@ -343,7 +295,6 @@ def ensure_gates(study: Study, args, log) -> None:
     path = study.out / "gates.json"
     if not path.is_file():
         measured = measure_gates(study, args, log)
-        measured["checked"] = gates.check(measured["values"])
         path.write_text(json.dumps(measured, indent=1))
     measured = json.loads(path.read_text())
     failed = [name for name, g in measured["checked"].items() if not g["passed"]]

@@ -91,3 +91,55 @@ def format_gates(checked: dict[str, dict]) -> list[str]:
         need = f">= {low}" if high is None else f"{low}-{high}"
         lines.append(f"  {name:<20} {g['value']:.3f}  (needs {need})  {'PASS' if g['passed'] else 'FAIL'}")
     return lines
+
+
+def measure(
+    executor,
+    counterfactual_executor,
+    eval_rows: list[dict],
+    answers: Sequence[str],
+    counterfactual_answers: Sequence[str],
+    train_rows: list[dict],
+    group_size: int,
+    samples: int,
+    processor,
+    engine,
+    args,
+    max_len: int,
+    seed: int,
+) -> dict:
+    """Every gate of a policy (its `engine`), from temperature-1 rollouts on fixed seeds: `samples` per eval row with
+    the task's agent (`executor`) and with the agent on the permuted base (`counterfactual_executor`; the same
+    seeds, so both ask with the same random numbers), and GRPO groups of `group_size` over `train_rows`.
+
+    `answers` / `counterfactual_answers`: each eval row's answer on the original and on the permuted base.
+    Returns {"values": gate values, "checked": `check(values)`, details, "eval_responses": the eval rollouts}."""
+    from openrlhf_tapo.task.rl_loop import evaluate
+
+    def sampled(ex, rows, n):
+        return evaluate(ex, rows, processor, engine, args, max_len, 1.0, n, seed)
+
+    summary, responses = sampled(executor, eval_rows, samples)
+    _, flipped = sampled(counterfactual_executor, eval_rows, samples)
+    following = tool_following(
+        [final_answer(r, processor.tokenizer) for r in flipped],
+        [a for a in counterfactual_answers for _ in range(samples)],
+        [a for a in answers for _ in range(samples)],
+    )
+    _, groups = sampled(executor, train_rows, group_size)
+    correctable = grpo_correctable(groups, group_size)
+    values = {
+        "well_formed_calls": well_formed_rate(responses),
+        "tool_following": following["tool_following"],
+        "sampled_accuracy": summary["accuracy"],
+        "correctable": correctable["failing_traj_correctable_frac"],
+    }
+    return {
+        "values": values,
+        "checked": check(values),
+        "eval_tool_call_rate": summary["tool_call_rate"],
+        "tool_following": following,
+        "correctable": correctable,
+        "groups_accuracy": sum(float(r["scores"] or 0.0) for r in groups) / len(groups),
+        "eval_responses": responses,
+    }

@@ -119,6 +119,33 @@ def sft_step_loss(actor: Actor, batch: Experience, loss_fn: SFTLoss) -> torch.Te
     return loss_fn(log_probs, batch.action_mask)
 
 
+def train_warm_start(
+    actor: Actor,
+    executor,
+    rows: list[dict],
+    questions,
+    processor,
+    sampling_params,
+    max_len: int,
+    config: WarmStartConfig,
+    progress: Callable[[int, float], None] = lambda step, loss: None,
+) -> dict:
+    """The whole warm start of the bundled task: teacher and gold traces of the first `config.traces` questions
+    (`rows` are their prompt rows) through the real agent, then `warm_start`. Returns the losses and the teacher's
+    accuracy on its traces."""
+    config.validate()
+    questions = list(questions)[: config.traces]
+    rows = rows[: len(questions)]
+    turns = teacher_turns(questions, config)
+    traces = gold_traces(executor, rows, turns, processor, sampling_params, max_len)
+    gold_turns = [list(q.gold_actions) for q in questions]
+    gold = (gold_traces(executor, rows, gold_turns, processor, sampling_params, max_len), gold_turns)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    losses = warm_start(actor, traces, gold, tokenizer, max_len, config, progress)
+    teacher = sum(float(t["scores"] or 0.0) for t in traces) / len(traces)
+    return {"losses": losses, "traces": len(traces), "teacher_accuracy": teacher}
+
+
 def teacher_turns(questions, config: WarmStartConfig) -> list[list[str]]:
     """The weak teacher's assistant turns for each question (seeded by `config.seed`)."""
     rng = random.Random(config.seed)
