@@ -22,11 +22,12 @@ import yaml
 
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
-from openrlhf_tapo.agent.data import AgentSample, write_openrlhf_jsonl
+from openrlhf_tapo.agent.data import write_openrlhf_jsonl
+from openrlhf_tapo.agent.datasets import AgentSample
 from openrlhf_tapo.task.knowledge_base import KnowledgeBase, KnowledgeBaseConfig
 from openrlhf_tapo.task.questions import Question, QuestionSetConfig, generate_questions, write_questions
 from openrlhf_tapo.task.tiny_model import build_tiny_vlm
-from openrlhf_tapo.tools.runner import build_tool_runner
+from openrlhf_tapo.tools.registry import build_tool_runner
 
 PROMPT_KEYS = {"input_key": "prompt", "label_key": "label", "image_key": "images"}  # OpenRLHF's --data.* keys
 
