@@ -203,13 +203,18 @@ def test_every_flag_of_ours_has_help_from_where_its_default_is_defined():
 def test_bad_yaml_keys_are_named(tmp_path, capsys, no_launch):
     config = tmp_path / "tapo.yaml"
     config.write_text("tapo: {betta: 0.5}\n")
-    assert "unknown key tapo.betta" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    error = _error(capsys, [*BASE, "--tapo.config", str(config)])
+    assert "section tapo: unknown key(s) betta (known: alpha_min, beta," in error
     config.write_text("tapo: {beta: high}\n")
     assert "--tapo.beta (in the --tapo.config YAML): tapo.beta must be a finite number" in _error(
         capsys, [*BASE, "--tapo.config", str(config)]
     )
     config.write_text("critic: {lr: 1}\n")
-    assert "unknown section 'critic'" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    assert "unknown key(s) critic (known: actor, agent, tapo)" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    config.write_text("- tapo\n")
+    assert "expected a mapping at top level, got list" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    config.write_text("tapo: [beta\n")
+    assert "not valid YAML" in _error(capsys, [*BASE, "--tapo.config", str(config)])
 
 
 def test_openrlhf_rejects_its_own_bad_flags(capsys, no_launch):

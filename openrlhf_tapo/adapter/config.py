@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
+from openrlhf_tapo.utils.config_files import ConfigError, check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ def check_tapo_compatible(args) -> None:
         )
 
 
-def yaml_sections(data: Any, source: str) -> dict[str, Any]:
-    """Flatten a `--tapo.config` YAML into {dotted flag name: value} for the flags our CLI owns.
+def yaml_sections(data: dict, source: str) -> dict[str, Any]:
+    """Flatten a `--tapo.config` YAML's mapping (read by utils/config_files.load_yaml_mapping) into
+    {dotted flag name: value} for the flags our CLI owns.
 
     Accepted layout (every key optional)::
 
@@ -116,21 +118,11 @@ def yaml_sections(data: Any, source: str) -> dict[str, Any]:
         "actor": {"policy_loss_type", "sapo_tau_pos", "sapo_tau_neg"},
         "agent": {"config"},
     }
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TAPOConfigError(
-            f"{source}: expected a mapping with sections {sorted(allowed)}, got {type(data).__name__}"
-        )
+    check_keys(data, allowed, source)
     flat = {}
     for section, values in data.items():
-        if section not in allowed:
-            raise TAPOConfigError(f"{source}: unknown section {section!r}; allowed: {', '.join(sorted(allowed))}")
         if not isinstance(values, dict):
-            raise TAPOConfigError(f"{source}: section {section!r} must be a mapping, got {type(values).__name__}")
-        for key, value in values.items():
-            if key not in allowed[section]:
-                known = ", ".join(sorted(allowed[section]))
-                raise TAPOConfigError(f"{source}: unknown key {section}.{key}; allowed in {section}: {known}")
-            flat[f"{section}.{key}"] = value
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {type(values).__name__}")
+        check_keys(values, allowed[section], f"{source}, section {section}")
+        flat.update({f"{section}.{key}": value for key, value in values.items()})
     return flat

@@ -34,8 +34,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
-
 from openrlhf_tapo.adapter.config import (
     TAPO_FIELDS,
     TAPOConfigError,
@@ -46,6 +44,7 @@ from openrlhf_tapo.adapter.config import (
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import OBS_CHECKS, SCOPES, SPANS, TAPOConfig
+from openrlhf_tapo.utils.config_files import ConfigError, load_yaml_mapping
 
 PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
 EXECUTOR_PATH = str(Path(__file__).resolve().parent.parent / "agent" / "executor.py")
@@ -151,14 +150,10 @@ def _has_flag(argv: list[str], flag: str) -> bool:
 
 
 def _load_yaml(path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise LaunchError(f"--tapo.config {path}: no such file")
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise LaunchError(f"--tapo.config {path}: not valid YAML ({err})") from None
-    return yaml_sections(data, f"--tapo.config {path}")
+        return yaml_sections(load_yaml_mapping(path, "--tapo.config"), f"--tapo.config {path}")
+    except ConfigError as err:
+        raise LaunchError(str(err)) from None
 
 
 def _our_values(argv: list[str]) -> tuple[dict, dict, list[str]]:
