@@ -254,7 +254,7 @@ def main() -> None:
     ray.init = lambda *args, **kwargs: ray_init_calls.append([list(args), kwargs])  # what the profile wraps
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "7"  # a user's own value must win over the profile's default
     result = {"applied": apply_cpu_profile(), "applied_again": apply_cpu_profile()}
-    ray.init(runtime_env={"worker_process_setup_hook": "pkg.mod.hook", "env_vars": {"A": "1"}})
+    ray.init(runtime_env={"env_vars": {"A": "1"}, "working_dir": "/x"})
     ray.init(num_cpus=3)
     ray.init(address="auto")
     result["ray_init_calls"] = ray_init_calls

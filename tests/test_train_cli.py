@@ -7,7 +7,7 @@ import pytest
 import ray
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter import inject
+from openrlhf_tapo.adapter import inject, ray_workers
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli import train_ppo_ray as cli
@@ -75,7 +75,10 @@ def test_dry_run_prints_the_resolved_configuration(capsys, inputs, no_launch):
     assert resolved["train"]["agent_func_path"] == cli.EXECUTOR_PATH  # filled in from --agent.config
     assert resolved["reward"]["remote_url"] == ["agent"]  # OpenRLHF's own validation ran on it
     env = resolved["ray_worker_runtime_env"]
-    assert env == {"worker_process_setup_hook": inject.SETUP_HOOK, "env_vars": {inject.AGENT_CONFIG_ENV: agent_yaml}}
+    assert env == {
+        "worker_process_setup_hook": ray_workers.SETUP_HOOK,
+        "env_vars": {ray_workers.PATCH_SETS_ENV: "injection", inject.AGENT_CONFIG_ENV: agent_yaml},
+    }
 
 
 def test_yaml_defaults_and_command_line_precedence(tmp_path, agent_yaml):
@@ -237,8 +240,9 @@ def test_launch_runs_openrlhf_train_with_our_runtime_env(monkeypatch, agent_yaml
     with pytest.raises(Stop):
         cli.launch(args)
     env = seen["runtime_env"]
-    assert env["worker_process_setup_hook"] == inject.SETUP_HOOK
+    assert env["worker_process_setup_hook"] == ray_workers.SETUP_HOOK
     assert env["env_vars"][inject.AGENT_CONFIG_ENV] == agent_yaml
+    assert env["env_vars"][ray_workers.PATCH_SETS_ENV] == "injection"
     assert {"TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"} <= set(env["env_vars"])
     assert ray.init is recording_init  # our wrapper is gone again
 

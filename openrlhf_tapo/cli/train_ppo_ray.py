@@ -348,11 +348,12 @@ def _redacted(value, name: str = ""):
 
 def describe(args) -> str:
     """The resolved configuration as JSON: OpenRLHF's args with ours, and what the Ray workers will get."""
-    from openrlhf_tapo.adapter.inject import worker_runtime_env
+    from openrlhf_tapo.adapter import inject, ray_workers
 
     resolved = _redacted(_plain(args))
     resolved.pop("dry_run", None)
-    resolved["ray_worker_runtime_env"] = worker_runtime_env(args.agent.config)
+    with ray_workers.requested("injection", inject.worker_env_vars(args.agent.config)):
+        resolved["ray_worker_runtime_env"] = ray_workers.worker_runtime_env()
     return json.dumps(resolved, indent=2, sort_keys=True)
 
 
@@ -361,14 +362,15 @@ def launch(args) -> None:
     import ray
     from openrlhf.cli.train_ppo_ray import train
 
-    from openrlhf_tapo.adapter.inject import ray_init_adds, require_injection_in_session, verify, worker_runtime_env
+    from openrlhf_tapo.adapter import inject, ray_workers
 
-    verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
+    inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
+    env_vars = inject.worker_env_vars(args.agent.config)
     if ray.is_initialized():
-        require_injection_in_session(args.agent.config)
+        ray_workers.require_in_session("injection", env_vars)
         train(args)
         return
-    with ray_init_adds(worker_runtime_env(args.agent.config)):
+    with ray_workers.requested("injection", env_vars):
         train(args)
 
 
