@@ -98,7 +98,7 @@ def test_yaml_defaults_and_command_line_precedence(tmp_path, agent_yaml):
     assert off.tapo.enable is False
 
 
-def test_shipped_tapo_yaml_is_the_documented_defaults(agent_yaml):
+def test_shipped_tapo_yaml_enables_tapo_with_the_dataclass_defaults(agent_yaml):
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
 
     args = cli.resolve_args([*BASE, "--tapo.config", "configs/tapo.yaml", "--agent.config", agent_yaml])
