@@ -8,6 +8,7 @@ import ray
 from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter import inject, ray_workers
+from openrlhf_tapo.adapter.config import LOSS_FLAG_FIELDS
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli import train_ppo_ray as cli
@@ -139,7 +140,7 @@ def test_explicit_agent_func_path_is_kept(agent_yaml):
         (["--tapo.similarity", "zoom=nope"], "tapo.similarity['zoom'] = 'nope' is not a registered similarity"),
         (["--actor.policy_loss_type", "grpo"], "argument --actor.policy_loss_type: invalid choice: 'grpo'"),
         (["--actor.sapo_tau_pos", "2"], "--actor.sapo_tau_pos only apply to --actor.policy_loss_type sapo"),
-        (["--actor.policy_loss_type", "sapo", "--actor.sapo_tau_neg", "0"], "--actor.sapo_tau_neg must be"),
+        (["--actor.policy_loss_type", "sapo", "--actor.sapo_tau_neg", "0"], "--actor.sapo_tau_neg: sapo_tau_pos/neg"),
         (["--actor.policy_loss_type", "sapo", "--actor.dual_clip", "3"], "dual_clip has no effect on sapo"),
         (["--agent.config", "/no/such.yaml"], "--agent.config /no/such.yaml"),
         (["--tapo.config", "/no/such.yaml"], "--tapo.config /no/such.yaml: no such file"),
@@ -193,7 +194,7 @@ def test_every_flag_of_ours_has_help_from_where_its_default_is_defined():
         assert action.help, action.option_strings
     for config, prefix, names in (
         (TAPOConfig, "--tapo.", [f.name for f in dataclasses.fields(TAPOConfig)]),
-        (PolicyLossConfig, "--actor.", ["sapo_tau_pos", "sapo_tau_neg"]),
+        (PolicyLossConfig, "--actor.", LOSS_FLAG_FIELDS),
     ):
         fields = {f.name: f for f in dataclasses.fields(config)}
         for name in names:
@@ -201,6 +202,20 @@ def test_every_flag_of_ours_has_help_from_where_its_default_is_defined():
             assert help_text.startswith(fields[name].metadata["help"]), name
             default = getattr(config(), name)
             assert help_text.endswith(f"(default: {'off' if default is None else default})"), name
+
+
+def test_our_flags_are_generated_from_the_dataclass_fields():
+    """Type, choices, off switch and help of each flag come from its field: a new field is a new flag."""
+    from openrlhf_tapo.algorithms.tapo import OBS_CHECKS, SCOPES, SPANS
+
+    actions = {a.option_strings[0]: a for a in cli.build_parser()._actions if a.option_strings}
+    assert {f"--tapo.{f.name}" for f in dataclasses.fields(TAPOConfig)} <= set(actions)
+    assert LOSS_FLAG_FIELDS == ("sapo_tau_pos", "sapo_tau_neg")  # the documented PolicyLossConfig fields
+    assert (actions["--tapo.scope"].choices, actions["--tapo.span"].choices) == (SCOPES, SPANS)
+    assert actions["--tapo.obs_check"].choices == OBS_CHECKS
+    assert actions["--tapo.no_support"].dest == "tapo.use_support" and actions["--tapo.no_clip"].const is False
+    given = vars(cli.build_parser().parse_args(["--tapo.beta", "0.3", "--tapo.turn_window", "off", "--tapo.no_clip"]))
+    assert given == {"tapo.beta": 0.3, "tapo.turn_window": None, "tapo.clip_at_zero": False}
 
 
 def test_bad_yaml_keys_are_named(tmp_path, capsys, no_launch):

@@ -17,12 +17,16 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.utils.config_files import ConfigError, check_keys
 
 logger = logging.getLogger(__name__)
 
 TAPO_FIELDS = tuple(f.name for f in dataclasses.fields(TAPOConfig))
+# PolicyLossConfig's fields that are our flags (`--actor.<field>`): the ones documented for the launcher. The others
+# come from OpenRLHF's own flags (--actor.eps_clip_low_high, --actor.dual_clip).
+LOSS_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyLossConfig) if "help" in f.metadata)
 
 # Estimators whose advantage is one group-relative value per trajectory (same on every action token), the quantity
 # TAPO compares and corrects. rloo's leave-one-out baseline is dr_grpo's mean baseline scaled by n / (n - 1).
@@ -115,7 +119,7 @@ def yaml_sections(data: dict, source: str) -> dict[str, Any]:
     """
     allowed = {
         "tapo": {"enable", *TAPO_FIELDS},
-        "actor": {"policy_loss_type", "sapo_tau_pos", "sapo_tau_neg"},
+        "actor": {"policy_loss_type", *LOSS_FLAG_FIELDS},
         "agent": {"config"},
     }
     check_keys(data, allowed, source)
