@@ -248,7 +248,7 @@ def probe_worker_wrap(result: dict) -> None:
 def main() -> None:
     import ray
 
-    from openrlhf_tapo.adapter.cpu_profile import CPU_PROFILE_ENV, apply_cpu_profile, is_cpu_profile_active
+    from openrlhf_tapo.adapter.cpu_profile import CPU_PROFILE_ENV, apply_cpu_profile
 
     ray_init_calls = []
     ray.init = lambda *args, **kwargs: ray_init_calls.append([list(args), kwargs])  # what the profile wraps
@@ -258,7 +258,6 @@ def main() -> None:
     ray.init(num_cpus=3)
     ray.init(address="auto")
     result["ray_init_calls"] = ray_init_calls
-    result["active"] = is_cpu_profile_active()
     result["env"] = {key: os.environ.get(key) for key in CPU_PROFILE_ENV}
     import openrlhf.models.ring_attn_utils  # noqa: F401  (imports flash_attn at module level)
 

@@ -451,11 +451,6 @@ def apply_cpu_profile() -> list[str]:
     return list(_APPLIED)
 
 
-def is_cpu_profile_active() -> bool:
-    """True once `apply_cpu_profile()` ran in this process."""
-    return len(_APPLIED) == len(PATCHES)
-
-
 DEFAULT_ENTRY = "openrlhf.cli.train_ppo_ray"
 
 

@@ -76,7 +76,6 @@ ERROR_KINDS = (
     "judge",
     "other",
 )
-PARSE_ERRORS = frozenset({protocol.BAD_JSON, protocol.BAD_CALL, protocol.UNCLOSED})
 
 
 @dataclass

@@ -43,10 +43,6 @@ class ImageRefError(ToolError):
     kind = "image_ref"
 
 
-class ToolLimitError(ToolError):
-    kind = "call_limit"
-
-
 ERROR_PREFIX = "Error: "
 
 
