@@ -258,6 +258,7 @@ def main() -> None:
     ray.init(num_cpus=3)
     ray.init(address="auto")
     result["ray_init_calls"] = ray_init_calls
+    result["shm_op_builder"] = sys.modules["deepspeed.comm.torch"].build_shm_op.__name__  # what TorchBackend calls
     result["env"] = {key: os.environ.get(key) for key in CPU_PROFILE_ENV}
     import openrlhf.models.ring_attn_utils  # noqa: F401  (imports flash_attn at module level)
 

@@ -68,6 +68,7 @@ def test_deepspeed_strategy_trains_on_cpu(probe):
     assert probe["all_reduce"] == 3.0  # world of one: the sum is the value
     assert probe["all_gather"] == [5.0]
     assert probe["optimizer_class"] == "torch.optim.adamw.AdamW"  # not DeepSpeed's JIT-built FusedAdam
+    assert probe["shm_op_builder"] == "_noop"  # DeepSpeed's shared-memory op is not JIT-built
     assert probe["weights_moved"] > 0
 
 

@@ -41,6 +41,7 @@ applies the profile there (before the TAPO injection, when the launcher asked fo
 has the measurements, the exact errors each patch fixes, and what is not covered.
 """
 
+import importlib
 import os
 import runpy
 import sys
@@ -169,8 +170,9 @@ def _device_mesh_cpu():
 @_once("deepspeed_no_shm_op")
 def _deepspeed_no_shm_op():
     """Skip DeepSpeed's JIT-compiled shared-memory collective op on CPU (gloo does the collectives)."""
-    import deepspeed.comm.torch as ds_comm_torch
-
+    # Not `import deepspeed.comm.torch as ...`: that binds the attribute `torch` of `deepspeed.comm`, which is the
+    # torch package (deepspeed.comm imports it), so the op would be set on torch and DeepSpeed would still build it.
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
     ds_comm_torch.build_shm_op = _noop
 
 
