@@ -34,7 +34,7 @@ from openrlhf_tapo.agent.hf_engine import CompletionOutput, RequestOutput  # noq
 from openrlhf_tapo.agent.protocol import DEFAULT_INSTRUCTIONS, build_prompt  # noqa: E402
 from openrlhf_tapo.search.base import SearchBackend, TextHit  # noqa: E402
 from openrlhf_tapo.task.tiny_model import build_processor, build_tokenizer  # noqa: E402
-from openrlhf_tapo.tools.runner import build_tool_runner  # noqa: E402
+from openrlhf_tapo.tools.registry import build_tool_runner  # noqa: E402
 
 CALLS = 3
 TURNS = [

@@ -19,7 +19,7 @@ from PIL import Image
 
 from openrlhf_tapo.search.base import ImageHit, SearchBackend, TextHit
 from openrlhf_tapo.tools import ToolCache, ToolContext, ToolRunner, ToolsConfig
-from openrlhf_tapo.tools.runner import build_tools
+from openrlhf_tapo.tools.registry import build_tools
 
 THUMBS = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(3)]
 QUESTION = [

@@ -74,11 +74,12 @@ def check_cuda() -> list[str]:
 
 
 def check_injection() -> list[str]:
-    """Run the hook Ray runs in every worker (adapter/inject.py), then import the modules it patches."""
+    """Run the hook Ray runs in every worker (adapter/ray_workers.py, applying adapter/inject.py), then import the
+    modules it patches."""
     try:
-        from openrlhf_tapo.adapter import inject
+        from openrlhf_tapo.adapter import inject, ray_workers
 
-        module, _, name = inject.SETUP_HOOK.rpartition(".")
+        module, _, name = ray_workers.SETUP_HOOK.rpartition(".")
         getattr(importlib.import_module(module), name)()
         for patched in inject.PATCHES:
             importlib.import_module(patched)
@@ -87,7 +88,7 @@ def check_injection() -> list[str]:
     missing = sorted(set(inject.PATCHES) - set(inject.PATCHED))
     if missing:
         return [f"injection: OpenRLHF modules not patched: {', '.join(missing)}"]
-    print(f"ok    injection: {inject.SETUP_HOOK} patches {', '.join(inject.PATCHES)}")
+    print(f"ok    injection: {ray_workers.SETUP_HOOK} patches {', '.join(inject.PATCHES)}")
     return []
 
 

@@ -248,17 +248,17 @@ def probe_worker_wrap(result: dict) -> None:
 def main() -> None:
     import ray
 
-    from openrlhf_tapo.adapter.cpu_profile import CPU_PROFILE_ENV, apply_cpu_profile, is_cpu_profile_active
+    from openrlhf_tapo.adapter.cpu_profile import CPU_PROFILE_ENV, apply_cpu_profile
 
     ray_init_calls = []
     ray.init = lambda *args, **kwargs: ray_init_calls.append([list(args), kwargs])  # what the profile wraps
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "7"  # a user's own value must win over the profile's default
     result = {"applied": apply_cpu_profile(), "applied_again": apply_cpu_profile()}
-    ray.init(runtime_env={"worker_process_setup_hook": "pkg.mod.hook", "env_vars": {"A": "1"}})
+    ray.init(runtime_env={"env_vars": {"A": "1"}, "working_dir": "/x"})
     ray.init(num_cpus=3)
     ray.init(address="auto")
     result["ray_init_calls"] = ray_init_calls
-    result["active"] = is_cpu_profile_active()
+    result["shm_op_builder"] = sys.modules["deepspeed.comm.torch"].build_shm_op.__name__  # what TorchBackend calls
     result["env"] = {key: os.environ.get(key) for key in CPU_PROFILE_ENV}
     import openrlhf.models.ring_attn_utils  # noqa: F401  (imports flash_attn at module level)
 

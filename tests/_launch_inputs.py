@@ -9,7 +9,8 @@ from _agent_helpers import make_index, picture
 
 
 def launch_inputs(root: Path) -> SimpleNamespace:
-    from openrlhf_tapo.agent.data import AgentSample, write_openrlhf_jsonl
+    from openrlhf_tapo.agent.data import write_openrlhf_jsonl
+    from openrlhf_tapo.agent.datasets import AgentSample
 
     root.mkdir(parents=True, exist_ok=True)
     make_index(root / "index")

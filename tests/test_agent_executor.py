@@ -22,7 +22,7 @@ from openrlhf_tapo.agent.rollout import ERROR_KINDS, AgentExecutor
 from openrlhf_tapo.search.base import SearchBackend, SearchError, SearchTimeout
 from openrlhf_tapo.task.tiny_model import load_processor
 from openrlhf_tapo.tools.base import ToolContext, bbox_to_pixels
-from openrlhf_tapo.tools.runner import build_tool_runner
+from openrlhf_tapo.tools.registry import build_tool_runner
 
 MAX_LEN = 4096
 SEARCH = '<tool_call>{"name": "text_search", "arguments": {"query": "Eiffel Tower"}}</tool_call>'

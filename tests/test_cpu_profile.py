@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_tapo.adapter import cpu_profile
+from openrlhf_tapo.adapter import cpu_profile, ray_workers
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -39,7 +39,6 @@ def test_every_patch_applies_once(probe):
     names = [patch.patch_name for patch in cpu_profile.PATCHES]
     assert probe["applied"] == names
     assert probe["applied_again"] == names  # idempotent: a second call changes nothing
-    assert probe["active"] is True
 
 
 def test_profile_environment_and_user_values_win(probe):
@@ -69,6 +68,7 @@ def test_deepspeed_strategy_trains_on_cpu(probe):
     assert probe["all_reduce"] == 3.0  # world of one: the sum is the value
     assert probe["all_gather"] == [5.0]
     assert probe["optimizer_class"] == "torch.optim.adamw.AdamW"  # not DeepSpeed's JIT-built FusedAdam
+    assert probe["shm_op_builder"] == "_noop"  # DeepSpeed's shared-memory op is not JIT-built
     assert probe["weights_moved"] > 0
 
 
@@ -91,49 +91,18 @@ def test_cpu_worker_wrap_receives_loads_and_repacks(probe):
     assert probe["repack_dispatch_calls"] == [[6.0, False]]
 
 
-def test_ray_init_starts_a_cpu_node_and_chains_the_callers_hook(probe):
-    (_, chained), (_, explicit), (_, connect) = probe["ray_init_calls"]
-    assert chained["num_gpus"] >= 2  # fake GPUs: OpenRLHF's {"GPU": 1, "CPU": 1} bundles schedule
-    assert chained["runtime_env"]["worker_process_setup_hook"] == cpu_profile.SETUP_HOOK
-    assert chained["runtime_env"]["env_vars"][cpu_profile.NEXT_SETUP_HOOK_ENV] == "pkg.mod.hook"
-    assert chained["runtime_env"]["env_vars"]["A"] == "1"
+def test_ray_init_starts_a_cpu_node_whose_workers_apply_the_profile(probe):
+    (_, started), (_, explicit), (_, connect) = probe["ray_init_calls"]
+    assert started["num_gpus"] >= 2 and started["num_cpus"] >= 4  # fake GPUs: OpenRLHF's bundles schedule
+    env = started["runtime_env"]
+    assert env["worker_process_setup_hook"] == ray_workers.SETUP_HOOK
+    assert env["env_vars"][ray_workers.PATCH_SETS_ENV] == "cpu_profile"
+    assert env["env_vars"]["A"] == "1" and env["env_vars"]["DS_ACCELERATOR"] == "cpu"  # the caller's and ours
+    assert env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "7"  # the user's value reaches the workers
+    assert env["working_dir"] == "/x"  # other runtime_env keys pass through
     assert explicit["num_cpus"] == 3  # the caller's explicit value wins
     assert "num_gpus" not in connect and connect["address"] == "auto"  # joining a cluster: no resources added
-    assert connect["runtime_env"]["worker_process_setup_hook"] == cpu_profile.SETUP_HOOK
-
-
-def test_ray_init_kwargs_fake_gpus_and_chained_hook(monkeypatch):
-    for key in cpu_profile.CPU_PROFILE_ENV:
-        monkeypatch.delenv(key, raising=False)
-    kwargs = cpu_profile.cpu_ray_init_kwargs(
-        runtime_env={"worker_process_setup_hook": "pkg.mod.hook", "env_vars": {"A": "1"}, "working_dir": "/x"}
-    )
-    assert kwargs["num_gpus"] >= 2 and kwargs["num_cpus"] >= 4
-    env = kwargs["runtime_env"]
-    assert env["worker_process_setup_hook"] == cpu_profile.SETUP_HOOK
-    assert env["env_vars"][cpu_profile.NEXT_SETUP_HOOK_ENV] == "pkg.mod.hook"
-    assert env["env_vars"]["A"] == "1" and env["env_vars"]["DS_ACCELERATOR"] == "cpu"
-    assert env["working_dir"] == "/x"  # other runtime_env keys pass through
-    plain = cpu_profile.cpu_ray_init_kwargs()["runtime_env"]["env_vars"]
-    assert cpu_profile.NEXT_SETUP_HOOK_ENV not in plain
-
-
-def test_ray_init_kwargs_rejects_callable_hook():
-    with pytest.raises(TypeError, match="package.module.function"):
-        cpu_profile.cpu_ray_init_kwargs(runtime_env={"worker_process_setup_hook": print})
-
-
-def test_setup_worker_runs_the_next_hook_after_the_profile(monkeypatch):
-    calls = []
-    monkeypatch.setattr(cpu_profile, "apply_cpu_profile", lambda: calls.append("profile"))
-    monkeypatch.setitem(sys.modules, "_cpu_profile_next_hook", type(sys)("_cpu_profile_next_hook"))
-    sys.modules["_cpu_profile_next_hook"].hook = lambda: calls.append("next")
-    monkeypatch.setenv(cpu_profile.NEXT_SETUP_HOOK_ENV, "_cpu_profile_next_hook.hook")
-    cpu_profile.setup_worker()
-    assert calls == ["profile", "next"]
-    monkeypatch.setenv(cpu_profile.NEXT_SETUP_HOOK_ENV, "no_module_part")
-    with pytest.raises(ValueError, match="package.module.function"):
-        cpu_profile.setup_worker()
+    assert connect["runtime_env"]["worker_process_setup_hook"] == ray_workers.SETUP_HOOK
 
 
 def test_vllm_model_impl_choice(tmp_path, monkeypatch):

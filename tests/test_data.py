@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from openrlhf_tapo.agent.data import DatasetRowError, convert, main, read_dataset, read_jsonl
+from openrlhf_tapo.agent.data import convert, main
+from openrlhf_tapo.agent.datasets import DatasetRowError, read_dataset, read_jsonl
 from openrlhf_tapo.agent.reward import Label, parse_label
 
 SHARED = Path("/work/shared/data/mmsearch_r1_mini.parquet")

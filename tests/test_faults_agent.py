@@ -20,7 +20,7 @@ from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.rollout import AgentExecutor
 from openrlhf_tapo.search.base import ImageHit, TextHit
 from openrlhf_tapo.task.tiny_model import load_processor
-from openrlhf_tapo.tools.runner import build_tool_runner
+from openrlhf_tapo.tools.registry import build_tool_runner
 
 HUGE_INT = "9" * 5000
 DEEP = "[" * 5000 + "]" * 5000

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from openrlhf_tapo.agent.data import DatasetFileError, DatasetRowError, main, read_dataset
+from openrlhf_tapo.agent.data import main
+from openrlhf_tapo.agent.datasets import DatasetFileError, DatasetRowError, read_dataset
 
 HUGE_INT = "9" * 5000
 

@@ -20,7 +20,7 @@ from openrlhf_tapo.search.http_common import HttpSettings
 from openrlhf_tapo.search.http_service import ServiceConfig, start_service
 from openrlhf_tapo.search.local_index import LocalIndex
 from openrlhf_tapo.tools import ToolContext, ToolRunner, ToolsConfig
-from openrlhf_tapo.tools.runner import build_tools
+from openrlhf_tapo.tools.registry import build_tools
 
 JSON = {"Content-Type": "application/json"}
 HUGE_INT = "9" * 5000

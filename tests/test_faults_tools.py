@@ -23,7 +23,7 @@ from openrlhf_tapo.search.base import (
     TextHit,
 )
 from openrlhf_tapo.tools import ToolCache, ToolContext, ToolRunner, ToolsConfig
-from openrlhf_tapo.tools.runner import build_tools
+from openrlhf_tapo.tools.registry import build_tools
 
 SECRET = "sk-live-0123456789abcdef"
 HUGE_INT = "9" * 5000  # over Python's 4,300-digit limit for int()

@@ -14,8 +14,9 @@ import pytest
 from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
-from openrlhf_tapo.cli.train_ppo_ray import openrlhf_argv, resolve_args
+from openrlhf_tapo.cli.train_ppo_ray import build_parser, openrlhf_argv, resolve_args
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "examples" / "scripts"
@@ -86,6 +87,17 @@ def test_loss_settings_per_script(submit):
     default = submit("train_tapo_ray.sh")["argv"]
     assert "--tapo.beta" not in default  # beta's default is defined in TAPOConfig, not restated by the script
     assert resolve_args(default).tapo.beta == TAPOConfig().beta
+
+
+@pytest.mark.parametrize("script", TAPO_SCRIPTS)
+def test_scripts_pass_none_of_our_flags_at_its_default(submit, script):
+    """A default is defined once, in its dataclass: a script that passes it again would be a second definition."""
+    given = vars(build_parser().parse_known_args(submit(script)["argv"])[0])
+    defaults = {f"tapo.{k}": v for k, v in vars(TAPOConfig()).items()}
+    defaults.update({f"actor.{k}": v for k, v in vars(PolicyLossConfig()).items()})
+    defaults["actor.policy_loss_type"] = "ppo"
+    repeated = sorted(flag for flag, value in given.items() if flag in defaults and value == defaults[flag])
+    assert repeated == [], f"{script} passes defaults: {repeated}"
 
 
 def test_tapo_and_baseline_are_the_same_openrlhf_job(submit):

@@ -13,10 +13,10 @@ from pathlib import Path
 import openrlhf
 import pytest
 
-from openrlhf_tapo.adapter import cpu_profile, inject, patches
+from openrlhf_tapo.adapter import cpu_profile, inject, patches, ray_workers
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = (*patches.INJECTION, *patches.CPU_PROFILE)
+ALL = (*patches.INJECTION, *patches.CPU_PROFILE, *patches.RAY)
 EDITED = "openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__"
 
 
@@ -34,7 +34,8 @@ def test_every_declared_step_is_one_the_code_applies():
     profile_steps = {patch.patch_name for patch in cpu_profile.PATCHES}
     # applied outside the step list: in vLLM's worker process (CPUWorkerWrap), and around OpenRLHF's train()
     assert {patch.step for patch in patches.CPU_PROFILE} <= profile_steps | {"vllm_cpu_keep_linear_weights"}
-    assert {patch.step for patch in patches.INJECTION} == set(inject.PATCHES) | {"ray_init_adds"}
+    assert {patch.step for patch in patches.INJECTION} == set(inject.PATCHES)
+    assert [patch.target for patch in ALL].count("ray:init") == 1  # one ray.init wrapper (adapter/ray_workers.py)
     # each patched module of the injection declares what it replaces there
     for module in inject.PATCHES:
         assert all(p.target.startswith(module + ":") for p in patches.declared(module, patches.INJECTION))
@@ -63,9 +64,9 @@ def test_apply_refuses_before_installing_and_the_override_warns(monkeypatch, cap
 
 def test_the_override_reaches_the_workers(monkeypatch):
     monkeypatch.delenv(patches.ALLOW_UNVERIFIED_ENV, raising=False)
-    assert patches.ALLOW_UNVERIFIED_ENV not in inject.worker_runtime_env()["env_vars"]
+    assert patches.ALLOW_UNVERIFIED_ENV not in ray_workers.worker_runtime_env({"injection": {}})["env_vars"]
     monkeypatch.setenv(patches.ALLOW_UNVERIFIED_ENV, "1")
-    assert inject.worker_runtime_env()["env_vars"][patches.ALLOW_UNVERIFIED_ENV] == "1"
+    assert ray_workers.worker_runtime_env({"injection": {}})["env_vars"][patches.ALLOW_UNVERIFIED_ENV] == "1"
 
 
 @pytest.fixture

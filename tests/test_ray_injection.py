@@ -1,11 +1,11 @@
 """Our experience maker and PolicyLoss reach REAL Ray actor processes (local CPU Ray cluster).
 
-Ray is initialised the way our launcher does it (`ray_init_adds` around the `ray.init` that OpenRLHF's `train()`
-would call), with args resolved by our CLI. Inside actor processes, OpenRLHF's own classes are built through their
-own constructors: `BasePPOTrainer.__init__` (what `PPOTrainer` and the async `TrainingActor` run) must create our
-experience maker, `ActorPPOTrainer.__init__` (what every `PolicyModelActor` runs) must hold our loss with the
-command line's SAPO temperature. The nested actor stands for `PPOTrainerAsync`, which starts its `TrainingActor`
-from inside its own actor process: its setup hook must have run too.
+Ray is initialised the way our launcher does it (`ray_workers.requested("injection", ...)` around the `ray.init`
+that OpenRLHF's `train()` would call), with args resolved by our CLI. Inside actor processes, OpenRLHF's own classes
+are built through their own constructors: `BasePPOTrainer.__init__` (what `PPOTrainer` and the async `TrainingActor`
+run) must create our experience maker, `ActorPPOTrainer.__init__` (what every `PolicyModelActor` runs) must hold our
+loss with the command line's SAPO temperature. The nested actor stands for `PPOTrainerAsync`, which starts its
+`TrainingActor` from inside its own actor process: its setup hook must have run too.
 """
 
 import json
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from openrlhf_tapo.adapter import inject
+from openrlhf_tapo.adapter import inject, ray_workers
 from openrlhf_tapo.cli.train_ppo_ray import resolve_args
 
 ray = pytest.importorskip("ray")
@@ -89,7 +89,7 @@ def session(tmp_path_factory):
         ]
     )  # fmt: skip
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this test module is not importable in workers
-    with inject.ray_init_adds(inject.worker_runtime_env(args.agent.config)):
+    with ray_workers.requested("injection", inject.worker_env_vars(args.agent.config)):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield args
@@ -115,9 +115,9 @@ def test_injection_reaches_actor_processes(session):
 
 
 def test_session_check_passes_with_our_hook_and_names_a_wrong_agent_config(session):
-    inject.require_injection_in_session(session.agent.config)
+    ray_workers.require_in_session("injection", inject.worker_env_vars(session.agent.config))
     with pytest.raises(RuntimeError, match="OPENRLHF_TAPO_AGENT_CONFIG"):
-        inject.require_injection_in_session("/elsewhere/agent.yaml")
+        ray_workers.require_in_session("injection", inject.worker_env_vars("/elsewhere/agent.yaml"))
 
 
 def test_merge_leaves_keys_the_submitted_job_sets_to_the_job(monkeypatch):
@@ -127,12 +127,16 @@ def test_merge_leaves_keys_the_submitted_job_sets_to_the_job(monkeypatch):
     job = {"env_vars": {inject.AGENT_CONFIG_ENV: "/job/agent.yaml", "NCCL_DEBUG": "INFO"}}
     monkeypatch.setenv(RAY_JOB_CONFIG_JSON_ENV_VAR, json.dumps({"runtime_env": job}))
     openrlhf_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "true", "NCCL_DEBUG": "WARN"}}
-    merged = inject.merge_runtime_env(openrlhf_env, inject.worker_runtime_env("/ours/agent.yaml"))
-    assert merged == {"worker_process_setup_hook": inject.SETUP_HOOK, "env_vars": {"TOKENIZERS_PARALLELISM": "true"}}
+    ours = ray_workers.worker_runtime_env({"injection": inject.worker_env_vars("/ours/agent.yaml")})
+    merged = ray_workers.merge_runtime_env(openrlhf_env, ours)
+    assert merged == {
+        "worker_process_setup_hook": ray_workers.SETUP_HOOK,
+        "env_vars": {"TOKENIZERS_PARALLELISM": "true", ray_workers.PATCH_SETS_ENV: "injection"},
+    }
     # Ray's own merge of job and driver runtime_env (what ray.init does under `ray job submit`) accepts it.
     assert _merge_runtime_env(job, merged) is not None
 
     job["worker_process_setup_hook"] = "their.hook"
     monkeypatch.setenv(RAY_JOB_CONFIG_JSON_ENV_VAR, json.dumps({"runtime_env": job}))
     with pytest.raises(RuntimeError, match="their.hook"):
-        inject.merge_runtime_env(openrlhf_env, inject.worker_runtime_env(None))
+        ray_workers.merge_runtime_env(openrlhf_env, ray_workers.worker_runtime_env({"injection": {}}))

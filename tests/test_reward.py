@@ -176,5 +176,5 @@ def test_agent_yaml_documents_the_defaults_and_env_var_loading(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"a.yaml.*unknown key\(s\) max_turn"):
         load_agent_config()
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
-    with pytest.raises(FileNotFoundError, match=CONFIG_ENV):
+    with pytest.raises(ValueError, match=rf"\${CONFIG_ENV}\) .*missing.yaml: no such file"):
         load_agent_config()

@@ -14,7 +14,7 @@ from openrlhf_tapo.search.base import SearchTimeout
 from openrlhf_tapo.tools import ToolCache, ToolContext, ToolRunner, ToolsConfig
 from openrlhf_tapo.tools.base import ToolResult
 from openrlhf_tapo.tools.cache import cache_key
-from openrlhf_tapo.tools.runner import build_tools
+from openrlhf_tapo.tools.registry import build_tools
 
 
 def make_runner(backend, cache, **overrides):

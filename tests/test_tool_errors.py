@@ -12,7 +12,7 @@ from openrlhf_tapo.search.base import SearchBadImage
 from openrlhf_tapo.search.http_client import HttpSearchBackend
 from openrlhf_tapo.search.http_common import HttpSettings
 from openrlhf_tapo.tools import ToolContext, ToolRunner, ToolsConfig
-from openrlhf_tapo.tools.runner import build_tools
+from openrlhf_tapo.tools.registry import build_tools
 
 
 def make_runner(backend, **overrides):

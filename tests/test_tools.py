@@ -12,7 +12,9 @@ from PIL import Image
 from openrlhf_tapo.search.local_index import LocalIndex, LocalIndexBackend
 from openrlhf_tapo.tools import ToolContext, ToolRunner, ToolsConfig, build_tool_runner, canonical_params
 from openrlhf_tapo.tools.base import Tool, ToolResult, bbox_to_pixels
-from openrlhf_tapo.tools.runner import build_tools, fit_image, truncate
+from openrlhf_tapo.tools.image_fit import fit_image
+from openrlhf_tapo.tools.registry import build_tools
+from openrlhf_tapo.tools.runner import truncate
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 import ray
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter import inject
+from openrlhf_tapo.adapter import inject, ray_workers
+from openrlhf_tapo.adapter.config import LOSS_FLAG_FIELDS
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli import train_ppo_ray as cli
@@ -75,7 +76,10 @@ def test_dry_run_prints_the_resolved_configuration(capsys, inputs, no_launch):
     assert resolved["train"]["agent_func_path"] == cli.EXECUTOR_PATH  # filled in from --agent.config
     assert resolved["reward"]["remote_url"] == ["agent"]  # OpenRLHF's own validation ran on it
     env = resolved["ray_worker_runtime_env"]
-    assert env == {"worker_process_setup_hook": inject.SETUP_HOOK, "env_vars": {inject.AGENT_CONFIG_ENV: agent_yaml}}
+    assert env == {
+        "worker_process_setup_hook": ray_workers.SETUP_HOOK,
+        "env_vars": {ray_workers.PATCH_SETS_ENV: "injection", inject.AGENT_CONFIG_ENV: agent_yaml},
+    }
 
 
 def test_yaml_defaults_and_command_line_precedence(tmp_path, agent_yaml):
@@ -95,7 +99,7 @@ def test_yaml_defaults_and_command_line_precedence(tmp_path, agent_yaml):
     assert off.tapo.enable is False
 
 
-def test_shipped_tapo_yaml_is_the_documented_defaults(agent_yaml):
+def test_shipped_tapo_yaml_enables_tapo_with_the_dataclass_defaults(agent_yaml):
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
 
     args = cli.resolve_args([*BASE, "--tapo.config", "configs/tapo.yaml", "--agent.config", agent_yaml])
@@ -136,7 +140,7 @@ def test_explicit_agent_func_path_is_kept(agent_yaml):
         (["--tapo.similarity", "zoom=nope"], "tapo.similarity['zoom'] = 'nope' is not a registered similarity"),
         (["--actor.policy_loss_type", "grpo"], "argument --actor.policy_loss_type: invalid choice: 'grpo'"),
         (["--actor.sapo_tau_pos", "2"], "--actor.sapo_tau_pos only apply to --actor.policy_loss_type sapo"),
-        (["--actor.policy_loss_type", "sapo", "--actor.sapo_tau_neg", "0"], "--actor.sapo_tau_neg must be"),
+        (["--actor.policy_loss_type", "sapo", "--actor.sapo_tau_neg", "0"], "--actor.sapo_tau_neg: sapo_tau_pos/neg"),
         (["--actor.policy_loss_type", "sapo", "--actor.dual_clip", "3"], "dual_clip has no effect on sapo"),
         (["--agent.config", "/no/such.yaml"], "--agent.config /no/such.yaml"),
         (["--tapo.config", "/no/such.yaml"], "--tapo.config /no/such.yaml: no such file"),
@@ -190,7 +194,7 @@ def test_every_flag_of_ours_has_help_from_where_its_default_is_defined():
         assert action.help, action.option_strings
     for config, prefix, names in (
         (TAPOConfig, "--tapo.", [f.name for f in dataclasses.fields(TAPOConfig)]),
-        (PolicyLossConfig, "--actor.", ["sapo_tau_pos", "sapo_tau_neg"]),
+        (PolicyLossConfig, "--actor.", LOSS_FLAG_FIELDS),
     ):
         fields = {f.name: f for f in dataclasses.fields(config)}
         for name in names:
@@ -200,16 +204,35 @@ def test_every_flag_of_ours_has_help_from_where_its_default_is_defined():
             assert help_text.endswith(f"(default: {'off' if default is None else default})"), name
 
 
+def test_our_flags_are_generated_from_the_dataclass_fields():
+    """Type, choices, off switch and help of each flag come from its field: a new field is a new flag."""
+    from openrlhf_tapo.algorithms.tapo import OBS_CHECKS, SCOPES, SPANS
+
+    actions = {a.option_strings[0]: a for a in cli.build_parser()._actions if a.option_strings}
+    assert {f"--tapo.{f.name}" for f in dataclasses.fields(TAPOConfig)} <= set(actions)
+    assert LOSS_FLAG_FIELDS == ("sapo_tau_pos", "sapo_tau_neg")  # the documented PolicyLossConfig fields
+    assert (actions["--tapo.scope"].choices, actions["--tapo.span"].choices) == (SCOPES, SPANS)
+    assert actions["--tapo.obs_check"].choices == OBS_CHECKS
+    assert actions["--tapo.no_support"].dest == "tapo.use_support" and actions["--tapo.no_clip"].const is False
+    given = vars(cli.build_parser().parse_args(["--tapo.beta", "0.3", "--tapo.turn_window", "off", "--tapo.no_clip"]))
+    assert given == {"tapo.beta": 0.3, "tapo.turn_window": None, "tapo.clip_at_zero": False}
+
+
 def test_bad_yaml_keys_are_named(tmp_path, capsys, no_launch):
     config = tmp_path / "tapo.yaml"
     config.write_text("tapo: {betta: 0.5}\n")
-    assert "unknown key tapo.betta" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    error = _error(capsys, [*BASE, "--tapo.config", str(config)])
+    assert "section tapo: unknown key(s) betta (known: alpha_min, beta," in error
     config.write_text("tapo: {beta: high}\n")
     assert "--tapo.beta (in the --tapo.config YAML): tapo.beta must be a finite number" in _error(
         capsys, [*BASE, "--tapo.config", str(config)]
     )
     config.write_text("critic: {lr: 1}\n")
-    assert "unknown section 'critic'" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    assert "unknown key(s) critic (known: actor, agent, tapo)" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    config.write_text("- tapo\n")
+    assert "expected a mapping at top level, got list" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    config.write_text("tapo: [beta\n")
+    assert "not valid YAML" in _error(capsys, [*BASE, "--tapo.config", str(config)])
 
 
 def test_openrlhf_rejects_its_own_bad_flags(capsys, no_launch):
@@ -232,8 +255,9 @@ def test_launch_runs_openrlhf_train_with_our_runtime_env(monkeypatch, agent_yaml
     with pytest.raises(Stop):
         cli.launch(args)
     env = seen["runtime_env"]
-    assert env["worker_process_setup_hook"] == inject.SETUP_HOOK
+    assert env["worker_process_setup_hook"] == ray_workers.SETUP_HOOK
     assert env["env_vars"][inject.AGENT_CONFIG_ENV] == agent_yaml
+    assert env["env_vars"][ray_workers.PATCH_SETS_ENV] == "injection"
     assert {"TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"} <= set(env["env_vars"])
     assert ray.init is recording_init  # our wrapper is gone again
 

@@ -30,7 +30,7 @@ TAPO_ARGS=(
    --tapo.enable
    --agent.config "${AGENT_CONFIG}"
 )
-# beta's default lives in TAPOConfig (and configs/tapo.yaml, checked equal by a test); the script restates neither.
+# beta's default lives in TAPOConfig; the script passes --tapo.beta only when TAPO_BETA is set.
 if [[ -n "${TAPO_BETA:-}" ]]; then TAPO_ARGS+=(--tapo.beta "${TAPO_BETA}"); fi
 
 TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")

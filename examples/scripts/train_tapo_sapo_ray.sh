@@ -2,7 +2,8 @@
 # SAPO + TAPO for the multimodal search agent: train_tapo_ray.sh with the SAPO soft-gated loss.
 #
 # SAPO (`--actor.policy_loss_type sapo`) replaces PPO's hard clip by a per-token soft gate (4/tau) * sigmoid(tau *
-# (r - 1)), tau = SAPO_TAU_POS for positive advantages and SAPO_TAU_NEG otherwise (paper defaults 1.0 / 1.05).
+# (r - 1)), tau = SAPO_TAU_POS for positive advantages and SAPO_TAU_NEG otherwise: unset, the SAPO paper's values,
+# whose one definition is PolicyLossConfig (openrlhf_tapo/algorithms/policy_loss.py).
 # It is token-level, so TAPO's per-turn credit reaches the gradient unchanged.
 #
 # Expects
@@ -18,14 +19,10 @@ RUN_NAME="${RUN_NAME:-tapo-sapo}"
 source "$(dirname "${BASH_SOURCE[0]}")/common_search_agent.sh"
 
 TAPO_CONFIG="${TAPO_CONFIG:-${WORK_DIR}/configs/tapo.yaml}"
-SAPO_TAU_POS="${SAPO_TAU_POS:-1.0}"
-SAPO_TAU_NEG="${SAPO_TAU_NEG:-1.05}"
-
-LOSS_ARGS=(
-   --actor.policy_loss_type sapo
-   --actor.sapo_tau_pos "${SAPO_TAU_POS}"
-   --actor.sapo_tau_neg "${SAPO_TAU_NEG}"
-)
+LOSS_ARGS=(--actor.policy_loss_type sapo)
+# The temperatures' defaults live in PolicyLossConfig; the script passes one only when it is set.
+if [[ -n "${SAPO_TAU_POS:-}" ]]; then LOSS_ARGS+=(--actor.sapo_tau_pos "${SAPO_TAU_POS}"); fi
+if [[ -n "${SAPO_TAU_NEG:-}" ]]; then LOSS_ARGS+=(--actor.sapo_tau_neg "${SAPO_TAU_NEG}"); fi
 TAPO_ARGS=(
    --tapo.config "${TAPO_CONFIG}"
    --tapo.enable

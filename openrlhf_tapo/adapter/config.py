@@ -17,11 +17,16 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
+from openrlhf_tapo.utils.config_files import ConfigError, check_keys
 
 logger = logging.getLogger(__name__)
 
 TAPO_FIELDS = tuple(f.name for f in dataclasses.fields(TAPOConfig))
+# PolicyLossConfig's fields that are our flags (`--actor.<field>`): the ones documented for the launcher. The others
+# come from OpenRLHF's own flags (--actor.eps_clip_low_high, --actor.dual_clip).
+LOSS_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyLossConfig) if "help" in f.metadata)
 
 # Estimators whose advantage is one group-relative value per trajectory (same on every action token), the quantity
 # TAPO compares and corrects. rloo's leave-one-out baseline is dr_grpo's mean baseline scaled by n / (n - 1).
@@ -100,8 +105,9 @@ def check_tapo_compatible(args) -> None:
         )
 
 
-def yaml_sections(data: Any, source: str) -> dict[str, Any]:
-    """Flatten a `--tapo.config` YAML into {dotted flag name: value} for the flags our CLI owns.
+def yaml_sections(data: dict, source: str) -> dict[str, Any]:
+    """Flatten a `--tapo.config` YAML's mapping (read by utils/config_files.load_yaml_mapping) into
+    {dotted flag name: value} for the flags our CLI owns.
 
     Accepted layout (every key optional)::
 
@@ -113,24 +119,14 @@ def yaml_sections(data: Any, source: str) -> dict[str, Any]:
     """
     allowed = {
         "tapo": {"enable", *TAPO_FIELDS},
-        "actor": {"policy_loss_type", "sapo_tau_pos", "sapo_tau_neg"},
+        "actor": {"policy_loss_type", *LOSS_FLAG_FIELDS},
         "agent": {"config"},
     }
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TAPOConfigError(
-            f"{source}: expected a mapping with sections {sorted(allowed)}, got {type(data).__name__}"
-        )
+    check_keys(data, allowed, source)
     flat = {}
     for section, values in data.items():
-        if section not in allowed:
-            raise TAPOConfigError(f"{source}: unknown section {section!r}; allowed: {', '.join(sorted(allowed))}")
         if not isinstance(values, dict):
-            raise TAPOConfigError(f"{source}: section {section!r} must be a mapping, got {type(values).__name__}")
-        for key, value in values.items():
-            if key not in allowed[section]:
-                known = ", ".join(sorted(allowed[section]))
-                raise TAPOConfigError(f"{source}: unknown key {section}.{key}; allowed in {section}: {known}")
-            flat[f"{section}.{key}"] = value
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {type(values).__name__}")
+        check_keys(values, allowed[section], f"{source}, section {section}")
+        flat.update({f"{section}.{key}": value for key, value in values.items()})
     return flat

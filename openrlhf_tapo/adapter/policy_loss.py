@@ -17,6 +17,7 @@ from openrlhf.models.loss import PolicyLoss as OpenRLHFPolicyLoss
 from openrlhf.models.loss import aggregate_loss
 from openrlhf.models.utils import masked_mean
 
+from openrlhf_tapo.adapter.config import LOSS_FLAG_FIELDS
 from openrlhf_tapo.algorithms.policy_loss import SEQUENCE_RATIO_LOSSES, PolicyLossConfig, get_policy_loss
 
 logger = logging.getLogger(__name__)
@@ -33,58 +34,11 @@ def _log_once(key: str, level: int, message: str) -> None:
         logger.log(level, message)
 
 
-def rollout_is_correction(
-    old_log_probs: torch.Tensor,
-    rollout_log_probs: torch.Tensor,
-    action_mask: torch.Tensor,
-    level: str,
-    mode: str,
-    gating: str,
-    threshold,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """OpenRLHF 0.11.2's train/rollout mismatch correction for a per-token loss, as a separate step.
-
-    0.11.2 applies it inline in `PolicyLoss.forward` for ppo only; per-token losses (ppo, sapo) need it here.
-    Returns (coef multiplying the per-token loss, is_filter_ratio, vllm_kl) exactly as 0.11.2 computes them:
-    a gate reads the IS ratio pi_train / pi_rollout (or the binary_kl / tv divergence) per token or as a
-    per-sequence mean, and drops (mask) or clamps (clip) units outside [low, high].
-    """
-    low, high = threshold
-    seq_level = level == "seq"
-    is_log_ratio = (old_log_probs - rollout_log_probs).detach()
-    token_is = is_log_ratio.exp()
-    if gating == "ratio":
-        stat = masked_mean(is_log_ratio, action_mask, dim=-1).unsqueeze(-1) if seq_level else is_log_ratio
-        stat = stat.exp()
-    else:
-        p = rollout_log_probs.exp().clamp(1e-6, 1 - 1e-6)
-        q = old_log_probs.exp().clamp(1e-6, 1 - 1e-6)
-        if gating == "binary_kl":
-            stat = p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
-        else:  # tv
-            stat = (p - q).abs()
-        if seq_level:
-            stat = masked_mean(stat, action_mask, dim=-1).unsqueeze(-1)
-    if mode == "clip":
-        coef = stat.clamp(min=low, max=high)
-        filtered = (stat < low) | (stat > high)
-    else:
-        keep = (stat >= low) & (stat <= high)
-        coef = torch.where(keep, token_is, 0.0)
-        filtered = ~keep
-    if seq_level:
-        is_filter_ratio = filtered.float().mean()
-    else:
-        is_filter_ratio = masked_mean(filtered.float(), action_mask, dim=None)
-    vllm_kl = masked_mean(rollout_log_probs - old_log_probs, action_mask, dim=None)
-    return coef, is_filter_ratio, vllm_kl
-
-
 class PolicyLoss(OpenRLHFPolicyLoss):
     """OpenRLHF's PolicyLoss extended to policy_loss_type in {ppo, gspo, gspo_token, sapo}.
 
     - ppo, sapo: per-token ratio; the train/rollout IS correction (is_correction_level != "off") weights or masks
-      the per-token loss and reports vllm_kl / is_filter_ratio, as OpenRLHF does for ppo.
+      the per-token loss and reports vllm_kl / is_filter_ratio: OpenRLHF's own code for ppo, called (see __init__).
     - gspo, gspo_token: sequence ratio, aggregated as seq-mean-token-mean whatever token_level_loss says (as
       OpenRLHF forces for gspo); with the IS correction on, the ratio is taken against the rollout log-probs and
       vllm_kl / is_filter_ratio are None (OpenRLHF's gspo behaviour).
@@ -147,6 +101,20 @@ class PolicyLoss(OpenRLHFPolicyLoss):
                     f"stays close to 1, so this clip almost never binds. The GSPO paper uses "
                     f"--actor.eps_clip_low_high {GSPO_PAPER_CLIP[0]} {GSPO_PAPER_CLIP[1]}.",
                 )
+        # OpenRLHF 0.11.2 applies the train/rollout IS correction inline in its forward, for ppo only. Per-token losses
+        # (ppo, sapo) get it by CALLING that forward, not by a copy: OpenRLHF's ppo at ratio 1 (log_probs =
+        # old_log_probs) with advantages = -loss returns exactly `loss` per token (-min(-loss, -loss)), which its code
+        # then weights or masks by the correction and aggregates. Gradients pass through the advantages unchanged.
+        self._openrlhf_is_correction = None
+        if is_correction_level != "off" and not self.sequence_ratio:
+            self._openrlhf_is_correction = OpenRLHFPolicyLoss(
+                token_level_loss=self.token_level_loss,
+                policy_loss_type="ppo",
+                is_correction_level=is_correction_level,
+                is_correction_mode=is_correction_mode,
+                is_correction_gating=is_correction_gating,
+                is_correction_threshold=is_correction_threshold,
+            )
 
     def forward(
         self,
@@ -170,27 +138,15 @@ class PolicyLoss(OpenRLHFPolicyLoss):
         behaviour_log_probs = rollout_log_probs if correcting and self.sequence_ratio else old_log_probs
         loss, metrics = self.loss_fn(log_probs, behaviour_log_probs, advantages, action_mask, self.config)
 
-        vllm_kl = is_filter_ratio = None
-        if correcting and not self.sequence_ratio:
-            coef, is_filter_ratio, vllm_kl = rollout_is_correction(
-                old_log_probs,
-                rollout_log_probs,
-                action_mask,
-                self.is_correction_level,
-                self.is_correction_mode,
-                self.is_correction_gating,
-                self.is_correction_threshold,
+        aggregation = dict(dp_size=dp_size, batch_num_tokens=batch_num_tokens, global_batch_size=global_batch_size)
+        if self._openrlhf_is_correction is not None:  # OpenRLHF's correction and aggregation of a per-token loss
+            old = old_log_probs.detach()
+            loss, _, _, vllm_kl, is_filter_ratio = self._openrlhf_is_correction(
+                old, old, -loss, action_mask, rollout_log_probs, **aggregation
             )
-            loss = coef * loss
-
-        loss = aggregate_loss(
-            loss,
-            action_mask,
-            token_level_loss=self.token_level_loss,
-            dp_size=dp_size,
-            batch_num_tokens=batch_num_tokens,
-            global_batch_size=global_batch_size,
-        )
+        else:
+            vllm_kl = is_filter_ratio = None
+            loss = aggregate_loss(loss, action_mask, token_level_loss=self.token_level_loss, **aggregation)
         if behaviour_log_probs is old_log_probs:
             ppo_kl = metrics["approx_kl"]
         else:
@@ -204,7 +160,7 @@ def build_policy_loss(args) -> PolicyLoss:
     `args.actor.sapo_tau_pos` / `sapo_tau_neg` are read when our CLI defined them; the class defaults otherwise.
     """
     actor, advantage = args.actor, args.algo.advantage
-    sapo = {name: getattr(actor, name) for name in ("sapo_tau_pos", "sapo_tau_neg") if hasattr(actor, name)}
+    sapo = {name: getattr(actor, name) for name in LOSS_FLAG_FIELDS if hasattr(actor, name)}
     return PolicyLoss(
         clip_eps_low=actor.eps_clip_low_high[0],
         clip_eps_high=actor.eps_clip_low_high[1],

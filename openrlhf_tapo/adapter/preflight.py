@@ -63,7 +63,7 @@ def _head_rows(path: Path, count: int) -> list:
 
 
 def _row_problem(row, data) -> str | None:
-    from openrlhf_tapo.agent.data import image_reference
+    from openrlhf_tapo.agent.datasets import image_reference
 
     if not isinstance(row, dict):
         return "is not an object"
@@ -115,7 +115,7 @@ def check_agent_tools(config_path: str | None) -> list[str]:
     if config_path is None:
         return []
     from openrlhf_tapo.agent.config import load_agent_config
-    from openrlhf_tapo.tools.runner import build_tool_runner
+    from openrlhf_tapo.tools.registry import build_tool_runner
 
     try:
         runner = build_tool_runner(load_agent_config(config_path).tools)

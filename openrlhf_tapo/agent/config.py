@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from openrlhf_tapo.agent.protocol import STOP_STRINGS
 from openrlhf_tapo.tools.config import ToolsConfig
+from openrlhf_tapo.utils.config_files import check_keys, load_yaml_mapping
 
 CONFIG_ENV = "OPENRLHF_TAPO_AGENT_CONFIG"
 
@@ -122,10 +120,7 @@ class AgentConfig:
 def _build(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    check_keys(data, (f.name for f in dataclasses.fields(cls)), where)
     return cls(**data)
 
 
@@ -135,19 +130,14 @@ def load_agent_config(path: str | os.PathLike | None = None) -> AgentConfig:
     A YAML file holds either the agent keys at top level or under an `agent:` key (so one file can also carry
     other sections).
     """
-    source = "argument" if path else f"${CONFIG_ENV}"
+    what = "agent config" if path else f"agent config (from ${CONFIG_ENV})"
     path = path or os.environ.get(CONFIG_ENV)
     if not path:
         return AgentConfig.from_dict({})
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"agent config {str(file)!r} (from the {source}) does not exist")
-    data = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"agent config {str(file)!r}: expected a mapping at top level, got {type(data).__name__}")
+    data = load_yaml_mapping(path, what)
     if "agent" in data and isinstance(data["agent"], dict):
         data = data["agent"]
     try:
         return AgentConfig.from_dict(data)
     except ValueError as err:
-        raise ValueError(f"agent config {str(file)!r}: {err}") from None
+        raise ValueError(f"{what} {path}: {err}") from None

@@ -60,8 +60,6 @@ BAD_JSON = "bad_json"  # the text between the tags is not one JSON object
 BAD_CALL = "bad_call"  # JSON, but not {"name": str, "arguments": object}
 UNCLOSED = "unclosed"  # `<tool_call>` without its `</tool_call>` (cut by a token limit or by the next `<tool_call>`)
 
-IMAGE_REF_RE = re.compile(r"\bimg_(\d+)\b")
-
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful assistant that answers questions about images. You may call tools to search for information "
     "before answering. Images are referred to by their labels: the question images are img_0, img_1, ...; every "

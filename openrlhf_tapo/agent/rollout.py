@@ -42,7 +42,8 @@ from openrlhf_tapo.agent.reward import Label, LLMJudge, compute_reward, parse_la
 from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.search.workers import run_cpu
 from openrlhf_tapo.tools.base import ToolContext, ToolOutput, error_text
-from openrlhf_tapo.tools.runner import ToolRunner, build_tool_runner
+from openrlhf_tapo.tools.registry import build_tool_runner
+from openrlhf_tapo.tools.runner import ToolRunner
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ ERROR_KINDS = (
     "judge",
     "other",
 )
-PARSE_ERRORS = frozenset({protocol.BAD_JSON, protocol.BAD_CALL, protocol.UNCLOSED})
 
 
 @dataclass

@@ -96,9 +96,10 @@ def _default_similarity() -> dict[str, str]:
     return {"text_search": "text_fuzzy", "image_search": "image", "zoom": "bbox_iou"}
 
 
-def _doc(text: str) -> dict[str, str]:
-    """A field's documentation, kept in its metadata: the launcher's `--tapo.<field>` help is read from it."""
-    return {"help": text}
+def _doc(text: str, **flag) -> dict:
+    """A field's documentation, kept in its metadata: the launcher generates `--tapo.<field>` from the field, with
+    this help. `flag` adds what the type alone does not say: `choices`, or for a bool the name of its off switch."""
+    return {"help": text, **flag}
 
 
 @dataclass
@@ -128,11 +129,15 @@ class TAPOConfig:
     )
     scope: str = field(
         default="group",
-        metadata=_doc("where witnesses come from: group (trajectories of the same prompt) or batch (any prompt)"),
+        metadata=_doc(
+            "where witnesses come from: group (trajectories of the same prompt) or batch (any prompt)", choices=SCOPES
+        ),
     )
     span: str = field(
         default="turn",
-        metadata=_doc("tokens corrected: turn (the whole assistant turn that made the call) or call (its tokens)"),
+        metadata=_doc(
+            "tokens corrected: turn (the whole assistant turn that made the call) or call (its tokens)", choices=SPANS
+        ),
     )
     turn_window: int | None = field(
         default=None,
@@ -142,16 +147,20 @@ class TAPOConfig:
         default="off",
         metadata=_doc(
             "witness's observation vs the failing call's: off, exact (equal after SQuAD normalisation) or overlap "
-            "(token-set Jaccard >= obs_min_overlap); guards against same parameters, different information value"
+            "(token-set Jaccard >= obs_min_overlap); guards against same parameters, different information value",
+            choices=OBS_CHECKS,
         ),
     )
     obs_min_overlap: float = field(default=0.5, metadata=_doc("threshold in [0, 1] for obs_check=overlap"))
     use_support: bool = field(
         default=True,
-        metadata=_doc("ablation: False drops c_g from the credit (beta * m * Ā_g); the gate still uses m * c_g"),
+        metadata=_doc(
+            "ablation: False drops c_g from the credit (beta * m * Ā_g); the gate still uses m * c_g", off="no_support"
+        ),
     )
     clip_at_zero: bool = field(
-        default=True, metadata=_doc("ablation: False drops the min(0, .): a corrected token may become positive")
+        default=True,
+        metadata=_doc("ablation: False drops the min(0, .): a corrected token may become positive", off="no_clip"),
     )
     success_threshold: float = field(
         default=1.0,

@@ -34,9 +34,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
-
 from openrlhf_tapo.adapter.config import (
+    LOSS_FLAG_FIELDS,
     TAPO_FIELDS,
     TAPOConfigError,
     check_tapo_compatible,
@@ -45,7 +44,8 @@ from openrlhf_tapo.adapter.config import (
 )
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
-from openrlhf_tapo.algorithms.tapo import OBS_CHECKS, SCOPES, SPANS, TAPOConfig
+from openrlhf_tapo.algorithms.tapo import TAPOConfig
+from openrlhf_tapo.utils.config_files import ConfigError, load_yaml_mapping
 
 PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
 EXECUTOR_PATH = str(Path(__file__).resolve().parent.parent / "agent" / "executor.py")
@@ -76,11 +76,36 @@ def _field_help(config_class, name: str) -> str:
     return f"{spec.metadata['help']} (default: {'off' if default is None else default})"
 
 
+# How a field's type becomes a flag: its source text (`from __future__ import annotations`) or a class's name.
+FLAG_KINDS = {
+    "float": {"type": float},
+    "str": {},
+    "int | None": {"type": _turn_window, "metavar": "K|off"},
+    "dict[str, str]": {"type": _similarity, "nargs": "+", "metavar": "TOOL=NAME"},
+}
+
+
+def _add_field_flag(group, section: str, config_class, spec: dataclasses.Field) -> None:
+    """`--<section>.<field>` generated from a config dataclass field: its type, `choices` and help (metadata), and its
+    default in the help. A bool field is a switch on, plus its off switch named in the metadata (`off`)."""
+    flag, help_text = f"--{section}.{spec.name}", _field_help(config_class, spec.name)
+    kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    if kind == "bool":
+        group.add_argument(flag, action="store_true", help=help_text)
+        off = f"--{section}.{spec.metadata['off']}"
+        group.add_argument(off, dest=f"{section}.{spec.name}", action="store_false", help=f"{spec.name} = False")
+        return
+    if kind not in FLAG_KINDS:
+        raise TypeError(f"{config_class.__name__}.{spec.name}: no flag kind for type {kind!r}; add it to FLAG_KINDS")
+    choices = {"choices": spec.metadata["choices"]} if "choices" in spec.metadata else {}
+    group.add_argument(flag, help=help_text, **FLAG_KINDS[kind], **choices)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Our flags only (OpenRLHF's are parsed by OpenRLHF). Defaults are suppressed: absent flags stay absent.
 
-    The help of every --tapo.<field> / --actor.sapo_tau_* is read from the field's documentation in TAPOConfig /
-    PolicyLossConfig, where its default is defined."""
+    Every --tapo.<field> / --actor.sapo_tau_* is generated from its field in TAPOConfig / PolicyLossConfig, where its
+    default and help are defined."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         allow_abbrev=False,
@@ -89,9 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
         "as is (see its -h); the flags below are ours. Before anything starts (also with --dry-run) the launcher "
         "checks the prompt data, the agent's tools, the model path and the save path.",
     )
-
-    def tapo_help(name: str) -> str:
-        return _field_help(TAPOConfig, name)
 
     tapo = parser.add_argument_group(
         "TAPO (every --tapo.* flag but --tapo.disable needs --tapo.enable; fields of TAPOConfig, algorithms/tapo.py)"
@@ -105,22 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "without TAPO (default: off)",
     )
     tapo.add_argument("--tapo.config", metavar="YAML", help="defaults for our flags (configs/tapo.yaml); flags win")
-    tapo.add_argument("--tapo.beta", type=float, help=tapo_help("beta"))
-    tapo.add_argument("--tapo.theta", type=float, help=tapo_help("theta"))
-    tapo.add_argument("--tapo.alpha_min", type=float, help=tapo_help("alpha_min"))
-    tapo.add_argument("--tapo.scope", choices=SCOPES, help=tapo_help("scope"))
-    tapo.add_argument("--tapo.span", choices=SPANS, help=tapo_help("span"))
-    tapo.add_argument("--tapo.turn_window", type=_turn_window, metavar="K|off", help=tapo_help("turn_window"))
-    tapo.add_argument("--tapo.obs_check", choices=OBS_CHECKS, help=tapo_help("obs_check"))
-    tapo.add_argument("--tapo.obs_min_overlap", type=float, help=tapo_help("obs_min_overlap"))
-    tapo.add_argument("--tapo.use_support", action="store_true", help=tapo_help("use_support"))
-    tapo.add_argument("--tapo.no_support", dest="tapo.use_support", action="store_false", help="use_support = False")
-    tapo.add_argument("--tapo.clip_at_zero", action="store_true", help=tapo_help("clip_at_zero"))
-    tapo.add_argument("--tapo.no_clip", dest="tapo.clip_at_zero", action="store_false", help="clip_at_zero = False")
-    tapo.add_argument("--tapo.success_threshold", type=float, help=tapo_help("success_threshold"))
-    tapo.add_argument(
-        "--tapo.similarity", type=_similarity, nargs="+", metavar="TOOL=NAME", help=tapo_help("similarity")
-    )
+    for spec in dataclasses.fields(TAPOConfig):
+        _add_field_flag(tapo, "tapo", TAPOConfig, spec)
     loss = parser.add_argument_group("policy loss (OpenRLHF's flag, with our types)")
     loss.add_argument(
         "--actor.policy_loss_type",
@@ -128,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ppo / gspo: OpenRLHF's; gspo_token: GSPO's sequence ratio with per-token advantages (keeps TAPO's "
         "per-turn credit); sapo: soft-gated token loss (docs/losses.md) (default: ppo)",
     )
-    loss.add_argument("--actor.sapo_tau_pos", type=float, help=_field_help(PolicyLossConfig, "sapo_tau_pos"))
-    loss.add_argument("--actor.sapo_tau_neg", type=float, help=_field_help(PolicyLossConfig, "sapo_tau_neg"))
+    for spec in dataclasses.fields(PolicyLossConfig):
+        if spec.name in LOSS_FLAG_FIELDS:
+            _add_field_flag(loss, "actor", PolicyLossConfig, spec)
     agent = parser.add_argument_group("agent")
     agent.add_argument(
         "--agent.config",
@@ -151,14 +160,10 @@ def _has_flag(argv: list[str], flag: str) -> bool:
 
 
 def _load_yaml(path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise LaunchError(f"--tapo.config {path}: no such file")
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise LaunchError(f"--tapo.config {path}: not valid YAML ({err})") from None
-    return yaml_sections(data, f"--tapo.config {path}")
+        return yaml_sections(load_yaml_mapping(path, "--tapo.config"), f"--tapo.config {path}")
+    except ConfigError as err:
+        raise LaunchError(str(err)) from None
 
 
 def _our_values(argv: list[str]) -> tuple[dict, dict, list[str]]:
@@ -206,18 +211,20 @@ def _loss_values(cli: dict, from_yaml: dict) -> dict:
     loss_type = values.get("actor.policy_loss_type")
     if loss_type is not None and loss_type not in POLICY_LOSSES:
         raise LaunchError(f"--actor.policy_loss_type {loss_type}: choose one of {', '.join(sorted(POLICY_LOSSES))}")
-    taus = {k.split(".")[1]: values[k] for k in ("actor.sapo_tau_pos", "actor.sapo_tau_neg") if k in values}
+    taus = {name: values[f"actor.{name}"] for name in LOSS_FLAG_FIELDS if f"actor.{name}" in values}
     if taus and loss_type != "sapo":
         names = ", ".join(f"--actor.{name}" for name in taus)
         raise LaunchError(f"{names} only apply to --actor.policy_loss_type sapo (got {loss_type or 'ppo'})")
     for name, tau in taus.items():
-        if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
-            raise LaunchError(f"--actor.{name} must be a finite number > 0, got {tau!r}")
-    defaults = PolicyLossConfig()
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau):
+            raise LaunchError(f"--actor.{name} must be a finite number, got {tau!r}")
+        try:
+            PolicyLossConfig(**{name: tau})
+        except ValueError as err:
+            raise LaunchError(f"--actor.{name}: {err}") from None
     return {
         "policy_loss_type": loss_type,
-        "sapo_tau_pos": taus.get("sapo_tau_pos", defaults.sapo_tau_pos),
-        "sapo_tau_neg": taus.get("sapo_tau_neg", defaults.sapo_tau_neg),
+        **{name: taus.get(name, getattr(PolicyLossConfig(), name)) for name in LOSS_FLAG_FIELDS},
     }
 
 
@@ -353,11 +360,12 @@ def _redacted(value, name: str = ""):
 
 def describe(args) -> str:
     """The resolved configuration as JSON: OpenRLHF's args with ours, and what the Ray workers will get."""
-    from openrlhf_tapo.adapter.inject import worker_runtime_env
+    from openrlhf_tapo.adapter import inject, ray_workers
 
     resolved = _redacted(_plain(args))
     resolved.pop("dry_run", None)
-    resolved["ray_worker_runtime_env"] = worker_runtime_env(args.agent.config)
+    with ray_workers.requested("injection", inject.worker_env_vars(args.agent.config)):
+        resolved["ray_worker_runtime_env"] = ray_workers.worker_runtime_env()
     return json.dumps(resolved, indent=2, sort_keys=True)
 
 
@@ -366,14 +374,15 @@ def launch(args) -> None:
     import ray
     from openrlhf.cli.train_ppo_ray import train
 
-    from openrlhf_tapo.adapter.inject import ray_init_adds, require_injection_in_session, verify, worker_runtime_env
+    from openrlhf_tapo.adapter import inject, ray_workers
 
-    verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
+    inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
+    env_vars = inject.worker_env_vars(args.agent.config)
     if ray.is_initialized():
-        require_injection_in_session(args.agent.config)
+        ray_workers.require_in_session("injection", env_vars)
         train(args)
         return
-    with ray_init_adds(worker_runtime_env(args.agent.config)):
+    with ray_workers.requested("injection", env_vars):
         train(args)
 
 

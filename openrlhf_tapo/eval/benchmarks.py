@@ -2,13 +2,14 @@
 
 Formats (`--format`, detected from the file when left out):
 
-- `mmsearch_r1`: MMSearch-R1 / FVQA parquet (read by `agent.data.read_mmsearch_parquet`, as for training).
+- `mmsearch_r1`: MMSearch-R1 / FVQA parquet (read by `agent.datasets.read_mmsearch_parquet`, as for training).
 - `mmsearch`: MMSearch-style jsonl: `query`, `query_image` (optional), `gt_answer`, `alternative_gt_answers`.
 - `infoseek`: InfoSeek-style jsonl: `question`, `answer` (str or list), `answer_eval` (list of strings; numeric
   questions may hold `{"range": [lo, hi]}` entries), `data_split`, and an image (`image`, `image_path`, or
   `image_id` found as `<image_root or data dir>/<image_id>.jpg|.JPEG|.jpeg|.png`).
 - `simplevqa`: SimpleVQA-style jsonl: `image`, `question`, `answer`; scored by the agent's LLM judge.
-- `jsonl`: the agent's training jsonl (`question`, `image`/`images`, `answer`, `candidates`; `agent.data.read_jsonl`).
+- `jsonl`: the agent's training jsonl (`question`, `image`/`images`, `answer`, `candidates`;
+  `agent.datasets.read_jsonl`).
 - `prompts`: OpenRLHF prompt rows (`prompt`, `label`, `images`), as `agent.data` converts them and the bundled task
   writes them (`prompts_eval.jsonl`).
 
@@ -22,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openrlhf_tapo.agent.data import AgentSample, image_reference, read_jsonl, read_mmsearch_parquet
+from openrlhf_tapo.agent.datasets import AgentSample, image_reference, read_jsonl, read_mmsearch_parquet
 from openrlhf_tapo.agent.reward import parse_label
 from openrlhf_tapo.utils.jsonl import iter_json_objects
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from openrlhf_tapo.agent import protocol
-from openrlhf_tapo.agent.data import AgentSample, write_openrlhf_jsonl
+from openrlhf_tapo.agent.data import write_openrlhf_jsonl
+from openrlhf_tapo.agent.datasets import AgentSample
 from openrlhf_tapo.task.knowledge_base import CITIES, SYLLABLES, KnowledgeBase, KnowledgeBaseConfig
 from openrlhf_tapo.task.questions import (
     QUESTION,
@@ -35,7 +36,6 @@ from openrlhf_tapo.task.questions import (
 from openrlhf_tapo.task.tiny_model import build_tiny_vlm
 
 COUNTERFACTUAL_SEED = 1  # the permutation of home cities the counterfactual base uses
-PROMPT_KEYS = {"input_key": "prompt", "label_key": "label", "image_key": "images"}  # OpenRLHF's --data.* keys
 
 
 INSTRUCTIONS = "Use image_search, then text_search, then answer."

@@ -12,7 +12,8 @@ from openrlhf_tapo.tools.base import (
 )
 from openrlhf_tapo.tools.cache import ToolCache
 from openrlhf_tapo.tools.config import BackendConfig, CacheConfig, ToolsConfig
-from openrlhf_tapo.tools.runner import ToolRunner, build_tool_runner, canonical_params, canonicalizer
+from openrlhf_tapo.tools.registry import build_tool_runner, canonical_params, canonicalizer
+from openrlhf_tapo.tools.runner import ToolRunner
 
 __all__ = [
     "BackendConfig",

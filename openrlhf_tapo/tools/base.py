@@ -3,8 +3,8 @@
 A tool is one small class: a name, an OpenAI function schema, `canonicalize` (validate + normalise the model's
 arguments into the canonical parameter dict that cache keys and TAPO compare) and `execute` (produce a
 `ToolResult`). `run` = `execute` + `render`, which registers returned images in the trajectory's `ToolContext`
-and labels them `[img_K]` in the observation text. The `ToolRunner` (runner.py) adds limits, timeouts, the cache
-and error handling; the agent only ever calls the runner.
+and labels them `[img_K]` in the observation text. The `ToolRunner` (runner.py, built by registry.py) adds limits,
+timeouts, the cache and error handling; the agent only ever calls the runner.
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ class ToolArgumentError(ToolError):
 
 class ImageRefError(ToolError):
     kind = "image_ref"
-
-
-class ToolLimitError(ToolError):
-    kind = "call_limit"
 
 
 ERROR_PREFIX = "Error: "

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from openrlhf_tapo.utils.config_files import check_keys
+
 
 @dataclass
 class RetryConfig:
@@ -93,9 +95,7 @@ def _from_dict(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    check_keys(data, fields, where)
     kwargs = {}
     for name, value in data.items():
         f = fields[name]

@@ -1,24 +1,20 @@
 """`ToolRunner`: what the agent calls. Validation, per-trajectory limits, timeouts, the cache, image limits and
 observation truncation around the tools; every failure becomes a `ToolOutput` with an error kind. Never raises
-(except `asyncio.CancelledError`, which belongs to the caller).
+(except `asyncio.CancelledError`, which belongs to the caller). Built from configuration by `tools/registry.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import json
 import logging
-import math
 import sqlite3
 import traceback
 from collections import Counter
 from collections.abc import Iterable
 
-from PIL import Image
-
-from openrlhf_tapo.search.base import SearchBackend, SearchError
+from openrlhf_tapo.search.base import SearchError
 from openrlhf_tapo.search.workers import run_cpu
 from openrlhf_tapo.tools.base import (
     Tool,
@@ -32,20 +28,10 @@ from openrlhf_tapo.tools.base import (
 )
 from openrlhf_tapo.tools.cache import ToolCache
 from openrlhf_tapo.tools.config import ToolsConfig
-from openrlhf_tapo.tools.image_search import ImageSearchTool
-from openrlhf_tapo.tools.text_search import TextSearchTool
-from openrlhf_tapo.tools.zoom import ZoomTool
+from openrlhf_tapo.tools.image_fit import fit_image, fits
 from openrlhf_tapo.utils.text import replace_surrogates_in
 
 logger = logging.getLogger(__name__)
-
-# Built-in tools by name. Adding a tool: one Tool subclass + its name here (or "module:Class" in `enabled`).
-TOOL_CLASSES: dict[str, type[Tool]] = {
-    "text_search": TextSearchTool,
-    "image_search": ImageSearchTool,
-    "zoom": ZoomTool,
-}
-MAX_ASPECT_RATIO = 50  # Qwen2-VL's processor refuses aspect ratios over 200; thin crops are padded to 1:50
 
 
 class ToolRunner:
@@ -215,104 +201,3 @@ def truncate(text: str, limit: int) -> str:
         return text
     marker = f"\n... [truncated {len(text) - limit} characters]"
     return text[: max(0, limit - len(marker))] + marker
-
-
-def fits(image: Image.Image, max_pixels: int, min_side: int) -> bool:
-    """Whether `fit_image` would return the image unchanged (checked on the size alone, no pixel touched)."""
-    w, h = image.size
-    return w * h <= max_pixels and min(w, h) >= min_side and max(w, h) <= MAX_ASPECT_RATIO * min(w, h)
-
-
-def fit_image(image: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
-    """Pad to an aspect ratio of at most 1:50, downscale to max_pixels, upscale to min_side: a size every
-    Qwen-VL processor accepts. Returns the image itself when nothing changes."""
-    w, h = image.size
-    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
-        pw, ph = max(w, -(-h // MAX_ASPECT_RATIO)), max(h, -(-w // MAX_ASPECT_RATIO))
-        canvas = Image.new(image.mode, (pw, ph), "white" if image.mode in ("RGB", "L", "RGBA") else 0)
-        canvas.paste(image, ((pw - w) // 2, (ph - h) // 2))
-        image, (w, h) = canvas, (pw, ph)
-    scale = 1.0
-    if w * h > max_pixels:
-        scale = math.sqrt(max_pixels / (w * h))
-    if min(w, h) * scale < min_side:
-        scale = min_side / min(w, h)
-    if scale == 1.0:
-        return image
-    size = (max(min_side, math.floor(w * scale)), max(min_side, math.floor(h * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
-# ---- construction from configuration ------------------------------------------------------------------------
-def build_backend(config: ToolsConfig) -> SearchBackend:
-    b = config.backend
-    if b.kind == "local":
-        from openrlhf_tapo.search.local_index import LocalIndexBackend
-
-        if not b.index_dir:
-            raise ValueError(
-                "tools.backend.index_dir is required for the local backend (build one with "
-                "`python -m openrlhf_tapo.cli.build_index`)"
-            )
-        return LocalIndexBackend(b.index_dir, max_image_pixels=b.max_image_pixels)
-    if b.kind == "http":
-        from openrlhf_tapo.search.http_client import HttpSearchBackend
-
-        return HttpSearchBackend.from_config(b)
-    from openrlhf_tapo.search.web import SerpApiBackend, SerperBackend
-
-    return (SerperBackend if b.kind == "serper" else SerpApiBackend).from_config(b)
-
-
-def tool_classes(config: ToolsConfig) -> list[type[Tool]]:
-    classes = []
-    for entry in config.enabled:
-        if entry in TOOL_CLASSES:
-            classes.append(TOOL_CLASSES[entry])
-        elif ":" in entry:
-            module, _, attr = entry.partition(":")
-            classes.append(getattr(importlib.import_module(module), attr))
-        else:
-            raise ValueError(
-                f"tools.enabled: unknown tool {entry!r}; built-in tools: {', '.join(TOOL_CLASSES)}, "
-                "or give 'package.module:Class'"
-            )
-    return classes
-
-
-def build_tools(config: ToolsConfig, backend: SearchBackend | None) -> list[Tool]:
-    return [cls(backend=backend, config=config) for cls in tool_classes(config)]
-
-
-def build_tool_runner(config: ToolsConfig | dict | None = None, backend: SearchBackend | None = None) -> ToolRunner:
-    """The runner described by `config` (a ToolsConfig or its YAML dict). `backend` overrides config.backend;
-    a backend is only built when an enabled tool needs one (`Tool.needs_backend`)."""
-    config = config if isinstance(config, ToolsConfig) else ToolsConfig.from_dict(config)
-    classes = tool_classes(config)
-    if backend is None and any(cls.needs_backend for cls in classes):
-        backend = build_backend(config)
-    cache = None
-    if config.cache.mode != "off":
-        # A locked database holds a cache thread no longer than a call may take (the runner stops waiting then).
-        busy_timeout_s = min(config.timeout_s, 30.0)
-        cache = ToolCache(config.cache.path, replay=config.cache.mode == "replay", busy_timeout_s=busy_timeout_s)
-    return ToolRunner([cls(backend=backend, config=config) for cls in classes], config, cache)
-
-
-def canonicalizer(config: ToolsConfig | None = None) -> ToolRunner:
-    """A runner of the tools `config` enables (custom ones included, with its limits), built without backend or cache:
-    for `canonical_params` only, the canonicalisation the rollout's runner applies (the TAPO stage uses it)."""
-    config = config or ToolsConfig()
-    return ToolRunner(build_tools(config, backend=None), config)
-
-
-_DEFAULT_RUNNER: ToolRunner | None = None
-
-
-def canonical_params(name: str, arguments) -> dict | None:
-    """The canonical parameters of a call to a built-in tool with default settings, or None when the
-    arguments do not validate (no backend is built)."""
-    global _DEFAULT_RUNNER
-    if _DEFAULT_RUNNER is None:
-        _DEFAULT_RUNNER = canonicalizer()
-    return _DEFAULT_RUNNER.canonical_params(name, arguments)
