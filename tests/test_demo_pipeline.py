@@ -45,7 +45,7 @@ def run(tmp_path_factory):
     turns = [list(q.gold_actions) for q in questions]
     traces = gold_traces(rl.executor, rows, turns, processor, sampling_params(rl.args), rl.args.data.max_len)
     losses = warm_start(actor, traces, (traces, turns), processor.tokenizer, rl.args.data.max_len,
-                        WarmStartConfig(steps=24, batch_size=2, warmup_steps=2, content_steps=0))  # fmt: skip
+                        WarmStartConfig(steps=40, batch_size=4, lr=5e-3, warmup_steps=2, content_steps=0))  # fmt: skip
     result = rl.train(rows, progress=lambda _: None)
     yield dict(root=root, rl=rl, rows=rows, questions=questions, losses=losses, result=result)
     torch.set_num_threads(threads)

@@ -59,6 +59,7 @@ DEFAULTS_FROM = {
     "warm_steps": ("WarmStartConfig", "steps"),
     "warm_batch": ("WarmStartConfig", "batch_size"),
     "warm_lr": ("WarmStartConfig", "lr"),
+    "content_steps": ("WarmStartConfig", "content_steps"),
     "direct_share": ("WarmStartConfig", "direct_share"),
     "misread_share": ("WarmStartConfig", "misread_share"),
     "beta": ("TAPOConfig", "beta"),
@@ -87,10 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
     p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
     p.add_argument("--num-eval", type=int, default=128, help="entities held out for evaluation")
-    p.add_argument("--permute-seed", type=int, default=1, help="seed of the counterfactual (permuted) base")
     p.add_argument("--warm-steps", type=int, help="warm-start optimizer steps" + _default("warm_steps"))
     p.add_argument("--warm-batch", type=int, help="warm-start traces per optimizer step" + _default("warm_batch"))
     p.add_argument("--warm-lr", type=float, help="warm-start peak AdamW learning rate" + _default("warm_lr"))
+    p.add_argument(
+        "--content-steps", type=int, help="warm-start steps on gold content tokens first" + _default("content_steps")
+    )
     p.add_argument("--direct-share", type=float, help="teacher traces without tools" + _default("direct_share"))
     p.add_argument("--misread-share", type=float, help="searched traces misread" + _default("misread_share"))
     p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (base arms: 0)" + _default("beta"))
@@ -203,6 +206,7 @@ def warm_config(args):
         direct_share=args.direct_share,
         misread_share=args.misread_share,
         steps=args.warm_steps,
+        content_steps=args.content_steps,
         batch_size=args.warm_batch,
         lr=args.warm_lr,
     )

@@ -49,20 +49,20 @@ class WarmStartConfig:
     answers) of GOLD traces: a clean copying-and-reading curriculum. The rest train on every assistant token of
     the weak teacher's traces. Measured on this model: with whole turns in the loss from the start, copying a name
     from an observation into a call was not learned in 300 steps (the model settles on the template and a uniform
-    guess at the name); content first, it is learned in ~150 steps and kept after. With the teacher's mixed
-    answers as targets, reading the city was not learned at all in 300 steps (the answer stays the uniform prior
-    over cities); from gold answers it is (docs/results.md).
+    guess at the name); content first, it is learned in ~150 steps and kept after. Reading the city from the text
+    search result comes later, between steps ~275 and ~325 of the content phase (from gold answers; with the
+    teacher's mixed answers it was not learned in 300 steps). docs/results.md has the measurements.
     """
 
     traces: int = 1024
-    content_steps: int = 150
+    content_steps: int = 400
     direct_share: float = 0.2
     misread_share: float = 0.45
-    steps: int = 400
+    steps: int = 500
     batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 40
-    min_lr_ratio: float = 0.1
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.5
     weight_decay: float = 0.0
     seed: int = 0
 
