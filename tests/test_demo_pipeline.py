@@ -18,7 +18,7 @@ from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
 from openrlhf_tapo.task.prepare import TaskConfig, prepare_task, read_prompt_rows
 from openrlhf_tapo.task.questions import QuestionSetConfig, read_questions
 from openrlhf_tapo.task.rl_loop import RLConfig
-from openrlhf_tapo.task.warm_start import ScriptedEngine, WarmStartConfig, gold_traces, warm_start
+from openrlhf_tapo.task.warm_start import ScriptedEngine, WarmStartConfig, scripted_traces, warm_start
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def run(tmp_path_factory):
     rows = read_prompt_rows(paths.prompts["train"])
     questions = read_questions(paths.questions["train"])
     turns = [list(q.gold_actions) for q in questions]
-    traces = gold_traces(rl.executor, rows, turns, processor, sampling_params(rl.args), rl.args.data.max_len)
+    traces = scripted_traces(rl.executor, rows, turns, processor, sampling_params(rl.args), rl.args.data.max_len)
     losses = warm_start(actor, traces, (traces, turns), processor.tokenizer, rl.args.data.max_len,
                         WarmStartConfig(steps=40, batch_size=4, lr=5e-3, warmup_steps=2, content_steps=0))  # fmt: skip
     result = rl.train(rows, progress=lambda _: None)

@@ -24,7 +24,7 @@ from openrlhf_tapo.task.questions import (
     write_questions,
 )
 from openrlhf_tapo.task.tiny_model import build_processor, build_tokenizer
-from openrlhf_tapo.task.warm_start import content_responses, content_spans, gold_traces
+from openrlhf_tapo.task.warm_start import content_responses, content_spans, scripted_traces
 from openrlhf_tapo.tools import canonical_params
 
 
@@ -140,7 +140,7 @@ def test_gold_traces_through_the_real_agent_get_full_reward_and_read_the_tools(b
     sp = SamplingParams(temperature=1.0, max_tokens=None, skip_special_tokens=False, logprobs=None)
     rows = _rows(built, questions, tmp_path)
     executor = AgentExecutor(agent_config)
-    responses = gold_traces(executor, rows, [list(q.gold_actions) for q in questions], processor, sp, 2048)
+    responses = scripted_traces(executor, rows, [list(q.gold_actions) for q in questions], processor, sp, 2048)
     for q, r in zip(questions, responses, strict=True):
         assert r["reward"] == pytest.approx(1.0) and r["scores"] == 1.0
         assert r["extra_logs"]["tool_calls"] == 2 and r["extra_logs"]["errors"] == 0

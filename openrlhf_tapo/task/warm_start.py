@@ -2,7 +2,7 @@
 and has room to improve.
 
 The traces are made by the REAL rollout path: our `AgentExecutor` runs every training question with a scripted
-engine that "generates" the question's gold actions (the tool calls, then the answer) while the real tools answer
+engine that "generates" the given turns (the gold or the teacher's tool calls, then the answer) while the real tools answer
 from the local index. The token sequences, the tool responses, the returned images and the action ranges are
 therefore exactly what RL rollouts produce, and OpenRLHF's `SamplesGenerator` conversion turns them into
 `Experience`s whose `action_mask` marks the assistant turns (the SFT loss mask).
@@ -90,7 +90,7 @@ class ScriptedEngine:
         return RequestOutput(list(prompt_token_ids), [CompletionOutput(0, text, ids, "stop", stop)])
 
 
-async def _gold_responses(
+async def _scripted_responses(
     executor, rows: list[dict], gold_turns: list[list[str]], processor, sampling_params, max_len
 ):
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -104,9 +104,9 @@ async def _gold_responses(
     return await asyncio.gather(*(one(row, turns) for row, turns in zip(rows, gold_turns, strict=True)))
 
 
-def gold_traces(executor, rows: list[dict], gold_turns: list[list[str]], processor, sampling_params, max_len: int):
-    """Agent-executor responses for `rows` (prompt rows) whose assistant turns are `gold_turns`."""
-    return asyncio.run(_gold_responses(executor, rows, gold_turns, processor, sampling_params, max_len))
+def scripted_traces(executor, rows: list[dict], turns: list[list[str]], processor, sampling_params, max_len: int):
+    """Agent-executor responses for `rows` (prompt rows) whose assistant turns are `turns`."""
+    return asyncio.run(_scripted_responses(executor, rows, turns, processor, sampling_params, max_len))
 
 
 def sft_step_loss(actor: Actor, batch: Experience, loss_fn: SFTLoss) -> torch.Tensor:
@@ -137,9 +137,9 @@ def train_warm_start(
     questions = list(questions)[: config.traces]
     rows = rows[: len(questions)]
     turns = teacher_turns(questions, config)
-    traces = gold_traces(executor, rows, turns, processor, sampling_params, max_len)
+    traces = scripted_traces(executor, rows, turns, processor, sampling_params, max_len)
     gold_turns = [list(q.gold_actions) for q in questions]
-    gold = (gold_traces(executor, rows, gold_turns, processor, sampling_params, max_len), gold_turns)
+    gold = (scripted_traces(executor, rows, gold_turns, processor, sampling_params, max_len), gold_turns)
     tokenizer = getattr(processor, "tokenizer", processor)
     losses = warm_start(actor, traces, gold, tokenizer, max_len, config, progress)
     teacher = sum(float(t["scores"] or 0.0) for t in traces) / len(traces)
