@@ -3,8 +3,8 @@ and has room to improve.
 
 The traces are made by the REAL rollout path: our `AgentExecutor` runs every training question with a scripted
 engine that "generates" the given turns (the gold or the teacher's tool calls, then the answer) while the real
-tools answer from the local index. The token sequences, the tool responses, the returned images and the action ranges are
-therefore exactly what RL rollouts produce, and OpenRLHF's `SamplesGenerator` conversion turns them into
+tools answer from the local index. The token sequences, the tool responses, the returned images and the action
+ranges are therefore exactly what RL rollouts produce, and OpenRLHF's `SamplesGenerator` conversion turns them into
 `Experience`s whose `action_mask` marks the assistant turns (the SFT loss mask).
 
 Training is a minimal loop on OpenRLHF's own pieces: `Actor.forward` for the per-token log-probs (with the
