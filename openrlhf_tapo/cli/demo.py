@@ -354,6 +354,7 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
 
     with stage("6/6 report") as note:
         extra = {
+            "eval_questions": len(eval_rows),
             "gates": gates["checked"],
             "gate_details": gates,
             "engine": args.engine,

@@ -40,7 +40,6 @@ def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metri
     return {
         "eval_accuracy_before": {mode: accuracy(rs) for mode, rs in before.items()},
         "eval_accuracy_after": {mode: accuracy(rs) for mode, rs in after.items()},
-        "eval_questions": len(first_before),
         "eval_tool_call_rate_before": _tool_rate(first_before),
         "eval_tool_call_rate_after": _tool_rate(first_after),
         "eval_tool_calls_per_traj_before": _calls(first_before),
@@ -65,7 +64,7 @@ def format_summary(summary: dict) -> str:
     lines = []
     if "gates" in summary:
         lines += ["gates (warm start, before RL)"] + format_gates(summary["gates"])
-    lines.append(f"eval accuracy ({summary['eval_questions']} held-out questions)   before -> after   change")
+    lines.append(f"eval accuracy ({summary['eval_questions']} held-out questions)    before -> after   change")
     for mode in before:
         change = after.get(mode, float("nan")) - before[mode]
         lines.append(f"  {mode:<34} {before[mode]:.3f} -> {after.get(mode, float('nan')):.3f}   {change:+.3f}")
