@@ -96,7 +96,10 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
             questions=QuestionSetConfig(num_eval=8, seed=args.seed),
             model_seed=args.seed,
         )
-        warm = WarmStartConfig(traces=16, steps=12, content_steps=6, batch_size=4, warmup_steps=2, seed=args.seed)
+        # whole turns from the start (no content phase): enough for a smoke run to write calls that reach the tools
+        warm = WarmStartConfig(
+            traces=16, steps=100, content_steps=0, batch_size=4, lr=5e-3, warmup_steps=2, seed=args.seed
+        )
         rl = RLConfig(steps=2, prompts_per_step=2, n_samples_per_prompt=4, max_len=512, seed=args.seed)
     else:
         task = TaskConfig(
