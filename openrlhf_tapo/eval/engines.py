@@ -2,7 +2,7 @@
 
 - `vllm`: vLLM's `AsyncLLMEngine` (real vLLM only; the CPU import stub of `utils.cuda_stubs` does not count), with
   the same token-in/token-out call `RolloutRayActor.generate` makes (image pad runs collapsed, `TokensPrompt`).
-- `hf`: `agent.hf_engine.HFGenerationEngine` over a transformers model on CPU (or one GPU), one request at a time.
+- `hf`: `agent.hf_engine.HFGenerationEngine` on a transformers model (CPU or one GPU), requests in batches.
 """
 
 from __future__ import annotations

@@ -165,11 +165,10 @@ class KnowledgeBase:
             )
         return docs
 
-    def write(self, out_dir: str | Path, images: bool = True) -> dict[str, Path]:
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write images/<id>.png, text_corpus.jsonl, image_corpus.jsonl and entities.json under `out_dir`.
 
-        Image records name their PNG relative to the jsonl file (`image`), the layout `LocalIndex` reads. With
-        `images=False` the PNGs are assumed to be there already (a permuted base shares the original's emblems).
+        Image records name their PNG relative to the jsonl file (`image`), the layout `LocalIndex` reads.
         """
         out = Path(out_dir)
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -180,8 +179,7 @@ class KnowledgeBase:
         with image_path.open("w") as f:
             for e in self.entities:
                 png = f"images/{e.id}.png"
-                if images:
-                    self.draw(e).save(out / png)
+                self.draw(e).save(out / png)
                 f.write(json.dumps({"id": e.id, "title": e.name, "url": "", "image": png}) + "\n")
         entities_path = out / "entities.json"
         entities_path.write_text(
@@ -194,11 +192,11 @@ class KnowledgeBase:
             "images": out / "images",
         }
 
-    def build_index(self, out_dir: str | Path, images: bool = True) -> Path:
+    def build_index(self, out_dir: str | Path) -> Path:
         """Write the corpora under `out_dir` and build the local search index in `out_dir/index`."""
         from openrlhf_tapo.search.local_index import LocalIndex, read_jsonl
 
-        paths = self.write(out_dir, images=images)
+        paths = self.write(out_dir)
         index_dir = Path(out_dir) / "index"
         LocalIndex.build(
             read_jsonl(paths["text_corpus"]), read_jsonl(paths["image_corpus"], images=True), index_dir, overwrite=True
