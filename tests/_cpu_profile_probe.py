@@ -96,7 +96,9 @@ def probe_strategy(result: dict, tmp: str) -> None:
     result["all_reduce"] = strategy.all_reduce({"x": 3.0, "t": torch.tensor([2.0])}, op="sum")["x"]
     result["all_gather"] = strategy.all_gather(torch.tensor([5.0])).tolist()
 
-    actor = Actor(tmp, attn_implementation="sdpa", param_dtype="bf16", ds_config=strategy.get_ds_train_config())
+    ds_config = strategy.get_ds_train_config()
+    result["ds_mixed_precision"] = [ds_config["bf16"]["enabled"], ds_config["fp16"]["enabled"]]
+    actor = Actor(tmp, attn_implementation="sdpa", param_dtype="bf16", ds_config=ds_config)
     adam = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
     cfg = dict(optim="adam", muon={}, adam=adam, lr_scheduler="constant", scheduler_steps=1, max_norm=1.0)
     model, optimizer, _ = strategy.prepare((actor, cfg))
@@ -108,6 +110,7 @@ def probe_strategy(result: dict, tmp: str) -> None:
     log_probs = model(sequences, action_mask=torch.ones(2, 7), attention_mask=torch.ones(2, 8, dtype=torch.long))
     strategy.backward(-log_probs.float().mean(), model, optimizer)
     strategy.optimizer_step(optimizer, model, None)
+    result["trained_param_dtype"] = str(next(model.model.module.parameters()).dtype)
     after = next(model.model.module.parameters()).detach().float()
     result["weights_moved"] = float((after - before).abs().max())
 
@@ -157,13 +160,18 @@ def probe_rollout_actor(result: dict) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             Qwen2_5_VLConfig().save_pretrained(tmp)
-            asyncio.run(instance.__init__(model=tmp, num_gpus=1, worker_extension_cls="openrlhf.x.WorkerWrap"))
+            asyncio.run(
+                instance.__init__(
+                    model=tmp, num_gpus=1, worker_extension_cls="openrlhf.x.WorkerWrap", dtype="bfloat16"
+                )
+            )
     except Captured:
         pass
     finally:
         vllm_engine.vllm.AsyncEngineArgs = original
     result["worker_extension_cls"] = captured.get("worker_extension_cls")
     result["model_impl"] = captured.get("model_impl")
+    result["vllm_dtype"] = captured.get("dtype")
     result["rollout_actor_bases"] = [b.__name__ for b in cls.__mro__[:3]]
 
 

