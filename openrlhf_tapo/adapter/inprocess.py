@@ -50,7 +50,8 @@ def _current_device(value) -> Iterator[None]:
 
 
 class InProcessStrategy:
-    """The part of OpenRLHF's `DeepspeedStrategy` that `ActorPPOTrainer.ppo_train` uses, for one CPU process.
+    """The part of OpenRLHF's `DeepspeedStrategy` that `ActorPPOTrainer` (its `__init__`, `ppo_train`) uses, for one
+    CPU process.
 
     `accumulated_gradient` (gas) micro-batches make one optimizer step (DeepSpeed's gradient accumulation, with its
     1 / gas loss scaling), gradients are clipped to `max_norm` (DeepSpeed's `gradient_clipping`), and
