@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from openrlhf_tapo.adapter.run_spec import RLConfig
 from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
 from openrlhf_tapo.task.prepare import TaskConfig, prepare_task, read_prompt_rows
 from openrlhf_tapo.task.questions import QuestionSetConfig, read_questions
-from openrlhf_tapo.task.rl_loop import RLConfig
 from openrlhf_tapo.task.warm_start import ScriptedEngine, WarmStartConfig, scripted_traces, warm_start
 
 
@@ -25,9 +25,10 @@ from openrlhf_tapo.task.warm_start import ScriptedEngine, WarmStartConfig, scrip
 def run(tmp_path_factory):
     from openrlhf.utils import get_tokenizer
 
+    from openrlhf_tapo.adapter.inprocess import load_actor
+    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
     from openrlhf_tapo.agent.config import load_agent_config
-    from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.rl_loop import InProcessRL, sampling_params
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the demo does (see its --threads help)
@@ -121,7 +122,6 @@ def test_scripted_step_tapo_corrects_failing_tool_turns_by_hand_computed_credit(
 
 
 def test_run_args_come_from_openrlhfs_parser_with_our_tapo_and_loss(run):
-    from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
     from openrlhf_tapo.adapter.policy_loss import PolicyLoss
 
     rl = run["rl"]
@@ -129,8 +129,5 @@ def test_run_args_come_from_openrlhfs_parser_with_our_tapo_and_loss(run):
     assert args.algo.advantage.estimator == "group_norm" and args.rollout.n_samples_per_prompt == 4
     assert args.tapo.enable and args.tapo.beta == rl.config.tapo.beta
     assert isinstance(rl.trainer.actor_loss_fn, PolicyLoss)
-    task = run["root"] / "task"
-    argv = rl.config.openrlhf_argv(task / "model" / "init", run["root"], task / "prompts_train.jsonl")
-    ray_args = parse_openrlhf_args(argv)  # what the Ray pipeline would be given: valid for OpenRLHF as is
-    assert ray_args.data.prompt_dataset.endswith("prompts_train.jsonl") and ray_args.data.image_key == "images"
-    assert ray_args.train.agent_func_path.endswith("agent/executor.py")
+    assert args.train.agent_func_path.endswith("agent/executor.py")
+    assert args.actor.model_name_or_path == str(run["root"] / "task" / "model" / "init")

@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
+from openrlhf_tapo.adapter.run_spec import RLConfig
 from openrlhf_tapo.cli import demo
 from openrlhf_tapo.cli.train_ppo_ray import resolve_args
 from openrlhf_tapo.task.prepare import TaskConfig, agent_config_data
-from openrlhf_tapo.task.rl_loop import RLConfig
 from openrlhf_tapo.task.tiny_model import tiny_config
 
 PROFILE_PREFIX = ["-m", "openrlhf_tapo.adapter.cpu_profile", "openrlhf_tapo.cli.train_ppo_ray"]

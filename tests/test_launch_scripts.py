@@ -14,6 +14,7 @@ import pytest
 from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.run_spec import RLConfig
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli.train_ppo_ray import build_parser, openrlhf_argv, resolve_args
@@ -215,6 +216,49 @@ def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
         assert "DRY_RUN: would run: ray job submit --address=http://127.0.0.1:8265" in proc.stderr
         assert f"-- python3 -m {module} " in proc.stderr
         assert resolved["logger"]["wandb"]["key"] == "<redacted>"
+
+
+# The run train_tapo_cpu.sh trains without flags: its own flags are these facts, rendered by the run spec (the one
+# rendering the in-process loop parses and the Ray demo appends to the script). The script leaves OpenRLHF's default
+# --train.seed (42) and reads MAX_SAMPLES=4 prompts once: 2 steps of 2 prompts.
+CPU_SCRIPT_RUN = RLConfig(
+    steps=2, prompts_per_step=2, n_samples_per_prompt=4, micro_batch_size=4, lr=1e-3, max_len=1024, seed=42
+)
+
+
+def _flag_values(argv: list[str]) -> dict[str, str | bool]:
+    """{dotted name: value} of a flat flag list; a switch (`--tapo.disable` = `tapo.enable` off) is a bool."""
+    values, i = {}, 0
+    while i < len(argv):
+        name = argv[i].removeprefix("--")
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            values[name], i = argv[i + 1], i + 2
+        else:
+            values["tapo.enable" if name == "tapo.disable" else name], i = name != "tapo.disable", i + 1
+    return values
+
+
+def _same(got, want: str | bool) -> bool:
+    if isinstance(want, bool) or str(got) == want:
+        return got is want or str(got) == want
+    try:
+        return float(got) == float(want)  # "1e-3" is 0.001
+    except (TypeError, ValueError):
+        return False
+
+
+def test_cpu_script_is_the_run_spec(dry_runs):
+    resolved = json.loads(dry_runs["train_tapo_cpu.sh"].stdout)
+    spec = CPU_SCRIPT_RUN
+    rendered = _flag_values([*spec.openrlhf_flags(), *spec.tapo_flags(), *spec.episode_flags(num_train_prompts=99)])
+    differ = {}
+    for name, want in rendered.items():
+        got = resolved
+        for key in name.split("."):
+            got = got[key]
+        if not _same(got, want):
+            differ[name] = (want, got)
+    assert differ == {}, f"train_tapo_cpu.sh's own flags differ from the run spec's rendering: {differ}"
 
 
 def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):

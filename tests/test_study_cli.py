@@ -109,10 +109,10 @@ def test_base_arms_measure_with_beta_zero():
 
 def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(tiny_study):
     """Arms are compared on fixed sampling seeds: the same policy evaluated twice gives the same trajectories."""
+    from openrlhf_tapo.adapter.inprocess import load_actor
+    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
-    from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.rl_loop import evaluate
 
     out, _ = tiny_study
     args = study.parse_args(["--out", str(out), *TINY])

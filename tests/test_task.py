@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from openrlhf_tapo.adapter.inprocess import InProcessStrategy
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.data import openrlhf_rows
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.reward import parse_label
 from openrlhf_tapo.search.local_index import LocalIndex
-from openrlhf_tapo.task.inprocess import InProcessStrategy
 from openrlhf_tapo.task.knowledge_base import CITIES, SYLLABLES, KnowledgeBase, KnowledgeBaseConfig
 from openrlhf_tapo.task.prepare import INSTRUCTIONS, TaskConfig, agent_config_data, agent_sample, tokenizer_corpus
 from openrlhf_tapo.task.questions import (

@@ -263,9 +263,10 @@ def test_launch_runs_openrlhf_train_with_our_runtime_env(monkeypatch, agent_yaml
 
 
 def test_launcher_and_in_process_driver_parse_each_loss_as_the_same_openrlhf_type(tmp_path, monkeypatch):
+    from openrlhf_tapo.adapter import inprocess_loop
     from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
+    from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES
-    from openrlhf_tapo.task import rl_loop
 
     handed = []
 
@@ -273,10 +274,10 @@ def test_launcher_and_in_process_driver_parse_each_loss_as_the_same_openrlhf_typ
         handed.append(argv[argv.index("--actor.policy_loss_type") + 1])
         return parse_openrlhf_args(argv)
 
-    monkeypatch.setattr(rl_loop, "parse_openrlhf_args", recording_parser)
+    monkeypatch.setattr(inprocess_loop, "parse_openrlhf_args", recording_parser)
     assert set(OPENRLHF_LOSS_TYPE) == set(POLICY_LOSSES)
     for loss in POLICY_LOSSES:
         launcher = cli.openrlhf_argv([*BASE, "--actor.policy_loss_type", loss])
-        args = rl_loop.build_openrlhf_args(rl_loop.RLConfig(policy_loss_type=loss), tmp_path / "m", tmp_path / "r")
+        args = inprocess_loop.build_openrlhf_args(RLConfig(policy_loss_type=loss), tmp_path / "m", tmp_path / "r")
         assert launcher[launcher.index("--actor.policy_loss_type") + 1] == handed[-1] == OPENRLHF_LOSS_TYPE[loss]
         assert args.actor.policy_loss_type == loss

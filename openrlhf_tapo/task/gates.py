@@ -114,7 +114,7 @@ def measure(
 
     `answers` / `counterfactual_answers`: each eval row's answer on the original and on the permuted base.
     Returns {"values": gate values, "checked": `check(values)`, details, "eval_responses": the eval rollouts}."""
-    from openrlhf_tapo.task.rl_loop import evaluate
+    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
 
     def sampled(ex, rows, n):
         return evaluate(ex, rows, processor, engine, args, max_len, 1.0, n, seed)

@@ -9,13 +9,19 @@ On a cluster these run inside Ray actors that own a DeepSpeed engine. Here the s
 - `ActorPPOTrainer.ppo_train` / `training_step` run the PPO epoch: `NaiveReplayBuffer`, global token-mean
   normalisation (`iter_grad_accum_global_norm`), the policy loss, KL/entropy terms, metric reduction.
 
-What stands in for the distributed parts is `InProcessStrategy`: the five methods of `DeepspeedStrategy` those
-calls reach (backward, optimizer_step, get_grad_norm, all_reduce, is_rank_0), implemented for one process with a
-plain torch optimizer (gradient accumulation and clipping as DeepSpeed's engine does them). Two CUDA-only lines
-are bridged, each with a scoped patch: `ppo_train` and `NaiveReplayBuffer.__init__` ask `torch.cuda.current_device()`
-for the device to move batches to (answered "cpu"; the buffer only stores it as `cuda:0` and never uses it on the
-`ppo_train` path). `ActorPPOTrainer.__init__` is not run: it opens the vLLM weight-sync group and a
-`torch.distributed` barrier, neither of which exists in one process (the rollout engine shares the actor's weights).
+What stands in for the distributed parts, and nothing else:
+
+- `InProcessStrategy`: the methods of `DeepspeedStrategy` those calls reach (backward, optimizer_step,
+  get_grad_norm, all_reduce, is_rank_0, print), for one process with a plain torch optimizer (gradient accumulation
+  and clipping as DeepSpeed's engine does them);
+- no weight-sync group: `ActorPPOTrainer` is built by its own `__init__` with `vllm_engines=None` (OpenRLHF's "generate
+  with the actor model directly", which the in-process rollout engine does: it shares the actor's weights), so
+  `__init__` opens no vLLM group; the `torch_dist_barrier_and_cuda_sync()` that closes its set-up is, for a world of
+  one process on CPU, a no-op (`_no_weight_sync`).
+
+CUDA-only device queries are answered by scoped patches (`_current_device`): `NaiveReplayBuffer.__init__` (run by
+`ActorPPOTrainer.__init__`) stores `cuda:<current_device>` as a target it never uses on the `ppo_train` path (answered
+0), and `ppo_train` / `PolicyModelActor.forward` move batches to `torch.cuda.current_device()` (answered "cpu").
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from unittest import mock
 import torch
 from openrlhf.models import Actor
 from openrlhf.trainer.ppo_trainer import BasePPOTrainer
-from openrlhf.trainer.ppo_utils import NaiveReplayBuffer
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+from openrlhf.trainer.ray import ppo_actor
 from openrlhf.trainer.ray.ppo_actor import ActorPPOTrainer, PolicyModelActor
+
+from openrlhf_tapo.adapter.policy_loss import build_policy_loss
 
 
 @contextlib.contextmanager
@@ -42,7 +50,8 @@ def _current_device(value) -> Iterator[None]:
 
 
 class InProcessStrategy:
-    """The part of OpenRLHF's `DeepspeedStrategy` that `ActorPPOTrainer.ppo_train` uses, for one CPU process.
+    """The part of OpenRLHF's `DeepspeedStrategy` that `ActorPPOTrainer` (its `__init__`, `ppo_train`) uses, for one
+    CPU process.
 
     `accumulated_gradient` (gas) micro-batches make one optimizer step (DeepSpeed's gradient accumulation, with its
     1 / gas loss scaling), gradients are clipped to `max_norm` (DeepSpeed's `gradient_clipping`), and
@@ -104,11 +113,6 @@ def responses_to_experiences(responses: list[dict], max_len: int) -> list[Experi
     return [convert(None, response, max_len=max_len) for response in responses]
 
 
-def split_rollout_samples(maker, experiences: list[Experience]) -> list[Experience]:
-    """The experience maker's own micro-batching (sets `experience.index`, the rollout order GRPO groups by)."""
-    return maker.split_rollout_samples(experiences)
-
-
 @torch.no_grad()
 def attach_log_probs(actor: Actor, experiences: list[Experience], use_kl_loss: bool = False) -> list[Experience]:
     """What `RemoteExperienceMaker.make_experience` does with no reference model and no critic: the actor group's
@@ -133,23 +137,33 @@ def rollout_stats(experiences: list[Experience]) -> dict[str, float]:
     return BasePPOTrainer._compute_rollout_stats(None, experiences)
 
 
-def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, scheduler, loss_fn, tokenizer):
-    """An `ActorPPOTrainer` with the attributes its `__init__` sets, minus the vLLM sync group and the barrier."""
+@contextlib.contextmanager
+def _no_weight_sync() -> Iterator[None]:
+    """`ActorPPOTrainer.__init__`'s closing barrier + CUDA sync, for one process without CUDA: nothing to wait for."""
+    with mock.patch.object(ppo_actor, "torch_dist_barrier_and_cuda_sync", lambda: None):
+        yield
+
+
+def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, scheduler, tokenizer):
+    """OpenRLHF's `ActorPPOTrainer`, built by its own `__init__` with the arguments `PolicyModelActor.init_model`
+    passes, and no vLLM engines (see the module doc). Its PolicyLoss is then replaced by ours from the same args, as
+    the Ray workers' patched `__init__` does (adapter/inject.py). Pinned memory is off: there is no GPU to copy to."""
     args = strategy.args
-    trainer = ActorPPOTrainer.__new__(ActorPPOTrainer)
-    trainer.strategy, trainer.args, trainer.tokenizer = strategy, args, tokenizer
-    trainer.generate_kwargs, trainer.dataloader_pin_memory = {}, False
-    trainer.micro_train_batch_size = args.train.micro_batch_size
-    trainer.ema_beta, trainer.ema_model = 0.992, None
-    trainer.actor, trainer.actor_optim, trainer.actor_scheduler = actor, optimizer, scheduler
-    trainer.vllm_engines, trainer.max_epochs = None, args.train.max_epochs
-    trainer.actor_loss_fn = loss_fn
-    trainer.aux_loss = args.actor.aux_loss_coef > 1e-8
-    with _current_device(0):
-        trainer.replay_buffer = NaiveReplayBuffer(
-            args.train.micro_batch_size, 0, True, args.ds.packing_samples, args.train.dynamic_batch_enable
+    with _current_device(0), _no_weight_sync():
+        trainer = ActorPPOTrainer(
+            strategy,
+            actor,
+            ema_model=None,
+            actor_optim=optimizer,
+            actor_scheduler=scheduler,
+            micro_train_batch_size=args.train.micro_batch_size,
+            tokenizer=tokenizer,
+            eps_clip=args.actor.eps_clip,
+            ema_beta=args.train.ema_beta,
+            dataloader_pin_memory=False,
+            vllm_engines=None,
         )
-    trainer.use_cuda_ipc = False
+    trainer.actor_loss_fn = build_policy_loss(args)
     return trainer
 
 

@@ -1,0 +1,179 @@
+"""The in-process RL driver: GRPO (+ TAPO) in one CPU process, with OpenRLHF's own classes.
+
+`InProcessRL.step` is one step, top to bottom, in the order OpenRLHF's `PPOTrainer.train_step` runs it on a cluster:
+rollout -> experiences -> log-probs -> advantages -> TAPO -> update, then the step's metrics. Rollouts go through our
+`AgentExecutor` with `HFGenerationEngine` (the vLLM actor's `generate` contract on the actor's own transformers
+model, so there are no weights to sync); everything after them is OpenRLHF's code (adapter/inprocess.py says which,
+and what stands in for Ray and DeepSpeed), with our TAPO stage and PolicyLoss where the Ray workers have them.
+
+The OpenRLHF args come from OpenRLHF's own parser on the run spec's rendering (adapter/run_spec.py), the one the Ray
+demo passes to examples/scripts/train_tapo_cpu.sh, with `args.tapo` from the same spec.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+from openrlhf.utils.logging_utils import TensorboardLogger
+from transformers import get_scheduler
+
+from openrlhf_tapo.adapter.config import tapo_namespace
+from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
+from openrlhf_tapo.adapter.inprocess import (
+    InProcessStrategy,
+    attach_log_probs,
+    build_actor_trainer,
+    ppo_train,
+    responses_to_experiences,
+    rollout_stats,
+)
+from openrlhf_tapo.adapter.inprocess_rollout import rollout, sampling_params, summarize_responses
+from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
+from openrlhf_tapo.adapter.run_spec import RLConfig, output_flags
+from openrlhf_tapo.agent.executor import AgentExecutor
+from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
+
+RUN_NAME = "rl"  # --logger.wandb.run_name: OpenRLHF's TensorboardLogger writes to run_dir/tensorboard/rl
+
+
+def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
+    """OpenRLHF's parsed and validated args for this run, plus `args.tapo` as our CLI sets it from `tapo_flags`.
+
+    Policy-loss types OpenRLHF's parser does not know (gspo_token, sapo: ours) are parsed as their nearest OpenRLHF
+    type (`OPENRLHF_LOSS_TYPE`, as our launcher does) and set after.
+    """
+    argv = config.openrlhf_flags()
+    argv[argv.index("--actor.policy_loss_type") + 1] = OPENRLHF_LOSS_TYPE[config.policy_loss_type]
+    argv += ["--actor.model_name_or_path", str(model_dir), "--ckpt.output_dir", str(run_dir / "checkpoint")]
+    args = parse_openrlhf_args(argv + output_flags(run_dir, RUN_NAME))
+    args.actor.policy_loss_type = config.policy_loss_type
+    args.tapo = tapo_namespace(config.tapo_enable, config.tapo)
+    return args
+
+
+@dataclass
+class RLResult:
+    steps: int
+    metrics: list[dict]
+    weight_change: float  # L2 norm of (final - initial) parameters
+    checkpoint: Path
+    seconds: float
+
+
+class InProcessRL:
+    """The RL run over `actor` (an OpenRLHF `Actor`) with `processor`; see the module docstring for one step."""
+
+    def __init__(self, actor, processor, agent_config, config: RLConfig, model_dir: Path, run_dir: Path):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.args = build_openrlhf_args(config, model_dir, self.run_dir)
+        self.actor = actor
+        self.processor = processor
+        self.executor = AgentExecutor(agent_config)
+        self.engine = HFGenerationEngine(actor.model, processor)
+        args = self.args
+        batch = config.prompts_per_step * config.n_samples_per_prompt
+        self.strategy = InProcessStrategy(args, batch // config.micro_batch_size, args.actor.max_norm)
+        adam = args.actor.adam
+        params = [p for p in actor.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=adam.lr, betas=adam.betas, eps=adam.eps, weight_decay=adam.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            args.actor.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=math.ceil(config.steps * args.actor.lr_warmup_ratio),
+            num_training_steps=config.steps,
+            scheduler_specific_kwargs={"min_lr": adam.lr * args.actor.min_lr_ratio},
+        )
+        self.trainer = build_actor_trainer(self.strategy, actor, self.optimizer, self.scheduler, processor)
+        self.kl_ctl = FixedKLController(args.algo.kl.init_coef)
+        self.maker = TAPOExperienceMaker(
+            None, None, None, None, self.kl_ctl, self.strategy, processor, agent_config=agent_config
+        )
+        self._steps_done = 0
+        self.last_advantages: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+
+    def step(self, rows: list[dict], engine=None) -> dict[str, float]:
+        """One RL step on `rows`; `engine` (default: the actor's own) may be one engine per trajectory.
+
+        The step's (rollout index, advantages after TAPO, action mask) per micro-batch stay in `self.last_advantages`
+        for inspection (`ppo_train` clears `experience.index`)."""
+        args, config = self.args, self.config
+        t0 = time.time()
+        # 1. rollout: n trajectories per prompt through our agent, seeded per trajectory and step
+        self.actor.eval()
+        responses = rollout(
+            self.executor, rows, config.n_samples_per_prompt, sampling_params(args), args.data.max_len,
+            self.processor, engine or self.engine, seed=config.seed * 1_000_003 + self._steps_done * 10_007,
+        )  # fmt: skip
+        self._steps_done += 1
+        t1 = time.time()
+        # 2. experiences: SamplesGenerator's conversion, then the maker's micro-batches (sets experience.index)
+        experiences = self.maker.split_rollout_samples(responses_to_experiences(responses, args.data.max_len))
+        # 3. log-probs: PolicyModelActor.forward per micro-batch (no reference model, no critic: zero KL)
+        attach_log_probs(self.actor, experiences)
+        # entropy estimate: mean -log p of the sampled action tokens (a single-sample estimate, no full softmax)
+        tokens = sum(float(e.action_mask.sum()) for e in experiences)
+        entropy = -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)
+        # 4 + 5. advantages, then TAPO: the one call the Ray trainer makes, TAPOExperienceMaker's
+        # compute_advantages_and_returns = OpenRLHF's (group_norm over the whole batch) followed by `apply_tapo`
+        experiences = self.maker.compute_advantages_and_returns(experiences)
+        self.last_advantages = [(list(e.index), e.advantages.clone(), e.action_mask.clone()) for e in experiences]
+        stats = rollout_stats(experiences)
+        t2 = time.time()
+        # 6. update: ActorPPOTrainer.ppo_train over the batch in its replay buffer, with our PolicyLoss
+        status = ppo_train(self.trainer, experiences, self.kl_ctl.value)
+        t3 = time.time()
+        # metrics: ppo_train's status (every `info` entry: the agent's extra_logs, tapo/*) + the rollout's
+        status.update(stats)
+        status["policy/entropy"] = entropy
+        status.update(summarize_responses(responses))
+        status.update({"timing/rollout": t1 - t0, "timing/make_experience": t2 - t1, "timing/ppo_train": t3 - t2})
+        return {k: float(v) for k, v in status.items() if isinstance(v, int | float)}
+
+    def train(self, train_rows: list[dict], progress: Callable[[str], None] = print) -> RLResult:
+        config = self.config
+        rng = random.Random(config.seed)
+        initial = [p.detach().clone() for p in self.actor.parameters()]
+        logger = TensorboardLogger(self.args)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics = []
+        start = time.time()
+        order: list[dict] = []
+        with metrics_path.open("w") as f:
+            for step in range(1, config.steps + 1):
+                rows = []
+                while len(rows) < config.prompts_per_step:
+                    if not order:
+                        order = list(train_rows)
+                        rng.shuffle(order)
+                    rows.append(order.pop())
+                status = self.step(rows)
+                status["step"] = step
+                logger.log_train(step, status)
+                f.write(json.dumps(status) + "\n")
+                f.flush()
+                metrics.append(status)
+                progress(
+                    f"  step {step}/{config.steps}: reward {status['rollout/reward_mean']:.2f} "
+                    f"acc {status['accuracy']:.2f} tool calls/traj {status['agent/tool_calls']:.2f} "
+                    f"TAPO corrected {status.get('tapo/corrected_calls', 0):.0f} calls, "
+                    f"loss {status.get('policy_loss', float('nan')):.4f} ({time.time() - start:.0f} s)"
+                )
+        logger.close()
+        change = torch.sqrt(
+            sum(((p.detach() - q) ** 2).sum() for p, q in zip(self.actor.parameters(), initial, strict=True))
+        )
+        checkpoint = self.run_dir / "checkpoint"
+        self.actor.model.save_pretrained(checkpoint)
+        self.processor.save_pretrained(checkpoint)
+        return RLResult(config.steps, metrics, float(change), checkpoint, time.time() - start)

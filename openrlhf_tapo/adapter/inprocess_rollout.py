@@ -1,0 +1,77 @@
+"""Rollouts in one process: our `AgentExecutor` with OpenRLHF's sampling parameters, on any `generate` engine.
+
+What OpenRLHF's `SamplesGenerator` does with the vLLM engines on a cluster, for an engine in this process
+(`HFGenerationEngine` on the actor's own model, or the scripted engines of the tests and the warm start): the
+rollout stage of the in-process loop (adapter/inprocess_loop.py), and the evaluations and gates of the bundled task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def sampling_params(args, temperature: float | None = None):
+    """The SamplingParams OpenRLHF's `SamplesGenerator._dispatch_prompts_to_vllm` builds from the rollout flags."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=args.rollout.temperature if temperature is None else temperature,
+        top_p=1.0,
+        top_k=-1,
+        max_tokens=None,
+        min_tokens=1,
+        skip_special_tokens=False,
+        logprobs=None,
+    )
+
+
+def _with_seed(sp, seed: int | None):
+    sp = sp.clone()
+    if seed is not None:
+        sp.seed = seed
+    return sp
+
+
+async def _rollouts(executor, rows, n: int, sp, max_len: int, processor, engine, seed) -> list[dict]:
+    engines = engine if isinstance(engine, list) else [engine] * (len(rows) * n)
+    tasks = [
+        executor.execute(
+            row["prompt"], row["label"], _with_seed(sp, None if seed is None else seed + i * n + j), max_len,
+            processor, engines[i * n + j], images=row["images"],
+        )
+        for i, row in enumerate(rows)
+        for j in range(n)
+    ]  # fmt: skip
+    return list(await asyncio.gather(*tasks))
+
+
+def rollout(executor, rows, n, sp, max_len, processor, engine, seed: int | None = None) -> list[dict]:
+    """`n` trajectories per row, in OpenRLHF's rollout order (a prompt's samples are consecutive).
+
+    `engine` serves every trajectory, or is a list with one engine per trajectory (in rollout order). With `seed`,
+    trajectory k samples with the per-request seed `seed + k` (vLLM's `SamplingParams.seed`), so the rollouts do
+    not depend on the order in which concurrent requests reach the engine.
+    """
+    return asyncio.run(_rollouts(executor, rows, n, sp, max_len, processor, engine, seed))
+
+
+def summarize_responses(responses: list[dict]) -> dict[str, float]:
+    """Accuracy and tool use of a set of trajectories (means of the agent's `extra_logs` and scores)."""
+    if not responses:
+        return {}
+    keys = responses[0]["extra_logs"].keys()
+    out = {f"agent/{k}": sum(r["extra_logs"][k] for r in responses) / len(responses) for k in keys}
+    out["accuracy"] = sum(float(r["scores"] or 0.0) for r in responses) / len(responses)
+    out["reward"] = sum(float(r["reward"] or 0.0) for r in responses) / len(responses)
+    out["tool_call_rate"] = sum(r["extra_logs"]["tool_calls"] > 0 for r in responses) / len(responses)
+    return out
+
+
+def evaluate(
+    executor, rows, processor, engine, args, max_len: int, temperature: float = 0.0, samples: int = 1, seed=None
+) -> tuple[dict[str, float], list[dict]]:
+    """`samples` rollouts of every row at `temperature` (default: one greedy); returns the summary and the responses.
+    With `seed` the sampling seeds are fixed (`rollout`), so policies compared on them draw the same random numbers."""
+    sp = sampling_params(args, temperature=temperature)
+    responses = rollout(executor, rows, samples, sp, max_len, processor, engine, seed=seed)
+    return summarize_responses(responses), responses
