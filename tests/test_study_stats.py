@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from openrlhf_tapo.eval.stats import betainc, mean_ci, t_cdf, t_quantile, welch_diff_ci
+from openrlhf_tapo.eval.stats import betainc, mean_ci, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize(
@@ -39,18 +39,6 @@ def test_mean_ci_degenerate_cases():
     assert one.mean == 0.7 and math.isnan(one.low) and "no CI" in one.fmt()
     with pytest.raises(ValueError, match="no samples"):
         mean_ci([])
-
-
-def test_welch_difference_interval():
-    # a = 1..5 (var 2.5), b = 2,4,..,10 (var 10): se = sqrt(.5 + 2) = 1.5811,
-    # df = 2.5^2 / (.5^2/4 + 2^2/4) = 5.882, t_{.975,5.882} = 2.4596 -> half width 3.889
-    d = welch_diff_ci([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
-    assert d.mean == -3.0 and d.std == pytest.approx(math.sqrt(2.5))
-    assert d.half_width == pytest.approx(2.4596 * math.sqrt(2.5), abs=2e-3)
-    assert d.low < 0 < d.high  # not significant at 95 %
-    assert welch_diff_ci([1.0, 1.0], [0.0, 0.0]).low == 1.0  # zero variance: a point
-    with pytest.raises(ValueError, match="at least 2"):
-        welch_diff_ci([1.0], [1.0, 2.0])
 
 
 # ------------------------------------------------------------------------------------- study aggregation

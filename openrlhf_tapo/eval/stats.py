@@ -105,21 +105,6 @@ def mean_ci(samples: Sequence[float], level: float = 0.95) -> MeanCI:
     return MeanCI(mean, mean - half, mean + half, n, std, level)
 
 
-def welch_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> MeanCI:
-    """mean(a) - mean(b) with Welch's interval (unequal variances, Welch–Satterthwaite df). std holds the SE."""
-    ma, mb = mean_ci(a, level), mean_ci(b, level)
-    if ma.n < 2 or mb.n < 2:
-        raise ValueError("welch_diff_ci: need at least 2 samples on each side")
-    va, vb = ma.std**2 / ma.n, mb.std**2 / mb.n
-    diff = ma.mean - mb.mean
-    se = math.sqrt(va + vb)
-    if se == 0.0:
-        return MeanCI(diff, diff, diff, ma.n + mb.n, 0.0, level)
-    df = (va + vb) ** 2 / (va**2 / (ma.n - 1) + vb**2 / (mb.n - 1))
-    half = t_quantile((1.0 + level) / 2.0, df) * se
-    return MeanCI(diff, diff - half, diff + half, ma.n + mb.n, se, level)
-
-
 def signed(ci: MeanCI) -> str:
     """A difference as `+m [low, high]`, bold when the interval excludes 0 (`+m (n=1)` without an interval)."""
     if ci.n < 2:
