@@ -30,7 +30,10 @@ def ray_run(tmp_path_factory):
         pytest.skip(message)
     run_dir = tmp_path_factory.mktemp("demo_ray")
     argv = [sys.executable, "-m", "openrlhf_tapo.cli.demo", "--engine", "ray", "--ray-python", RAY_PYTHON,
-            "--quick", "--steps", "2", "--run-dir", str(run_dir)]  # fmt: skip
+            "--quick", "--steps", "2", "--run-dir", str(run_dir),
+            # the quick model rarely answers right, so GRPO's advantages are often all 0 in both steps; the entropy
+            # bonus gives every step a gradient, so the update path (DeepSpeed step, weight sync, save) is exercised
+            "--entropy-coef", "0.01"]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -60,6 +63,7 @@ def test_rollouts_went_through_our_agent_and_the_local_index(ray_run):
 
 def test_training_changed_the_weights_and_wrote_a_checkpoint(ray_run):
     summary = ray_run["summary"]
-    assert summary["weight_change_l2"] > 0
+    assert all(m["actor_grad_norm"] > 0 for m in ray_run["metrics"])
+    assert summary["weight_change_l2"] > 0  # float32 end to end: no save/load rounding can fake a change
     checkpoint = Path(summary["checkpoint"])
     assert (checkpoint / "config.json").is_file() and list(checkpoint.glob("*.safetensors"))

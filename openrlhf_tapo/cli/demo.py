@@ -122,6 +122,7 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
         warm.steps = args.warm_steps
     rl.policy_loss_type = args.policy_loss_type
     rl.tapo_enable = not args.no_tapo
+    rl.entropy_coef = getattr(args, "entropy_coef", None)
     return task, warm, rl
 
 
@@ -423,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         help="--actor.policy_loss_type",
     )
     parser.add_argument("--no-tapo", action="store_true", help="plain GRPO (TAPO stage off)")
+    parser.add_argument(
+        "--entropy-coef",
+        type=float,
+        default=None,
+        help="--actor.entropy_coef (default: none, no entropy term); an entropy bonus updates the policy even in a "
+        "step whose groups all have one reward, where GRPO's advantages are all 0",
+    )
     parser.add_argument(
         "--threads",
         type=int,
