@@ -107,6 +107,18 @@ def test_missing_ray_venv_says_make_venv_ray(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def test_rl_flags_override_the_run_size_defaults():
+    args = argparse.Namespace(
+        quick=False, seed=0, steps=12, warm_steps=None, policy_loss_type="ppo", no_tapo=False, lr=5e-4,
+        entropy_coef=0.01,
+    )  # fmt: skip
+    _, _, rl = demo.build_configs(args)
+    assert (rl.steps, rl.lr, rl.entropy_coef) == (12, 5e-4, 0.01)
+    flags = rl.openrlhf_flags()
+    assert flags[flags.index("--actor.adam.lr") + 1] == "0.0005"
+    assert flags[flags.index("--actor.entropy_coef") + 1] == "0.01"
+
+
 def test_every_engine_builds_the_head_dim_32_model():
     for quick, engine in itertools.product((True, False), ("ray", "inprocess")):
         args = argparse.Namespace(

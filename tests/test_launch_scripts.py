@@ -239,8 +239,10 @@ def _flag_values(argv: list[str]) -> dict[str, str | bool]:
 
 
 def _same(got, want: str | bool) -> bool:
-    if isinstance(want, bool) or str(got) == want:
-        return got is want or str(got) == want
+    if isinstance(want, bool):
+        return got is want
+    if str(got) == want:
+        return True
     try:
         return float(got) == float(want)  # "1e-3" is 0.001
     except (TypeError, ValueError):

@@ -118,6 +118,8 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
         )
     if args.steps is not None:
         rl.steps = args.steps
+    if getattr(args, "lr", None) is not None:
+        rl.lr = args.lr
     if args.warm_steps is not None:
         warm.steps = args.warm_steps
     rl.policy_loss_type = args.policy_loss_type
@@ -422,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         default="ppo",
         choices=sorted(OPENRLHF_LOSS_TYPE),  # every loss of ours (tested equal to POLICY_LOSSES); torch-free
         help="--actor.policy_loss_type",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="RL learning rate, --actor.adam.lr (default: build_configs')"
     )
     parser.add_argument("--no-tapo", action="store_true", help="plain GRPO (TAPO stage off)")
     parser.add_argument(

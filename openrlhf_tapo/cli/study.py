@@ -56,6 +56,8 @@ SCHEDULE_FLAGS += ("workers", "threads")
 
 # flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
 DEFAULTS_FROM = {
+    "steps": ("RLConfig", "steps"),
+    "lr": ("RLConfig", "lr"),
     "warm_steps": ("WarmStartConfig", "steps"),
     "warm_batch": ("WarmStartConfig", "batch_size"),
     "warm_lr": ("WarmStartConfig", "lr"),
@@ -80,10 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds-grpo", type=int, default=10, help="paired seeds of the ppo and ppo+tapo arms")
     p.add_argument("--seeds-other", type=int, default=5, help="paired seeds of the SAPO and GSPO-token arms")
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
-    p.add_argument("--steps", type=int, default=12, help="RL steps per run")
+    p.add_argument("--steps", type=int, help="RL steps per run" + _default("steps"))
     p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step")
     p.add_argument("--n-samples", type=int, default=8, help="rollouts per prompt (GRPO group size)")
-    p.add_argument("--lr", type=float, default=5e-4, help="RL AdamW learning rate")
+    p.add_argument("--lr", type=float, help="RL AdamW learning rate" + _default("lr"))
     p.add_argument("--eval-samples", type=int, default=4, help="T = 1 samples per eval question (final eval, gates)")
     p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
     p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
@@ -110,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not arms:
         p.error(f"--arms {args.arms!r}: unknown {unknown}; choose from {', '.join(ARMS)}")
     args.arms = arms
-    if min(args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers) < 1:
+    counts = (args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers)
+    if min(n for n in counts if n is not None) < 1:  # steps None: RLConfig's (resolve_defaults)
         p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples, --gate-prompts and --workers must be >= 1")
     if args.num_eval < 64:
         print(f"study: note: --num-eval {args.num_eval} < 64 is a smoke size, not a study", file=sys.stderr)
@@ -119,10 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_defaults(args) -> None:
     """Fill the flags left unset with their config class's default, so OUT/config.json records the values used."""
+    from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
-    configs = {"WarmStartConfig": WarmStartConfig(), "TAPOConfig": TAPOConfig()}
+    configs = {"RLConfig": RLConfig(), "WarmStartConfig": WarmStartConfig(), "TAPOConfig": TAPOConfig()}
     for flag, (cls, name) in DEFAULTS_FROM.items():
         if getattr(args, flag) is None:
             setattr(args, flag, getattr(configs[cls], name))
