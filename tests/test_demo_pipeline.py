@@ -39,7 +39,9 @@ def run(tmp_path_factory):
     paths = prepare_task(root / "task", config, progress=lambda _: None)
     actor = load_actor(str(paths.model_dir))
     processor = get_tokenizer(str(paths.model_dir), None, "left")
-    rl_config = RLConfig(steps=1, prompts_per_step=2, n_samples_per_prompt=4, micro_batch_size=4, seed=1)
+    rl_config = RLConfig(
+        steps=1, prompts_per_step=2, n_samples_per_prompt=4, micro_batch_size=4, updates_per_step=2, seed=1
+    )
     rl = InProcessRL(actor, processor, load_agent_config(paths.agent_config), rl_config, paths.model_dir, root)
     rows = read_prompt_rows(paths.prompts["train"])
     questions = read_questions(paths.questions["train"])
@@ -48,7 +50,8 @@ def run(tmp_path_factory):
     losses = warm_start(actor, traces, (traces, turns), processor.tokenizer, rl.args.data.max_len,
                         WarmStartConfig(steps=40, batch_size=4, lr=5e-3, warmup_steps=2, content_steps=0))  # fmt: skip
     result = rl.train(rows, progress=lambda _: None)
-    yield dict(root=root, rl=rl, rows=rows, questions=questions, losses=losses, result=result)
+    updates = (rl.strategy.optimizer_steps, rl.scheduler.last_epoch)
+    yield dict(root=root, rl=rl, rows=rows, questions=questions, losses=losses, result=result, updates=updates)
     torch.set_num_threads(threads)
 
 
@@ -76,6 +79,13 @@ def test_metrics_tensorboard_and_checkpoint_are_written(run):
     saved = dict(model.named_parameters())
     for name, param in run["rl"].actor.model.named_parameters():
         assert torch.equal(saved[name].detach(), param.detach().float()), name
+
+
+def test_updates_per_step_makes_that_many_optimizer_steps(run):
+    # 8 rollouts, 2 updates: OpenRLHF's --train.batch_size 4 = one micro-batch of 4 per optimizer step, and the
+    # lr schedule counts optimizer steps (as OpenRLHF's max_steps does)
+    assert run["rl"].args.train.batch_size == 4
+    assert run["updates"] == (2, 2)
 
 
 def test_scripted_step_tapo_corrects_failing_tool_turns_by_hand_computed_credit(run):

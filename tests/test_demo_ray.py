@@ -76,6 +76,17 @@ def test_ray_command_is_accepted_by_our_cli_and_openrlhf_parser(tmp_path):
     assert args.vllm.sync_backend == "gloo" and args.vllm.enforce_eager
 
 
+def test_updates_per_step_sets_openrlhfs_train_batch_size():
+    config = RLConfig(prompts_per_step=8, n_samples_per_prompt=8, micro_batch_size=8, updates_per_step=2)
+    flags = config.openrlhf_flags()
+    assert flags[flags.index("--train.batch_size") + 1] == "32"
+    assert flags[flags.index("--rollout.batch_size") + 1] == "8"  # the rollout batch is unchanged
+    for updates in (3, 16, 0):  # 64 samples: not 3 equal parts; 4 < micro-batch 8; no update at all
+        bad = RLConfig(prompts_per_step=8, n_samples_per_prompt=8, micro_batch_size=8, updates_per_step=updates)
+        with pytest.raises(ValueError, match="updates_per_step"):
+            bad.openrlhf_flags()
+
+
 def test_ray_command_no_tapo_our_loss_and_episodes(tmp_path):
     config = RLConfig(steps=5, prompts_per_step=2, policy_loss_type="sapo", tapo_enable=False)
     argv, _ = script_argv(tmp_path, config, num_train=8)

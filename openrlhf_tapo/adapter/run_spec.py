@@ -27,7 +27,11 @@ class RLConfig:
 
     steps: RL steps (one rollout batch + one ppo_train epoch each).
     prompts_per_step / n_samples_per_prompt: `--rollout.batch_size` / `--rollout.n_samples_per_prompt` (GRPO groups).
-    micro_batch_size: `--train.micro_batch_size` (the optimizer steps once per step: gradient accumulation).
+    micro_batch_size: `--train.micro_batch_size` (gradient accumulation up to `--train.batch_size`).
+    updates_per_step: optimizer steps per rollout batch, as `--train.batch_size` = rollout samples / updates_per_step
+    (PPO's mini-batches over a shuffled replay buffer). 1 keeps every update on-policy (the study's: there SAPO's
+    and GSPO's ratios are 1); more move the policy further per rollout at no extra generation, the later updates
+    off-policy, where the ratio and its clip act.
     lr: `--actor.adam.lr` (large: the model is tiny). temperature: `--rollout.temperature`.
     max_len: `--data.max_len`, prompt + all turns of a trajectory.
     policy_loss_type: `--actor.policy_loss_type` (ppo | gspo | gspo_token | sapo).
@@ -40,6 +44,7 @@ class RLConfig:
     prompts_per_step: int = 4
     n_samples_per_prompt: int = 4
     micro_batch_size: int = 4
+    updates_per_step: int = 1
     lr: float = 5e-4
     temperature: float = 1.0
     max_len: int = 1536
@@ -60,7 +65,7 @@ class RLConfig:
             "--rollout.n_samples_per_prompt", str(self.n_samples_per_prompt),
             "--rollout.micro_batch_size", str(self.n_samples_per_prompt),
             "--rollout.temperature", str(self.temperature),
-            "--train.batch_size", str(self.prompts_per_step * self.n_samples_per_prompt),
+            "--train.batch_size", str(self.train_batch_size()),
             "--train.micro_batch_size", str(self.micro_batch_size),
             "--train.max_epochs", "1",
             "--train.seed", str(self.seed),
@@ -73,6 +78,18 @@ class RLConfig:
         if self.entropy_coef is not None:
             argv += ["--actor.entropy_coef", str(self.entropy_coef)]
         return argv
+
+    def train_batch_size(self) -> int:
+        """`--train.batch_size`: the rollout batch's samples per optimizer step."""
+        samples = self.prompts_per_step * self.n_samples_per_prompt
+        per_update, left = divmod(samples, max(self.updates_per_step, 1))
+        if self.updates_per_step < 1 or left or per_update % self.micro_batch_size:
+            raise ValueError(
+                f"updates_per_step {self.updates_per_step} must split the {samples} rollout samples of a step "
+                f"(prompts_per_step x n_samples_per_prompt) into equal mini-batches that are whole multiples of "
+                f"micro_batch_size {self.micro_batch_size}"
+            )
+        return per_update
 
     def tapo_flags(self) -> list[str]:
         """Our `--tapo.*` flags (cli/train_ppo_ray.py's parser): the switch, then every TAPOConfig field that is not
