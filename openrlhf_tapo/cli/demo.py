@@ -23,11 +23,8 @@ import argparse
 import dataclasses
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,12 +36,11 @@ from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
 
 DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
-EVAL_SAMPLES = 4  # temperature-1 samples per eval question (the study's count; 2 left a before-after SE of ~0.06)
+EVAL_SAMPLES = 2  # temperature-1 samples per eval question
 EVAL_SEED = 7  # sampling seeds of the eval rollouts: the same before and after RL
 GATE_PROMPTS = 16  # training questions whose GRPO groups measure the correctable rate
 
 if TYPE_CHECKING:
-    from openrlhf_tapo.adapter.inprocess_loop import RLResult
     from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.task.prepare import TaskConfig
     from openrlhf_tapo.task.warm_start import WarmStartConfig
@@ -110,15 +106,14 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
             model_seed=args.seed,
         )
         warm = WarmStartConfig(seed=args.seed)
-        # GRPO groups of 8 as in the study (docs/results.md); to fit the demo's time, fewer steps at a larger lr,
-        # each rollout batch used for two optimizer steps (OpenRLHF's mini-batches) rather than the study's one
+        # GRPO groups of 8 and the learning rate as in the study (docs/results.md), 8 steps to fit the demo's time.
+        # On this task's warm start, 8 steps at lr 5e-4 gained +0.136 in 4 seeds, at 1e-3 +0.080, and 2e-3 collapsed
+        # the policy (docs/demo.md, "Choosing the RL settings").
         rl = RLConfig(
             steps=8,
             prompts_per_step=8,
             n_samples_per_prompt=8,
             micro_batch_size=8,
-            updates_per_step=2,
-            lr=1e-3,
             max_len=512,
             seed=args.seed,
         )
@@ -185,61 +180,25 @@ def ray_command(
     return argv, env
 
 
-class RayRun:
-    """The Ray pipeline as a subprocess (its own process group), its output (Ray, vLLM, DeepSpeed, OpenRLHF) kept in
-    `log_path` only by a reader thread, so that it can start while this process does other work: about a minute of
-    its start-up is imports and process spawning, which the demo overlaps with its eval stage."""
-
-    def __init__(self, argv: list[str], env: dict, log_path: Path):
-        self.log_path = log_path
-        self.started = time.time()
-        self._steps: queue.Queue[dict | None] = queue.Queue()
-        self._proc = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # `stop` ends Ray's own processes with it
+def run_ray(argv: list[str], env: dict, log_path: Path, on_step: Callable[[dict], None]) -> float:
+    """Run the Ray pipeline with its output (Ray, vLLM, DeepSpeed, OpenRLHF) kept in `log_path` only, calling
+    `on_step(status)` for each training step OpenRLHF logs; returns the wall time. Raises SystemExit when it fails."""
+    start = time.time()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        with self.log_path.open("w") as log:
-            for line in self._proc.stdout:
-                log.write(line)
-                log.flush()  # `tail -f ray_train.log` follows the run
-                status = parse_global_step(line)
-                if status is not None:
-                    self._steps.put(status)
-        self._steps.put(None)
-
-    def wait(self, on_step: Callable[[dict], None]) -> float:
-        """Call `on_step(status)` for each training step OpenRLHF logs until the run ends; returns its wall time
-        since the start. Raises SystemExit when it fails."""
-        while (status := self._steps.get()) is not None:
-            on_step(status)
-        rc = self._proc.wait()
-        self._reader.join()
-        seconds = time.time() - self.started
-        if rc != 0:
-            raise SystemExit(f"the Ray pipeline exited with {rc} after {seconds:.0f} s; log: {self.log_path}")
-        return seconds
-
-    def stop(self) -> None:
-        """End the run and every process it started (when the demo fails before waiting for it)."""
-        if self._proc.poll() is not None:
-            return
-        os.killpg(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()  # `tail -f ray_train.log` follows the run
+            status = parse_global_step(line)
+            if status is not None:
+                on_step(status)
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"the Ray pipeline exited with {rc} after {time.time() - start:.0f} s; log: {log_path}")
+    return time.time() - start
 
 
 def ray_metrics(tensorboard_dir: Path) -> list[dict]:
@@ -265,7 +224,6 @@ def ray_metrics(tensorboard_dir: Path) -> list[dict]:
 def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict:
     """The six stages, one console line each (with its time), bars for the warm start and the RL steps; details go
     to `log` (stdout, which `main` sends to demo.log with everything the libraries print)."""
-    import torch
     from openrlhf.utils import get_tokenizer
 
     from openrlhf_tapo.adapter.inprocess import load_actor
@@ -331,38 +289,32 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
         note.append(f"{warm['traces']} teacher traces (teacher accuracy {warm['teacher_accuracy']:.2f})")
         note.append(f"loss {warm_losses[0]:.2f} -> {warm_losses[-1]:.2f}")
 
-    # The Ray run starts now and spends its first minute or so importing and spawning processes: stage 3 runs
-    # meanwhile, on one torch thread so that it does not spin against the start-up for the cores.
-    ray_run = None
-    if args.engine == "ray":
-        ray_run = start_ray(args, rl_config, paths.root, warm_dir, run_dir, len(train_rows))
-    threads = torch.get_num_threads()
-    try:
-        with stage("3/6 eval before RL, and the gates") as note:
-            if ray_run is not None:
-                torch.set_num_threads(1)
-                note.append("(the Ray run's start-up alongside)")
-            eval_answers = [q.answer for q in read_questions(paths.questions["eval"])]
-            gates = measure(
-                rl.executor, AgentExecutor(load_agent_config(paths.counterfactual_agent_config)), eval_rows,
-                eval_answers, counterfactual_answers(paths.root, task_config), train_rows[:GATE_PROMPTS],
-                rl_config.n_samples_per_prompt, EVAL_SAMPLES, processor, rl.engine, rl.args, max_len, EVAL_SEED,
-            )  # fmt: skip
-            before = evaluate_modes(rl, eval_rows, rl.engine, gates.pop("eval_responses"))
-            torch.set_num_threads(threads)
-            note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in before.items()))
-            note.append(", ".join(f"{name} {g['value']:.2f}" for name, g in gates["checked"].items()))
-    except BaseException:
-        if ray_run is not None:
-            ray_run.stop()
-        raise
+    with stage("3/6 eval before RL, and the gates") as note:
+        eval_answers = [q.answer for q in read_questions(paths.questions["eval"])]
+        gates = measure(
+            rl.executor, AgentExecutor(load_agent_config(paths.counterfactual_agent_config)), eval_rows, eval_answers,
+            counterfactual_answers(paths.root, task_config), train_rows[:GATE_PROMPTS], rl_config.n_samples_per_prompt,
+            EVAL_SAMPLES, processor, rl.engine, rl.args, max_len, EVAL_SEED,
+        )  # fmt: skip
+        before = evaluate_modes(rl, eval_rows, rl.engine, gates.pop("eval_responses"))
+        note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in before.items()))
+        note.append(", ".join(f"{name} {g['value']:.2f}" for name, g in gates["checked"].items()))
 
     where = "OpenRLHF's Ray pipeline" if args.engine == "ray" else "in-process"
     with stage(f"4/6 RL: GRPO{' + TAPO' if rl_config.tapo_enable else ''}, {rl_config.steps} steps, {where}") as note:
         with console.bar(rl_config.steps, "RL", "steps") as bar:
-            if ray_run is not None:
-                bar.set_postfix_str(f"Ray, vLLM, DeepSpeed starting (log: {run_dir / 'ray_train.log'})")
-                result = finish_ray(ray_run, rl, run_dir, lambda status: advance(bar, step_postfix(status)))
+            if args.engine == "ray":
+                bar.set_postfix_str(f"starting Ray, vLLM, DeepSpeed (log: {run_dir / 'ray_train.log'})")
+                result = train_with_ray(
+                    args,
+                    rl,
+                    rl_config,
+                    paths.root,
+                    warm_dir,
+                    run_dir,
+                    len(train_rows),
+                    lambda status: advance(bar, step_postfix(status)),
+                )
             else:
                 result = rl.train(train_rows, lambda line: advance(bar, line.split(": ", 1)[-1]))
         log(f"  checkpoint: {result.checkpoint} (weights moved by L2 {result.weight_change:.4f})")
@@ -411,29 +363,25 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     return summary
 
 
-def start_ray(args, config: RLConfig, task_dir, warm_dir, run_dir, num_train_prompts) -> RayRun:
-    """Start stage 4 with `--engine ray`: the Ray run of `config` from the warm start in `warm_dir`, as a subprocess
-    writing `run_dir/ray_train.log` (its command is printed to stdout, demo.log)."""
-    python = ray_python(getattr(args, "ray_python", None))
-    argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)
-    print(f"  PYTHON={env['PYTHON']} MODEL_PATH={env['MODEL_PATH']} SAVE_PATH={env['SAVE_PATH']}")
-    print(f"  {' '.join(argv)}")
-    return RayRun(argv, env, Path(run_dir) / "ray_train.log")
-
-
-def finish_ray(ray_run: RayRun, rl, run_dir, on_step) -> RLResult:
-    """The rest of stage 4 with `--engine ray`: wait for the run (`on_step(status)` per training step), then load
-    its HF checkpoint into `rl.actor` (so stage 5 evaluates it with the same engine) and its metrics from
-    tensorboard into metrics.jsonl. Each step's numbers are printed to stdout (demo.log)."""
+def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_train_prompts, on_step):
+    """Stage 4 with `--engine ray`: the Ray run as a subprocess (`on_step(status)` per training step), then its HF
+    checkpoint loaded into `rl.actor` (so stage 5 evaluates it with the same engine), its metrics from tensorboard
+    into metrics.jsonl. The command and each step's numbers are printed to stdout (demo.log)."""
     import torch
     from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
     from openrlhf_tapo.adapter.inprocess_loop import RLResult
 
-    seconds = ray_run.wait(on_step)
-    checkpoint = Path(run_dir) / "checkpoint"
+    python = ray_python(getattr(args, "ray_python", None))
+    argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)
+    print(f"  PYTHON={env['PYTHON']} MODEL_PATH={env['MODEL_PATH']} SAVE_PATH={env['SAVE_PATH']}")
+    print(f"  {' '.join(argv)}")
+    seconds = run_ray(argv, env, run_dir / "ray_train.log", on_step)
+    checkpoint = Path(env["SAVE_PATH"])
     if not (checkpoint / "config.json").is_file():
-        raise SystemExit(f"the Ray run exited 0 but saved no HF model in {checkpoint}; log: {ray_run.log_path}")
+        raise SystemExit(
+            f"the Ray run exited 0 but saved no HF model in {checkpoint}; log: {run_dir / 'ray_train.log'}"
+        )
     initial = [p.detach().clone() for p in rl.actor.parameters()]
     trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
     rl.actor.model.load_state_dict(trained.state_dict())
@@ -452,7 +400,7 @@ def finish_ray(ray_run: RayRun, rl, run_dir, on_step) -> RLResult:
             f"loss {m.get('policy_loss', float('nan')):.4f}, vllm_kl {m.get('vllm_kl', float('nan')):.2e} "
             f"(weight sync check), step {m.get('timing/step_total', float('nan')):.1f} s"
         )
-    print(f"  Ray run: {len(metrics)} steps logged, {seconds:.0f} s wall clock since its start (start-up included)")
+    print(f"  Ray run: {len(metrics)} steps logged, {seconds:.0f} s wall clock (start-up included)")
     return RLResult(len(metrics), metrics, float(change), checkpoint, seconds)
 
 
@@ -481,13 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         help="--actor.policy_loss_type",
     )
     parser.add_argument(
-        "--lr", type=float, default=None, help="RL learning rate, --actor.adam.lr (default: build_configs')"
+        "--lr", type=float, default=None, help="RL learning rate, --actor.adam.lr (default: RLConfig's)"
     )
     parser.add_argument(
         "--updates-per-step",
         type=int,
         default=None,
-        help="optimizer steps per rollout batch (RLConfig.updates_per_step; default: build_configs')",
+        help="optimizer steps per rollout batch (RLConfig.updates_per_step; default 1)",
     )
     parser.add_argument("--no-tapo", action="store_true", help="plain GRPO (TAPO stage off)")
     parser.add_argument(
