@@ -107,6 +107,19 @@ def test_base_arms_measure_with_beta_zero():
     assert (tapo.tapo.beta, tapo.tapo_enable, tapo.policy_loss_type, tapo.seed) == (0.5, True, "sapo", 3)
 
 
+def test_updates_per_step_reaches_the_run_and_old_outs_count_as_one(tmp_path):
+    args = study.parse_args(["--updates-per-step", "2"])
+    study.resolve_defaults(args)
+    assert study.rl_config("sapo", 0, args).train_batch_size() == 32  # 8 prompts x 8 rollouts in 2 updates
+    old = study.parse_args([])
+    study.resolve_defaults(old)
+    saved = {k: v for k, v in vars(old).items() if k not in study.SCHEDULE_FLAGS and k != "updates_per_step"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))  # a study started before the flag existed
+    study.check_config(old, tmp_path)  # ran with one update per step: the same settings
+    with pytest.raises(SystemExit, match=r"other settings \(saved, now\): \{'updates_per_step': \(None, 2\)\}"):
+        study.check_config(args, tmp_path)
+
+
 def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(tiny_study):
     """Arms are compared on fixed sampling seeds: the same policy evaluated twice gives the same trajectories."""
     from openrlhf_tapo.adapter.inprocess import load_actor

@@ -52,6 +52,8 @@ EVAL_SEED = 9_000_000  # sampling seeds of every run's final sampled eval: all a
 # flags that may differ between calls on one OUT: they choose which runs run (more seeds extend a study), not how
 SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only")
 SCHEDULE_FLAGS += ("workers", "threads")
+# flags added after studies were started: an OUT/config.json without one was run at this value
+ADDED_FLAGS = {"updates_per_step": 1}
 
 
 # flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
@@ -86,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step")
     p.add_argument("--n-samples", type=int, default=8, help="rollouts per prompt (GRPO group size)")
     p.add_argument("--lr", type=float, help="RL AdamW learning rate" + _default("lr"))
+    p.add_argument(
+        "--updates-per-step",
+        type=int,
+        default=ADDED_FLAGS["updates_per_step"],
+        help="optimizer steps per rollout batch (RLConfig.updates_per_step; >1: off-policy updates, where SAPO and "
+        "GSPO differ from PPO)",
+    )
     p.add_argument("--eval-samples", type=int, default=4, help="T = 1 samples per eval question (final eval, gates)")
     p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
     p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
@@ -159,7 +168,7 @@ def check_config(args, out: Path) -> None:
     path = out / "config.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k, ADDED_FLAGS.get(k)) != v}
         if changed:
             raise SystemExit(f"study: {out} was started with other settings (saved, now): {changed}")
     else:
@@ -328,6 +337,7 @@ def rl_config(arm: str, seed: int, args):
         prompts_per_step=args.prompts_per_step,
         n_samples_per_prompt=args.n_samples,
         micro_batch_size=args.n_samples,
+        updates_per_step=args.updates_per_step,
         lr=args.lr,
         policy_loss_type=loss,
         tapo_enable=True,
@@ -407,7 +417,8 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
         f"Task: {args.entities} entities, {args.num_eval} held out for evaluation. Warm start: {args.warm_steps} "
         f"steps x {args.warm_batch} traces, lr {args.warm_lr}, teacher direct share {args.direct_share}, misread "
         f"share {args.misread_share}. Per run: {args.steps} RL steps x {args.prompts_per_step} prompts x "
-        f"{args.n_samples} rollouts, lr {args.lr}; TAPO beta {args.beta} on the "
+        f"{args.n_samples} rollouts, {args.updates_per_step} optimizer step(s) each, lr {args.lr}; TAPO beta "
+        f"{args.beta} on the "
         "+TAPO arms (base arms run the stage with beta 0: measure only). Final eval: the eval split at T = 1 with "
         f"{args.eval_samples} samples per question on fixed sampling seeds (the same for every arm), and greedy.",
         "",
