@@ -120,13 +120,15 @@ def test_missing_ray_venv_says_make_venv_ray(tmp_path, monkeypatch):
 
 def test_rl_flags_override_the_run_size_defaults():
     args = argparse.Namespace(
-        quick=False, seed=0, steps=12, warm_steps=None, policy_loss_type="ppo", no_tapo=False, lr=5e-4,
-        entropy_coef=0.01,
+        quick=False, seed=0, steps=12, warm_steps=400, content_steps=300, policy_loss_type="ppo", no_tapo=False,
+        lr=3e-4, updates_per_step=2, entropy_coef=0.01,
     )  # fmt: skip
-    _, _, rl = demo.build_configs(args)
-    assert (rl.steps, rl.lr, rl.entropy_coef) == (12, 5e-4, 0.01)
+    _, warm, rl = demo.build_configs(args)
+    assert (warm.steps, warm.content_steps) == (400, 300)
+    assert (rl.steps, rl.lr, rl.updates_per_step, rl.entropy_coef) == (12, 3e-4, 2, 0.01)
     flags = rl.openrlhf_flags()
-    assert flags[flags.index("--actor.adam.lr") + 1] == "0.0005"
+    assert flags[flags.index("--actor.adam.lr") + 1] == "0.0003"
+    assert flags[flags.index("--train.batch_size") + 1] == "32"
     assert flags[flags.index("--actor.entropy_coef") + 1] == "0.01"
 
 

@@ -2,16 +2,18 @@
 # Choosing the demo's RL settings (docs/demo.md, "Choosing the RL settings"): each setting "STEPS LR [PROMPTS]" runs
 # GRPO + TAPO in-process (the study's runner, `python -m openrlhf_tapo.cli.study`) for 4 RL seeds from the task and
 # the warm start of one `make demo` run (SRC, default runs/demo_v5: seed 0), with the demo's eval split (64
-# questions, 4 samples at T = 1, and greedy). Resumable: a setting's study continues where it stopped.
+# questions, 4 samples at T = 1, and greedy), into ROOT/<setting> (default runs/demo_budget). Resumable: a setting's
+# study continues where it stopped.
 #
 #   bash docs/demo_budget/run.sh "8 1e-3" "8 2e-3" "8 5e-4" "12 1e-3" "12 5e-4 8" "16 5e-4 4"
 #   .venv/bin/python docs/demo_budget/summarize.py runs/demo_budget
 set -euo pipefail
 SRC=${SRC:-runs/demo_v5}
+ROOT=${ROOT:-runs/demo_budget}
 for setting in "$@"; do
   set -- $setting
   P=${3:-8}
-  OUT=runs/demo_budget/steps$1_lr$2_prompts$P
+  OUT=$ROOT/steps$1_lr$2_prompts$P
   mkdir -p $OUT
   if [ ! -e $OUT/task/done ]; then  # the study reuses a task and a warm start it finds (their markers)
     cp -r $SRC/task $OUT/task && touch $OUT/task/done
