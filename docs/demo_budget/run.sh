@@ -10,6 +10,13 @@
 set -euo pipefail
 SRC=${SRC:-runs/demo_v5}
 ROOT=${ROOT:-runs/demo_budget}
+# The source run's warm-start settings (its summary.json): the study records them in config.json and in the
+# warm-start marker it writes itself, so each setting's files say which warm start it ran from.
+WARM=$(.venv/bin/python -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['config']['warm_start']))" \
+  "$SRC/summary.json")
+WARM_FLAGS=$(.venv/bin/python -c "import json, sys; w = json.loads(sys.argv[1]); print(
+  f\"--warm-steps {w['steps']} --content-steps {w['content_steps']} --warm-batch {w['batch_size']} \"
+  f\"--warm-lr {w['lr']} --direct-share {w['direct_share']} --misread-share {w['misread_share']}\")" "$WARM")
 for setting in "$@"; do
   set -- $setting
   P=${3:-8}
@@ -17,8 +24,8 @@ for setting in "$@"; do
   mkdir -p $OUT
   if [ ! -e $OUT/task/done ]; then  # the study reuses a task and a warm start it finds (their markers)
     cp -r $SRC/task $OUT/task && touch $OUT/task/done
-    cp -r $SRC/model/warm_start $OUT/warm && echo "{\"source\": \"$SRC/model/warm_start\"}" > $OUT/warm/warm_start.json
+    cp -r $SRC/model/warm_start $OUT/warm && echo "$WARM" > $OUT/warm/warm_start.json
   fi
   .venv/bin/python -m openrlhf_tapo.cli.study --out $OUT --num-eval 64 --arms ppo+tapo --seeds-grpo 4 \
-      --steps $1 --lr $2 --prompts-per-step $P --workers 2 --threads 1
+      --steps $1 --lr $2 --prompts-per-step $P --workers 2 --threads 1 $WARM_FLAGS
 done

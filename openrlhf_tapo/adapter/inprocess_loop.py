@@ -80,11 +80,10 @@ class InProcessRL:
         self.executor = AgentExecutor(agent_config)
         self.engine = HFGenerationEngine(actor.model, processor)
         args = self.args
-        batch = config.prompts_per_step * config.n_samples_per_prompt
-        updates_per_step = batch // args.train.batch_size
         self.strategy = InProcessStrategy(
             args, args.train.batch_size // args.train.micro_batch_size, args.actor.max_norm
         )
+        updates = config.steps * config.updates_per_step  # the lr schedule counts optimizer steps, as OpenRLHF's
         adam = args.actor.adam
         params = [p for p in actor.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -93,8 +92,8 @@ class InProcessRL:
         self.scheduler = get_scheduler(
             args.actor.lr_scheduler,
             self.optimizer,
-            num_warmup_steps=math.ceil(config.steps * updates_per_step * args.actor.lr_warmup_ratio),
-            num_training_steps=config.steps * updates_per_step,
+            num_warmup_steps=math.ceil(updates * args.actor.lr_warmup_ratio),
+            num_training_steps=updates,
             scheduler_specific_kwargs={"min_lr": adam.lr * args.actor.min_lr_ratio},
         )
         self.trainer = build_actor_trainer(self.strategy, actor, self.optimizer, self.scheduler, processor)

@@ -81,15 +81,14 @@ class RLConfig:
 
     def train_batch_size(self) -> int:
         """`--train.batch_size`: the rollout batch's samples per optimizer step."""
-        samples = self.prompts_per_step * self.n_samples_per_prompt
-        per_update, left = divmod(samples, max(self.updates_per_step, 1))
-        if self.updates_per_step < 1 or left or per_update % self.micro_batch_size:
+        samples, updates = self.prompts_per_step * self.n_samples_per_prompt, self.updates_per_step
+        if updates < 1 or samples % updates or (samples // updates) % self.micro_batch_size:
             raise ValueError(
                 f"updates_per_step {self.updates_per_step} must split the {samples} rollout samples of a step "
                 f"(prompts_per_step x n_samples_per_prompt) into equal mini-batches that are whole multiples of "
                 f"micro_batch_size {self.micro_batch_size}"
             )
-        return per_update
+        return samples // updates
 
     def tapo_flags(self) -> list[str]:
         """Our `--tapo.*` flags (cli/train_ppo_ray.py's parser): the switch, then every TAPOConfig field that is not
