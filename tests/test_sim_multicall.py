@@ -284,3 +284,50 @@ def test_simulate_cli_multicall_grid_writes_cells_and_report(tmp_path, capsys):
     assert "3 already done" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         simulate.main(["--grid", "multicall", "--regimes", "b_saturated_calls"])  # a part-1-only regime
+
+
+def _paired(regime: str, arm: str, metric: str, against: str | None = None, lr: float = 0.2) -> list[float]:
+    base, _ = _run(regime, against or base_of(arm), lr=lr)
+    tapo, _ = _run(regime, arm, lr=lr)
+    return [t[metric] - b[metric] for t, b in zip(tapo, base, strict=True)]
+
+
+def _spurious(regime: str, arm: str) -> tuple[int, float]:
+    _, steps = _run(regime, arm)
+    credited = sum(s["credited_calls"] for s in steps)
+    return credited, sum(s["credited_uninformative_calls"] for s in steps) / max(credited, 1)
+
+
+# The directions and sizes the full grid measured (docs/results.md §1 part 2), on 6 seeds x 60 steps (measured
+# 2026-12-06: f +0.006..+0.012, noclip - TAPO +0.010..+0.023, g +0.002..+0.005, spurious share g 0.23 / overlap 0.10
+# / f 0.03, h inflation +0.18..+0.26 calls, window0 - TAPO -0.02..-0.06 calls, Adam lr 0.01 in (a) +0.015..+0.031).
+# A no-op tapo_correct gives 0 differences and no credited call, so each of these fails without TAPO.
+def test_direction_two_hop():
+    assert all(0.003 < d < 0.03 for d in _paired("f_two_hop", "grpo+tapo", "mean_accuracy"))
+    # without the clip the credit is larger and learning faster (part 1's direction, again)
+    assert all(d > 0.005 for d in _paired("f_two_hop", "grpo+tapo_noclip", "mean_accuracy", against="grpo+tapo"))
+
+
+def test_direction_state_dependent_spurious_witnesses():
+    credited, share = _spurious("g_state_dependent", "grpo+tapo")
+    assert credited > 0 and 0.1 < share < 0.4  # TAPO credits worthless open_page calls...
+    overlap_credited, overlap_share = _spurious("g_state_dependent", "grpo+tapo_obs_overlap")
+    assert 0 < overlap_credited < credited and overlap_share < 0.6 * share  # ...outcome verification cuts them
+    two_hop_credited, two_hop_share = _spurious("f_two_hop", "grpo+tapo")
+    assert two_hop_credited > 0 and two_hop_share < 0.1  # equal parameters are equal actions there
+    diffs = _paired("g_state_dependent", "grpo+tapo", "mean_accuracy")
+    assert all(0 < d < 0.01 for d in diffs)  # and TAPO still gains
+
+
+def test_direction_redundant_call_inflation():
+    inflation = _paired("h_redundant", "grpo+tapo", "final_calls_per_trajectory")
+    assert all(0.1 < d < 0.35 for d in inflation)
+    window = _paired("h_redundant", "grpo+tapo_window0", "final_calls_per_trajectory", against="grpo+tapo")
+    assert all(d < -0.01 for d in window)  # the turn window stops crediting the repeat with call 1's witnesses
+    same = _paired("h_redundant", "grpo+tapo_window0", "mean_accuracy", against="grpo+tapo")
+    assert same == [0.0] * len(same)  # ...at exactly no accuracy cost (no reward depends on the repeat)
+
+
+def test_direction_survives_adam():
+    diffs = _paired("a_useful_weak_reader", "grpo_adam+tapo", "mean_accuracy", lr=0.01)
+    assert all(0.01 < d < 0.04 for d in diffs)
