@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -44,6 +44,7 @@ class Environment(Protocol):
     def measures(self, policy) -> dict[str, Tensor]: ...  # per-run curves; "accuracy" first
 
 
+@runtime_checkable
 class KnowsCallValue(Protocol):
     """An environment that knows, for each call, whether it brought information the answer needs in its state."""
 
@@ -143,7 +144,7 @@ def train(
             token_advantages, batch.mask, group_ids, batch.reward >= 1.0, calls, tapo_config
         )
         step_stats = {name: _count(stats, spec) for name, spec in _TAPO_COUNTS.items()}
-        if hasattr(regime, "informative"):
+        if isinstance(regime, KnowsCallValue):
             step_stats.update(_credited_by_value(regime.informative(batch, calls), calls, token_advantages, corrected))
         tapo_stats.append(step_stats)
         token_advantages = corrected
