@@ -73,6 +73,31 @@ class Regime:
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    # The environment interface the trainer uses (sim/train.py `Environment`); the part-2 environments of
+    # sim/multicall.py implement the same methods.
+    num_columns = NUM_COLUMNS
+    num_draws = NUM_DRAWS
+
+    def initial_policy(self, runs: int) -> Policy:
+        return Policy.initial(self, runs)
+
+    def rollout(self, policy: Policy, uniforms: Tensor) -> Batch:
+        return rollout(policy, self, uniforms)
+
+    def log_probs(self, policy: Policy, batch: Batch, runs: int) -> Tensor:
+        return action_log_probs(policy, batch.actions, batch.mask, batch.qtype, runs)
+
+    def tool_calls(self, batch: Batch, group_size: int) -> list[ToolCall]:
+        return tool_calls(batch, group_size)
+
+    def measures(self, policy: Policy) -> dict[str, Tensor]:
+        """Per-run measures recorded on the curves (exact, at temperature 1 unless named greedy)."""
+        return {
+            "accuracy": expected_accuracy(policy, self),
+            "greedy_accuracy": greedy_accuracy(policy, self),
+            "call_rate": call_rate(policy),
+        }
+
 
 _BASE = "call rate 0.5, 90 % of calls well-formed, right query 70 %, fact read after the right result 15 %"
 REGIMES: dict[str, Regime] = {

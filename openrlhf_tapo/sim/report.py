@@ -16,6 +16,8 @@ from openrlhf_tapo.eval.stats import MeanCI, band, mean_ci, signed
 from openrlhf_tapo.sim.env import REGIMES
 from openrlhf_tapo.sim.study import ARMS, STUDY_LR, Cell, base_of
 
+TITLE = "TAPO mechanism study (controlled tool-use environment)"
+
 METRICS = {
     "final_accuracy": "final accuracy (exact, T = 1)",
     "mean_accuracy": "accuracy averaged over the run (learning speed)",
