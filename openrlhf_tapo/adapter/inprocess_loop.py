@@ -25,7 +25,7 @@ from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
 from transformers import get_scheduler
 
-from openrlhf_tapo.adapter.config import tapo_namespace
+from openrlhf_tapo.adapter.config import estimator_namespace
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
 from openrlhf_tapo.adapter.inprocess import (
     InProcessStrategy,
@@ -55,7 +55,7 @@ def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
     argv += ["--actor.model_name_or_path", str(model_dir), "--ckpt.output_dir", str(run_dir / "checkpoint")]
     args = parse_openrlhf_args(argv + output_flags(run_dir, RUN_NAME))
     args.actor.policy_loss_type = config.policy_loss_type
-    args.tapo = tapo_namespace(config.tapo_enable, config.tapo)
+    args.tapo = estimator_namespace(config.tapo_enable, config.tapo)
     return args
 
 

@@ -38,7 +38,7 @@ from openrlhf_tapo.adapter.config import (
     TAPO_FIELDS,
     TAPOConfigError,
     check_tapo_compatible,
-    tapo_namespace,
+    estimator_namespace,
     yaml_sections,
 )
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
@@ -319,7 +319,7 @@ def resolve_args(argv: list[str]):
     if ours.loss["policy_loss_type"] is not None:
         args.actor.policy_loss_type = ours.loss["policy_loss_type"]
     args.actor.sapo_tau_pos, args.actor.sapo_tau_neg = ours.loss["sapo_tau_pos"], ours.loss["sapo_tau_neg"]
-    args.tapo = tapo_namespace(ours.tapo_enable, ours.tapo)
+    args.tapo = estimator_namespace(ours.tapo_enable, ours.tapo)
     args.agent = SimpleNamespace(config=ours.agent_config)
     args.dry_run = ours.dry_run
 
