@@ -25,6 +25,8 @@ from openrlhf_tapo.utils.config_files import ConfigError, check_keys
 logger = logging.getLogger(__name__)
 
 TAPO_FIELDS = tuple(f.name for f in dataclasses.fields(TAPOConfig))
+# The estimators besides TAPO, each switched by `--<name>.enable` with its config's fields as `--<name>.<field>`.
+STEP_ESTIMATORS = tuple(name for name in ESTIMATORS if name != "tapo")
 # PolicyLossConfig's fields that are our flags (`--actor.<field>`): the ones documented for the launcher. The others
 # come from OpenRLHF's own flags (--actor.eps_clip_low_high, --actor.dual_clip).
 LOSS_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyLossConfig) if "help" in f.metadata)
@@ -137,15 +139,18 @@ def yaml_sections(data: dict, source: str) -> dict[str, Any]:
     Accepted layout (every key optional)::
 
         tapo: {enable: true, beta: 0.8, ...}        # TAPOConfig fields + enable
+        gigpo: {enable: true, omega: 1.0, ...}      # GiGPOConfig fields + enable (turn_reward: TurnRewardConfig's)
         actor: {policy_loss_type: sapo, sapo_tau_pos: 1.0, sapo_tau_neg: 1.05}
         agent: {config: configs/agent.yaml}
 
     An unknown section or key is an error naming it (a typo must not silently fall back to a default).
     """
+    step_fields = {name: {f.name for f in dataclasses.fields(ESTIMATORS[name].config)} for name in STEP_ESTIMATORS}
     allowed = {
         "tapo": {"enable", *TAPO_FIELDS},
         "actor": {"policy_loss_type", *LOSS_FLAG_FIELDS},
         "agent": {"config"},
+        **{name: {"enable", *fields} for name, fields in step_fields.items()},
     }
     check_keys(data, allowed, source)
     flat = {}
