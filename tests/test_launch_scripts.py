@@ -268,3 +268,42 @@ def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):
     assert proc.ray_called is None and proc.returncode == 2 and proc.stdout == ""
     assert "tools.backend.index_dir is required" in proc.stderr
     assert "/data/train.jsonl: no such file" in proc.stderr  # common_search_agent.sh's default DATASET_PATH
+
+
+STEP_SCRIPTS = {
+    "train_gigpo_ray.sh": ({"gigpo"}, {"GIGPO_OMEGA": "0.5"}),
+    "train_gigpo_tapo_ray.sh": ({"gigpo", "tapo"}, {"GIGPO_GAMMA": "0.9", "TAPO_BETA": "0.3"}),
+    "train_turn_reward_ray.sh": ({"turn_reward"}, {"TURN_REWARD_LAM": "0.25"}),
+}
+
+
+@pytest.mark.parametrize("script", sorted(STEP_SCRIPTS))
+def test_step_credit_scripts_are_the_same_job_with_their_estimators(submit, script):
+    """Each step-credit script is the baseline's OpenRLHF job plus its estimators, with overrides from the
+    environment and nothing passed at its default."""
+    from openrlhf_tapo.algorithms.estimators import ESTIMATORS
+
+    enabled, overrides = STEP_SCRIPTS[script]
+    same_output = {"RUN_NAME": "compare", "SAVE_PATH": "/ckpt/compare"}
+    baseline = submit("train_grpo_ray.sh", **same_output)
+    job = submit(script, **same_output)
+    assert job["module"] == "openrlhf_tapo.cli.train_ppo_ray" and job["submit"] == baseline["submit"]
+    assert openrlhf_argv(job["argv"]) == baseline["argv"]
+    args = resolve_args(job["argv"])
+    assert {name for name in ESTIMATORS if getattr(args, name).enable} == enabled
+    assert args.agent.config is not None
+    defaults = resolve_args(submit(script)["argv"])
+    for name in enabled - {"tapo"}:
+        assert vars(defaults)[name].__dict__ == {"enable": True, **vars(ESTIMATORS[name].config())}
+    with_env = resolve_args(submit(script, **overrides)["argv"])
+    assert (
+        with_env.gigpo.omega,
+        with_env.gigpo.gamma,
+        with_env.tapo.beta,
+        with_env.turn_reward.lam,
+    ) == (
+        float(overrides.get("GIGPO_OMEGA", defaults.gigpo.omega)),
+        float(overrides.get("GIGPO_GAMMA", defaults.gigpo.gamma)),
+        float(overrides.get("TAPO_BETA", defaults.tapo.beta)),
+        float(overrides.get("TURN_REWARD_LAM", defaults.turn_reward.lam)),
+    )
