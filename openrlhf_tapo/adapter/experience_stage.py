@@ -48,7 +48,8 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf_tapo.adapter.config import check_tapo_compatible, credit_configs_from_args
 from openrlhf_tapo.adapter.trajectory import RecoveredCalls, ToolCallRecovery
 from openrlhf_tapo.agent.config import AgentConfig, load_agent_config
-from openrlhf_tapo.agent.reward import parse_label, substring_match
+from openrlhf_tapo.agent.failures import hit_turn
+from openrlhf_tapo.agent.reward import parse_label
 from openrlhf_tapo.algorithms.estimators import CreditInputs, apply_estimators
 from openrlhf_tapo.algorithms.gigpo import search_turns
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, ToolCall
@@ -74,7 +75,7 @@ def success_flags(experiences: Sequence[Experience], threshold: float) -> list[b
 
 def first_hits(labels: Sequence, calls: Sequence[ToolCall]) -> list[int | None]:
     """Per trajectory, the turn of its first call whose observation contains the label's answer (the agent's answer
-    rule: `agent.reward.substring_match` over the label's golds), or None. A label that cannot be read counts no
+    rule, `agent.failures.hit_turn`), or None. A label that cannot be read counts no
     hit for its trajectory and is logged once."""
     golds = []
     for label in labels:
@@ -83,12 +84,10 @@ def first_hits(labels: Sequence, calls: Sequence[ToolCall]) -> list[int | None]:
         except ValueError as err:
             logger.warning("turn reward: a label could not be read (%s); its trajectory counts no hit", err)
             golds.append([])
-    hits: list[int | None] = [None] * len(labels)
+    by_traj: list[list[ToolCall]] = [[] for _ in labels]
     for call in calls:
-        if call.succeeded and golds[call.traj] and substring_match(call.observation, golds[call.traj]):
-            hit = hits[call.traj]
-            hits[call.traj] = call.turn if hit is None else min(hit, call.turn)
-    return hits
+        by_traj[call.traj].append(call)
+    return [hit_turn(made, answers) for made, answers in zip(by_traj, golds, strict=True)]
 
 
 def apply_credit(
