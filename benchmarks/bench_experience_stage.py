@@ -29,10 +29,10 @@ cuda_stubs.install()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' rollout builder
 from _tapo_rollouts import call, experiences, response, tokenizer  # noqa: E402
 
-from openrlhf_tapo.adapter.config import tapo_namespace  # noqa: E402
-from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker, apply_tapo, success_flags  # noqa: E402
+from openrlhf_tapo.adapter.config import estimator_namespace  # noqa: E402
+from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker, apply_credit, success_flags  # noqa: E402
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args  # noqa: E402
-from openrlhf_tapo.algorithms import tapo as tapo_module  # noqa: E402
+from openrlhf_tapo.algorithms import estimators as estimators_module  # noqa: E402
 from openrlhf_tapo.algorithms.tapo import TAPOConfig  # noqa: E402
 
 N_SAMPLES = 8
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
          "--rollout.micro_batch_size", str(args.micro_batch), "--algo.kl.use_loss", "--algo.kl.estimator", "k3",
          "--actor.num_gpus_per_node", "1", "--train.agent_func_path", "openrlhf_tapo/agent/executor.py"]
     )  # fmt: skip
-    ppo_args.tapo = tapo_namespace(True, TAPOConfig())
+    ppo_args.tapo = estimator_namespace(True, TAPOConfig())
     strategy = SimpleNamespace(args=ppo_args)
     maker = TAPOExperienceMaker(None, None, None, None, SimpleNamespace(value=0.0), strategy, tokenizer())
 
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
     print(f"{prompts * N_SAMPLES} trajectories, {tokens / (prompts * N_SAMPLES):.0f} tokens each on average")
 
-    success = success_flags(batches, maker.tapo_config.success_threshold)
+    success = success_flags(batches, TAPOConfig().success_threshold)
+    rewards = [r for b in batches for r in b.rewards.tolist()]
     base, t_openrlhf = _timed(super(TAPOExperienceMaker, maker).compute_advantages_and_returns, batches)
 
     recovery_time = []
@@ -101,21 +102,20 @@ def main(argv: list[str] | None = None) -> None:
 
     maker.tool_call_recovery.recover = timed_recover
     correct_time = []
-    tapo_correct = tapo_module.tapo_correct
+    tapo_correct = estimators_module.tapo_correct
 
     def timed_correct(*a):
         out, seconds = _timed(tapo_correct, *a)
         correct_time.append(seconds)
         return out
 
-    import openrlhf_tapo.adapter.experience_stage as stage
-
-    stage.tapo_correct = timed_correct
+    estimators_module.tapo_correct = timed_correct
     try:
-        stats, t_stage = _timed(apply_tapo, copy.deepcopy(base), success, N_SAMPLES, maker.tool_call_recovery,
-                                maker.tapo_config)  # fmt: skip
+        all_stats, t_stage = _timed(apply_credit, copy.deepcopy(base), success, rewards, N_SAMPLES,
+                                    maker.tool_call_recovery, maker.credit_configs)  # fmt: skip
     finally:
-        stage.tapo_correct = tapo_correct
+        estimators_module.tapo_correct = tapo_correct
+    stats = all_stats["tapo"]
     t_recovery, t_correct = sum(recovery_time), sum(correct_time)
     print(f"calls {stats['num_calls']:.0f}, corrected {stats['corrected_calls']:.0f}, "
           f"failing trajectories correctable {100 * stats['failing_traj_correctable_frac']:.0f} %")  # fmt: skip

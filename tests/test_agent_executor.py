@@ -482,3 +482,25 @@ async def test_prompt_rendered_by_openrlhf_chat_template_is_adopted(processor, i
     text = collapsed(processor, out["observation_tokens"])
     expected = protocol.build_prompt("Which city?", 1, executor.runner.schemas()) + "<answer>Paris</answer>"
     assert text == expected and out["reward"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "turns, answer, kind",
+    [
+        ([SEARCH, "<answer>Rome</answer>"], "paris", "wrong_answer"),  # the observation names Paris
+        (['<tool_call>{"name": "zoom", "arguments": {"image"</tool_call>', SEARCH, "<answer>Rome</answer>"],
+         "paris", "malformed_call"),
+        ([SEARCH, "<answer>Rome</answer>"], "berlin", "wrong_parameters"),  # no passage holds Berlin
+        (["<answer>Rome</answer>"], "paris", "no_call"),
+        ([SEARCH, "I am not sure."], "paris", "no_answer"),
+        ([SEARCH, "<answer>Paris</answer>"], "paris", None),
+    ],
+)  # fmt: skip
+async def test_failing_trajectories_log_their_first_error(processor, index_dir, turns, answer, kind):
+    from openrlhf_tapo.agent.failures import FAILURE_KINDS
+
+    executor = agent(index_dir)
+    out = await executor.execute("Where?", answer, params(), MAX_LEN, processor, ScriptedEngine(processor, turns))
+    logged = {k.removeprefix("failure/"): v for k, v in out["extra_logs"].items() if k.startswith("failure/")}
+    assert set(logged) == set(FAILURE_KINDS)
+    assert logged == {k: float(k == kind) for k in FAILURE_KINDS}

@@ -131,6 +131,45 @@ def test_scripted_step_tapo_corrects_failing_tool_turns_by_hand_computed_credit(
     assert moved > 0  # ppo_train with our PolicyLoss stepped the optimizer
 
 
+def test_scripted_step_gigpo_then_tapo_by_hand_computed_credit(run):
+    """The same scripted step with GiGPO (gamma 1, omega 1) before TAPO, through the in-process engine's experience
+    maker: every trajectory of a group makes the same two calls and reads the same observations, so each turn's step
+    group is its whole prompt group, the step return is the reward and A_step = r - 1/2 on every turn. TAPO then
+    corrects the failing call turns from -(a + 1/2) to -(1 - beta)(a + 1/2)."""
+    from openrlhf_tapo.adapter.trajectory import turn_spans
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+
+    rl, questions, rows = run["rl"], run["questions"], run["rows"]
+    tokenizer = rl.processor.tokenizer
+    engines, success = [], []
+    for i in (0, 1):
+        gold = list(questions[i].gold_actions)
+        for ok in (True, False, True, False):
+            misread = gold[:-1] + [f"<answer>{questions[i].distractor}</answer>"]
+            engines.append(ScriptedEngine(tokenizer, gold if ok else misread))
+            success.append(ok)
+    saved = rl.maker.credit_configs
+    rl.maker.credit_configs = {"gigpo": GiGPOConfig(gamma=1.0), "tapo": saved["tapo"]}
+    try:
+        status = rl.step([rows[i] for i in (0, 1)], engine=engines)
+    finally:
+        rl.maker.credit_configs = saved
+    assert status["gigpo/singleton_share"] == 0 and status["gigpo/step_groups"] == 6  # 2 groups x 3 states
+    a = 0.5 / torch.tensor([1.0, 0.0, 1.0, 0.0]).std().item()
+    beta = rl.config.tapo.beta
+    seen = 0
+    for index, advantages, action_mask in rl.last_advantages:
+        for b, k in enumerate(index):
+            spans = turn_spans(action_mask[b])
+            values = [advantages[b, s:e] for s, e in spans]
+            good, bad = a + 0.5, -(a + 0.5)
+            expected = [good] * 3 if success[k] else [bad + beta * good, bad + beta * good, bad]
+            for got, want in zip(values, expected, strict=True):
+                assert torch.allclose(got, torch.full_like(got, want), atol=1e-4), (k, got[:3], want)
+            seen += 1
+    assert seen == 8
+
+
 def test_run_args_come_from_openrlhfs_parser_with_our_tapo_and_loss(run):
     from openrlhf_tapo.adapter.policy_loss import PolicyLoss
 

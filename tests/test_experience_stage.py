@@ -25,7 +25,7 @@ import pytest
 import torch
 from _tapo_rollouts import call, decode_columns, experiences, response, rows, tokenizer
 
-from openrlhf_tapo.adapter.config import TAPOConfigError, check_tapo_compatible, tapo_namespace
+from openrlhf_tapo.adapter.config import TAPOConfigError, check_tapo_compatible, estimator_namespace
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
 from openrlhf_tapo.adapter.trajectory import turn_spans
@@ -82,7 +82,7 @@ def openrlhf_args():
 def _maker(args, agent_config=None, **tapo):
     args = copy.deepcopy(args)
     args.agent = SimpleNamespace(config=agent_config)
-    args.tapo = tapo_namespace(enable=tapo.pop("enable", True), config=TAPOConfig(**tapo))
+    args.tapo = estimator_namespace(enable=tapo.pop("enable", True), config=TAPOConfig(**tapo))
     return TAPOExperienceMaker(
         None, None, None, None, SimpleNamespace(value=0.0), SimpleNamespace(args=args), tokenizer()
     )
@@ -255,7 +255,7 @@ def test_success_comes_from_scores_not_rewards(openrlhf_args):
 
 def _refusal(openrlhf_args, **changes):
     args = copy.deepcopy(openrlhf_args["group_norm"])
-    args.tapo = tapo_namespace(True, TAPOConfig())
+    args.tapo = estimator_namespace(True, TAPOConfig())
     for path, value in changes.items():
         node = args
         *parents, leaf = path.split("__")
@@ -302,3 +302,98 @@ def test_corrections_and_info_survive_the_actor_replay_buffer(openrlhf_args, mon
     # What ActorPPOTrainer.training_step logs for a list-valued info key: the mean over samples.
     logged = torch.tensor(batch.info["tapo/failing_traj_correctable_frac"], dtype=torch.float).mean().item()
     assert logged == pytest.approx(0.4)
+
+
+def _step_maker(args, **sections):
+    """A maker with TAPO off and the given estimators on (`gigpo=GiGPOConfig(...)`, `turn_reward=...`)."""
+    args = copy.deepcopy(args)
+    args.agent = SimpleNamespace(config=None)
+    args.tapo = estimator_namespace(False, TAPOConfig())
+    for name, config in sections.items():
+        setattr(args, name, estimator_namespace(True, config))
+    return TAPOExperienceMaker(
+        None, None, None, None, SimpleNamespace(value=0.0), SimpleNamespace(args=args), tokenizer()
+    )
+
+
+def _expect_turn_values(base, out, expected):
+    """Trajectory i's k-th turn holds OpenRLHF's advantage + expected[i][k] on every token; the rest is OpenRLHF's."""
+    for i, ((bexp, brow), (exp, row)) in enumerate(zip(base, out, strict=True)):
+        want = bexp.advantages[brow].clone()
+        spans = turn_spans(exp.action_mask[row])
+        assert len(spans) == len(expected[i]), f"trajectory {i}"
+        for (s, e), add in zip(spans, expected[i], strict=True):
+            want[s:e] += add
+        assert torch.allclose(exp.advantages[row], want, atol=1e-6), f"trajectory {i}"
+
+
+def test_gigpo_stage_hand_values(openrlhf_args):
+    """gamma 0.5, mean_norm, omega 1, states = calls that returned so far:
+    group 0, state (): returns t0 0.5, t1 1, t2 0, t3 0 (mean 0.375); after the eiffel search: t0 1, t2 0 (same query,
+    same observation); t3's paris state is a singleton.
+    group 1, state (): t4 0, t5 0.5, t6 0, t7 0 and t7's second turn (its invalid call returned nothing, so it still
+    acts from the empty state), return 0: mean 0.1. After the zoom: t5 1, t6 0; t4's eiffel state is a singleton."""
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+
+    maker = _step_maker(openrlhf_args["group_norm"], gigpo=GiGPOConfig(gamma=0.5, omega=1.0))
+    batches = experiences(maker, _responses())
+    base = rows(super(TAPOExperienceMaker, maker).compute_advantages_and_returns(copy.deepcopy(batches)))
+    out = rows(maker.compute_advantages_and_returns(batches))
+    expected = [
+        [0.125, 0.5], [0.625], [-0.375, -0.5], [-0.375, 0.0],
+        [-0.1, 0.0], [0.4, 0.5], [-0.1, -0.5], [-0.1, -0.1],
+    ]  # fmt: skip
+    _expect_turn_values(base, out, expected)
+    info = out[0][0].info
+    assert info["gigpo/singleton_share"][0].item() == pytest.approx(2 / 15)
+    assert info["gigpo/step_groups"][0].item() == 6
+    assert not any(k.startswith("tapo/corrected") for k in info)  # TAPO is off
+
+
+def test_gigpo_omega_zero_is_openrlhf_bit_for_bit(openrlhf_args):
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+
+    maker = _step_maker(openrlhf_args["group_norm"], gigpo=GiGPOConfig(omega=0.0))
+    batches = experiences(maker, _responses())
+    base = rows(super(TAPOExperienceMaker, maker).compute_advantages_and_returns(copy.deepcopy(batches)))
+    out = rows(maker.compute_advantages_and_returns(batches))
+    for (bexp, brow), (exp, row) in zip(base, out, strict=True):
+        assert torch.equal(exp.advantages[row], bexp.advantages[brow])
+
+
+def test_turn_reward_stage_hand_values(openrlhf_args):
+    """Label "330 m": the eiffel observation holds it, so t0, t2 and t4 hit on turn 0. lam 0.5, mean_std_norm:
+    group 0 h = [1, 0, 1, 0] -> +-0.5 / (sqrt(1/3) + eps); group 1 h = [1, 0, 0, 0] -> 0.75 / 0.5, -0.25 / 0.5.
+    A hit credits the turns up to the hit; no hit, every turn."""
+    from openrlhf_tapo.algorithms.turn_reward import TurnRewardConfig
+
+    maker = _step_maker(openrlhf_args["group_norm"], turn_reward=TurnRewardConfig(lam=0.5))
+    responses = _responses()
+    for r in responses:
+        r["label"] = json.dumps({"ground_truth": "330 m"})
+    batches = experiences(maker, responses)
+    base = rows(super(TAPOExperienceMaker, maker).compute_advantages_and_returns(copy.deepcopy(batches)))
+    out = rows(maker.compute_advantages_and_returns(batches))
+    g0 = 0.5 * 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    g1_hit, g1_miss = 0.5 * 0.75 / (0.5 + 1e-6), 0.5 * -0.25 / (0.5 + 1e-6)
+    expected = [
+        [g0, 0.0], [-g0], [g0, 0.0], [-g0, -g0],
+        [g1_hit, 0.0], [g1_miss, g1_miss], [g1_miss, g1_miss], [g1_miss, g1_miss],
+    ]  # fmt: skip
+    _expect_turn_values(base, out, expected)
+    assert out[0][0].info["turn_reward/hit_rate"][0].item() == pytest.approx(3 / 8)
+
+
+def test_step_estimators_are_refused_where_they_cannot_work(openrlhf_args):
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+
+    args = copy.deepcopy(openrlhf_args["group_norm"])
+    args.tapo = estimator_namespace(False, TAPOConfig())
+    args.gigpo = estimator_namespace(True, GiGPOConfig())
+    args.rollout.n_samples_per_prompt = 1
+    with pytest.raises(TAPOConfigError, match="--gigpo.enable needs several rollouts per prompt"):
+        check_tapo_compatible(args)
+    args.rollout.n_samples_per_prompt = 4
+    args.algo.advantage.estimator = "gae"
+    with pytest.raises(TAPOConfigError, match="--gigpo.enable does not work with --algo.advantage.estimator gae"):
+        check_tapo_compatible(args)

@@ -87,3 +87,24 @@ def test_a_similarity_without_a_default_tool_cannot_be_rendered():
 
     with pytest.raises(ValueError, match="zoom"):
         RLConfig(tapo=TAPOConfig(similarity={"text_search": "text_exact", "image_search": "image"})).tapo_flags()
+
+
+def test_step_estimators_resolve_to_the_spec_the_in_process_loop_uses(tmp_path):
+    """GiGPO and the turn reward: the spec renders their flags, our launcher parses them into the configs the
+    in-process loop sets on `args` from the spec, and an estimator not in the spec is off with its defaults."""
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+    from openrlhf_tapo.algorithms.turn_reward import TurnRewardConfig
+    from openrlhf_tapo.cli.train_ppo_ray import split_flags
+
+    config = RLConfig(tapo_enable=False, step_credit={"gigpo": GiGPOConfig(gamma=0.9, mode="mean_std_norm")})
+    flags = config.tapo_flags()
+    assert flags == ["--tapo.disable", "--gigpo.enable", "--gigpo.gamma", "0.9", "--gigpo.mode", "mean_std_norm"]
+    assert split_flags(flags).steps == config.step_credit
+    args = build_openrlhf_args(config, tmp_path / "m", tmp_path / "r")
+    assert vars(args.gigpo) == {"enable": True, **vars(config.step_credit["gigpo"])}
+    assert vars(args.turn_reward) == {"enable": False, **vars(TurnRewardConfig())}
+    assert not args.tapo.enable
+    with pytest.raises(ValueError, match="step_credit\\['tapo'\\]"):
+        RLConfig(step_credit={"tapo": GiGPOConfig()}).tapo_flags()
+    with pytest.raises(ValueError, match="step_credit\\['gigpo'\\]"):
+        RLConfig(step_credit={"gigpo": TurnRewardConfig()}).tapo_flags()

@@ -155,7 +155,7 @@ SHIPPED = "train_tapo_ray.sh with the shipped defaults"
 
 @pytest.fixture(scope="module")
 def dry_runs(tmp_path_factory):
-    """Every script run with DRY_RUN=1 (all at once: each is a Python start-up), a `ray` on PATH that records any
+    """Every script run with DRY_RUN=1 (a few at once: each is a Python start-up), a `ray` on PATH that records any
     call (the test then fails) and `python3` = this interpreter; the inputs are real files at toy size
     (tests/_launch_inputs.py). Plus train_tapo_ray.sh with the shipped configs/agent.yaml and the default data path."""
     tmp = tmp_path_factory.mktemp("dry_run")
@@ -171,12 +171,12 @@ def dry_runs(tmp_path_factory):
     (task_dir / "agent.yaml").symlink_to(inputs.agent_config)
     cases = {script: (script, {}) for script in ALL_SCRIPTS}
     cases[SHIPPED] = ("train_tapo_ray.sh", {"AGENT_CONFIG": str(REPO / "configs" / "agent.yaml"), "DATASET_PATH": ""})
-    running = {}
-    for case, (script, env) in cases.items():
+
+    def start(index: int, script: str, env: dict):
         environ = {
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "RAY_CALLED": str(tmp / f"ray_called_{len(running)}"),
+            "RAY_CALLED": str(tmp / f"ray_called_{index}"),
             "DRY_RUN": "1",
             "MODEL_PATH": str(inputs.model),
             "DATASET_PATH": str(inputs.data),
@@ -191,12 +191,17 @@ def dry_runs(tmp_path_factory):
         proc = subprocess.Popen(
             ["bash", str(SCRIPTS / script)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        running[case] = (proc, Path(environ["RAY_CALLED"]))
-    results = {}
-    for case, (proc, called) in running.items():
-        out, err = proc.communicate(timeout=300)
-        results[case] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        results[case].ray_called = called.read_text() if called.exists() else None
+        return proc, Path(environ["RAY_CALLED"])
+
+    # As many at once as there are cores: more only queue for the CPU, and every start-up then risks the timeout.
+    results, pending = {}, list(enumerate(cases.items()))
+    while pending:
+        wave, pending = pending[: os.cpu_count() or 2], pending[os.cpu_count() or 2 :]
+        running = {case: start(index, script, env) for index, (case, (script, env)) in wave}
+        for case, (proc, called) in running.items():
+            out, err = proc.communicate(timeout=300)
+            results[case] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            results[case].ray_called = called.read_text() if called.exists() else None
     results["inputs"] = inputs
     return results
 
@@ -208,7 +213,9 @@ def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SECRET not in proc.stdout + proc.stderr
     resolved = json.loads(proc.stdout)
-    assert resolved["tapo"]["enable"] is (script != "train_grpo_ray.sh")
+    assert resolved["tapo"]["enable"] is ("tapo" in script)  # the step-credit scripts name their estimators
+    assert resolved["gigpo"]["enable"] is ("gigpo" in script)
+    assert resolved["turn_reward"]["enable"] is ("turn_reward" in script)
     assert resolved["actor"]["model_name_or_path"] == str(dry_runs["inputs"].model)
     assert resolved["data"]["prompt_dataset"].endswith(".jsonl")
     if script != "train_tapo_cpu.sh":
@@ -268,3 +275,42 @@ def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):
     assert proc.ray_called is None and proc.returncode == 2 and proc.stdout == ""
     assert "tools.backend.index_dir is required" in proc.stderr
     assert "/data/train.jsonl: no such file" in proc.stderr  # common_search_agent.sh's default DATASET_PATH
+
+
+STEP_SCRIPTS = {
+    "train_gigpo_ray.sh": ({"gigpo"}, {"GIGPO_OMEGA": "0.5"}),
+    "train_gigpo_tapo_ray.sh": ({"gigpo", "tapo"}, {"GIGPO_GAMMA": "0.9", "TAPO_BETA": "0.3"}),
+    "train_turn_reward_ray.sh": ({"turn_reward"}, {"TURN_REWARD_LAM": "0.25"}),
+}
+
+
+@pytest.mark.parametrize("script", sorted(STEP_SCRIPTS))
+def test_step_credit_scripts_are_the_same_job_with_their_estimators(submit, script):
+    """Each step-credit script is the baseline's OpenRLHF job plus its estimators, with overrides from the
+    environment and nothing passed at its default."""
+    from openrlhf_tapo.algorithms.estimators import ESTIMATORS
+
+    enabled, overrides = STEP_SCRIPTS[script]
+    same_output = {"RUN_NAME": "compare", "SAVE_PATH": "/ckpt/compare"}
+    baseline = submit("train_grpo_ray.sh", **same_output)
+    job = submit(script, **same_output)
+    assert job["module"] == "openrlhf_tapo.cli.train_ppo_ray" and job["submit"] == baseline["submit"]
+    assert openrlhf_argv(job["argv"]) == baseline["argv"]
+    args = resolve_args(job["argv"])
+    assert {name for name in ESTIMATORS if getattr(args, name).enable} == enabled
+    assert args.agent.config is not None
+    defaults = resolve_args(submit(script)["argv"])
+    for name in enabled - {"tapo"}:
+        assert vars(defaults)[name].__dict__ == {"enable": True, **vars(ESTIMATORS[name].config())}
+    with_env = resolve_args(submit(script, **overrides)["argv"])
+    assert (
+        with_env.gigpo.omega,
+        with_env.gigpo.gamma,
+        with_env.tapo.beta,
+        with_env.turn_reward.lam,
+    ) == (
+        float(overrides.get("GIGPO_OMEGA", defaults.gigpo.omega)),
+        float(overrides.get("GIGPO_GAMMA", defaults.gigpo.gamma)),
+        float(overrides.get("TAPO_BETA", defaults.tapo.beta)),
+        float(overrides.get("TURN_REWARD_LAM", defaults.turn_reward.lam)),
+    )

@@ -58,7 +58,7 @@ class TrainerProbe:
             "pid": os.getpid(),
             "patched": list(inject.PATCHED),
             "maker": f"{type(maker).__module__}.{type(maker).__qualname__}",
-            "beta": maker.tapo_config.beta,
+            "beta": maker.credit_configs["tapo"].beta,
             "loss": f"{type(loss_fn).__module__}.{type(loss_fn).__qualname__}",
             "loss_type": loss_fn.policy_loss_type,
             "loss_value": loss,

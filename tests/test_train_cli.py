@@ -145,7 +145,7 @@ def test_explicit_agent_func_path_is_kept(agent_yaml):
         (["--agent.config", "/no/such.yaml"], "--agent.config /no/such.yaml"),
         (["--tapo.config", "/no/such.yaml"], "--tapo.config /no/such.yaml: no such file"),
         (["--rollout.n_samples_per_prompt", "1"], "group_norm requires n_samples_per_prompt > 1"),
-        (["--tapo.enable"], "--tapo.enable corrects the credit of tool calls, but no agent makes any"),
+        (["--tapo.enable"], "--tapo.enable acts on the turns and tool calls of an agent, but no agent runs"),
         (
             [
                 "--tapo.enable",
@@ -228,7 +228,9 @@ def test_bad_yaml_keys_are_named(tmp_path, capsys, no_launch):
         capsys, [*BASE, "--tapo.config", str(config)]
     )
     config.write_text("critic: {lr: 1}\n")
-    assert "unknown key(s) critic (known: actor, agent, tapo)" in _error(capsys, [*BASE, "--tapo.config", str(config)])
+    assert "unknown key(s) critic (known: actor, agent, gigpo, tapo, turn_reward)" in _error(
+        capsys, [*BASE, "--tapo.config", str(config)]
+    )
     config.write_text("- tapo\n")
     assert "expected a mapping at top level, got list" in _error(capsys, [*BASE, "--tapo.config", str(config)])
     config.write_text("tapo: [beta\n")
@@ -281,3 +283,52 @@ def test_launcher_and_in_process_driver_parse_each_loss_as_the_same_openrlhf_typ
         args = inprocess_loop.build_openrlhf_args(RLConfig(policy_loss_type=loss), tmp_path / "m", tmp_path / "r")
         assert launcher[launcher.index("--actor.policy_loss_type") + 1] == handed[-1] == OPENRLHF_LOSS_TYPE[loss]
         assert args.actor.policy_loss_type == loss
+
+
+def test_step_estimator_flags_resolve_onto_args(agent_yaml, tmp_path):
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+    from openrlhf_tapo.algorithms.turn_reward import TurnRewardConfig
+
+    args = cli.resolve_args(
+        [*BASE, "--gigpo.enable", "--gigpo.omega", "0.5", "--gigpo.similarity_threshold", "0.9",
+         "--agent.config", agent_yaml]
+    )  # fmt: skip
+    assert args.gigpo.enable and args.gigpo.omega == 0.5 and args.gigpo.similarity_threshold == 0.9
+    assert args.gigpo.gamma == GiGPOConfig().gamma
+    assert not args.turn_reward.enable and args.turn_reward.lam == TurnRewardConfig().lam
+    assert not args.tapo.enable  # --agent.config needs no --tapo.enable when another estimator uses the agent
+    # The YAML's sections, under the command line.
+    tapo_yaml = tmp_path / "tapo.yaml"
+    tapo_yaml.write_text("turn_reward: {enable: true, lam: 0.25}\ngigpo: {enable: true, gamma: 0.9}\n")
+    ours = cli.split_flags([*BASE, "--tapo.config", str(tapo_yaml), "--gigpo.gamma", "0.8", "--tapo.enable"])
+    assert ours.steps == {"gigpo": GiGPOConfig(gamma=0.8), "turn_reward": TurnRewardConfig(lam=0.25)}
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--gigpo.omega", "0.5"], "--gigpo.omega (on the command line) given without --gigpo.enable"),
+        (["--gigpo.enable", "--gigpo.gamma", "2"], "--gigpo.gamma (on the command line): gigpo.gamma must be in"),
+        (["--turn_reward.enable", "--turn_reward.lam", "-1"], "--turn_reward.lam (on the command line)"),
+        (["--gigpo.enable"], "--gigpo.enable acts on the turns and tool calls of an agent, but no agent runs"),
+        (["--gigpo.mode", "max"], "argument --gigpo.mode: invalid choice: 'max'"),
+    ],
+)
+def test_bad_step_estimator_flags_are_named(capsys, no_launch, extra, expected):
+    assert expected in _error(capsys, [*BASE, *extra])
+
+
+def test_step_estimator_flags_have_help_and_types_from_their_fields():
+    from openrlhf_tapo.adapter.config import STEP_ESTIMATORS
+    from openrlhf_tapo.algorithms.estimators import ESTIMATORS
+
+    actions = {a.option_strings[0]: a for a in cli.build_parser()._actions if a.option_strings}
+    assert STEP_ESTIMATORS == ("gigpo", "turn_reward")
+    for name in STEP_ESTIMATORS:
+        config = ESTIMATORS[name].config
+        for spec in dataclasses.fields(config):
+            action = actions[f"--{name}.{spec.name}"]
+            assert action.help.startswith(spec.metadata["help"]), spec.name
+            assert action.choices == spec.metadata.get("choices"), spec.name
+    given = vars(cli.build_parser().parse_args(["--gigpo.similarity_threshold", "off", "--turn_reward.lam", "0.1"]))
+    assert given == {"gigpo.similarity_threshold": None, "turn_reward.lam": 0.1}

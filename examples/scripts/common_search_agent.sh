@@ -1,7 +1,8 @@
 #!/bin/bash
-# Shared by train_tapo_ray.sh, train_grpo_ray.sh, train_tapo_gspo_ray.sh and train_tapo_sapo_ray.sh (sourced, not
-# run): ONE definition of the multimodal search-agent job, so TAPO runs and the vanilla-GRPO baseline train the same
-# model on the same data with the same agent and budget. Every path and size below is an environment variable with
+# Shared by train_tapo_ray.sh, train_grpo_ray.sh, train_tapo_gspo_ray.sh, train_tapo_sapo_ray.sh and the step-credit
+# scripts train_gigpo_ray.sh, train_gigpo_tapo_ray.sh, train_turn_reward_ray.sh (sourced, not run): ONE definition
+# of the multimodal search-agent job, so TAPO runs and the vanilla-GRPO baseline train the same model on the same
+# data with the same agent and budget. Every path and size below is an environment variable with
 # a default; set it before calling a script to override it, e.g. `MODEL_PATH=/models/Qwen3-VL-4B-Instruct bash ...`.
 
 WORK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

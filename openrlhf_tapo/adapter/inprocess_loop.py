@@ -25,7 +25,7 @@ from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
 from transformers import get_scheduler
 
-from openrlhf_tapo.adapter.config import tapo_namespace
+from openrlhf_tapo.adapter.config import STEP_ESTIMATORS, estimator_namespace
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
 from openrlhf_tapo.adapter.inprocess import (
     InProcessStrategy,
@@ -40,12 +40,14 @@ from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrl
 from openrlhf_tapo.adapter.run_spec import RLConfig, output_flags
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
+from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 
 RUN_NAME = "rl"  # --logger.wandb.run_name: OpenRLHF's TensorboardLogger writes to run_dir/tensorboard/rl
 
 
 def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
-    """OpenRLHF's parsed and validated args for this run, plus `args.tapo` as our CLI sets it from `tapo_flags`.
+    """OpenRLHF's parsed and validated args for this run, plus `args.tapo` and the other estimators' `args.<name>` as
+    our CLI sets them from `tapo_flags`.
 
     Policy-loss types OpenRLHF's parser does not know (gspo_token, sapo: ours) are parsed as their nearest OpenRLHF
     type (`OPENRLHF_LOSS_TYPE`, as our launcher does) and set after.
@@ -55,7 +57,10 @@ def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
     argv += ["--actor.model_name_or_path", str(model_dir), "--ckpt.output_dir", str(run_dir / "checkpoint")]
     args = parse_openrlhf_args(argv + output_flags(run_dir, RUN_NAME))
     args.actor.policy_loss_type = config.policy_loss_type
-    args.tapo = tapo_namespace(config.tapo_enable, config.tapo)
+    args.tapo = estimator_namespace(config.tapo_enable, config.tapo)
+    for name in STEP_ESTIMATORS:
+        on = name in config.step_credit
+        setattr(args, name, estimator_namespace(on, config.step_credit[name] if on else ESTIMATORS[name].config()))
     return args
 
 

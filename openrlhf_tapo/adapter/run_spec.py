@@ -1,8 +1,9 @@
 """The RL run's specification, and the one place where it becomes OpenRLHF's (and our) flags.
 
-Every engine trains from the same rendering, `RLConfig.openrlhf_flags()` and `RLConfig.tapo_flags()`:
+Every engine trains from the same rendering, `RLConfig.openrlhf_flags()` and `RLConfig.tapo_flags()` (TAPO's and the
+other estimators' flags):
 - the in-process loop (adapter/inprocess_loop.py) parses OpenRLHF's, plus where the run writes, with OpenRLHF's own
-  parser, and sets `args.tapo` from the same fields our CLI parses `tapo_flags` into;
+  parser, and sets `args.tapo` (and `args.<estimator>`) from the same fields our CLI parses `tapo_flags` into;
 - the Ray demo (cli/demo.py) appends both, plus `episode_flags` and where the run writes, to
   examples/scripts/train_tapo_cpu.sh (our CLI; argparse: a later flag wins);
 - the script's own flags, run without any, resolve to the rendering of the script's run for every key the rendering
@@ -15,7 +16,10 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from openrlhf_tapo.adapter.config import STEP_ESTIMATORS
+from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 
 EXECUTOR_PATH = str(Path(__file__).resolve().parents[1] / "agent" / "executor.py")
@@ -37,6 +41,8 @@ class RLConfig:
     policy_loss_type: `--actor.policy_loss_type` (ppo | gspo | gspo_token | sapo).
     entropy_coef: `--actor.entropy_coef` (None: OpenRLHF computes no entropy term).
     tapo_enable / tapo: `--tapo.enable` (`--tapo.disable`) and the TAPOConfig fields (`--tapo.beta`, ...).
+    step_credit: the other advantage estimators switched on, name -> config (`{"gigpo": GiGPOConfig()}`:
+    `--gigpo.enable` and its fields; algorithms/estimators.py). Empty: none.
     seed: `--train.seed`.
     """
 
@@ -52,6 +58,7 @@ class RLConfig:
     entropy_coef: float | None = None
     tapo_enable: bool = True
     tapo: TAPOConfig = field(default_factory=TAPOConfig)
+    step_credit: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def openrlhf_flags(self) -> list[str]:
@@ -91,23 +98,17 @@ class RLConfig:
         return samples // updates
 
     def tapo_flags(self) -> list[str]:
-        """Our `--tapo.*` flags (cli/train_ppo_ray.py's parser): the switch, then every TAPOConfig field that is not
-        at its default (a default is defined once, in TAPOConfig)."""
-        argv = ["--tapo.enable" if self.tapo_enable else "--tapo.disable"]
-        default = TAPOConfig()
-        for spec in dataclasses.fields(TAPOConfig):
-            value = getattr(self.tapo, spec.name)
-            if value == getattr(default, spec.name):
-                continue
-            if isinstance(value, bool):
-                argv.append(f"--tapo.{spec.name}" if value else f"--tapo.{spec.metadata['off']}")
-            elif isinstance(value, dict):
-                dropped = sorted(set(getattr(default, spec.name)) - set(value))
-                if dropped:  # the flag's pairs merge over the defaults: there is no flag that removes one
-                    raise ValueError(f"tapo.{spec.name} without the default tools {dropped} has no flags")
-                argv += [f"--tapo.{spec.name}", *(f"{tool}={name}" for tool, name in value.items())]
-            else:
-                argv += [f"--tapo.{spec.name}", "off" if value is None else str(value)]
+        """Our credit flags (cli/train_ppo_ray.py's parser): TAPO's switch, then every TAPOConfig field that is not
+        at its default (a default is defined once, in its dataclass); then `--<name>.enable` and the non-default
+        fields of each estimator in `step_credit`."""
+        argv = ["--tapo.enable" if self.tapo_enable else "--tapo.disable", *_field_flags("tapo", self.tapo)]
+        for name, config in self.step_credit.items():
+            if name not in STEP_ESTIMATORS or not isinstance(config, ESTIMATORS[name].config):
+                raise ValueError(
+                    f"step_credit[{name!r}] must be one of {STEP_ESTIMATORS} with its config dataclass, got "
+                    f"{type(config).__name__}"
+                )
+            argv += [f"--{name}.enable", *_field_flags(name, config)]
         return argv
 
     def episode_flags(self, num_train_prompts: int) -> list[str]:
@@ -120,6 +121,25 @@ class RLConfig:
         if samples <= 0:
             raise ValueError(f"{num_train_prompts} train prompts < {self.prompts_per_step} prompts per step")
         return ["--data.max_samples", str(samples), "--train.num_episodes", str(math.ceil(wanted / samples))]
+
+
+def _field_flags(section: str, config) -> list[str]:
+    """`--<section>.<field> VALUE` for every field of a config dataclass that is not at its default."""
+    argv, default = [], type(config)()
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if value == getattr(default, spec.name):
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{section}.{spec.name}" if value else f"--{section}.{spec.metadata['off']}")
+        elif isinstance(value, dict):
+            dropped = sorted(set(getattr(default, spec.name)) - set(value))
+            if dropped:  # the flag's pairs merge over the defaults: there is no flag that removes one
+                raise ValueError(f"{section}.{spec.name} without the default tools {dropped} has no flags")
+            argv += [f"--{section}.{spec.name}", *(f"{tool}={name}" for tool, name in value.items())]
+        else:
+            argv += [f"--{section}.{spec.name}", "off" if value is None else str(value)]
+    return argv
 
 
 def output_flags(run_dir: Path, run_name: str) -> list[str]:

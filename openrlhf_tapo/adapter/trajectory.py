@@ -61,7 +61,12 @@ class RecoveredCalls:
     calls: list[ToolCall] = field(default_factory=list)
     valid_calls: list[int] = field(default_factory=list)  # per trajectory: calls TAPO can use
     invalid_calls: list[int] = field(default_factory=list)  # per trajectory: parse errors or invalid arguments
-    turns: list[int] = field(default_factory=list)  # per trajectory: assistant turns
+    spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per trajectory: its assistant turns' columns
+
+    @property
+    def turns(self) -> list[int]:
+        """Assistant turns per trajectory."""
+        return [len(spans) for spans in self.spans]
 
 
 class ToolCallRecovery:
@@ -119,5 +124,5 @@ class ToolCallRecovery:
                 invalid += bad
             out.valid_calls.append(valid)
             out.invalid_calls.append(invalid)
-            out.turns.append(len(spans))
+            out.spans.append(spans)
         return out

@@ -14,7 +14,9 @@ One trajectory (token in, token out; see protocol.py for the text format):
    so the loss masks it). Images the tool returned are labelled, passed to vLLM as multi-modal data and to
    training as `mm_train_inputs`, accumulated in placeholder order.
 4. The reward (reward.py) is computed from the answer, the label and the format; `extra_logs` hold per-trajectory
-   counts with the same keys for every trajectory (OpenRLHF stacks them per key across the batch).
+   counts with the same keys for every trajectory (OpenRLHF stacks them per key across the batch), among them
+   `failure/<kind>`: 1 for a failing trajectory's first error (agent/failures.py), so a step's mean is the share
+   of the batch that failed that way.
 5. Every call the model made gets its record (`tool_calls` in the result: `ToolCall`s with `traj = 0`), built by
    `call_record.turn_records` from the turn's tokens and the response appended after it: the same code the TAPO
    stage rebuilds them with from OpenRLHF's tensors. OpenRLHF ignores the key; tests and offline tools read it.
@@ -38,6 +40,7 @@ from PIL import Image
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.call_record import Decoder, turn_records
 from openrlhf_tapo.agent.config import AgentConfig, load_agent_config
+from openrlhf_tapo.agent.failures import FAILURE_KINDS, MALFORMED_ERRORS, first_error, hit_turn
 from openrlhf_tapo.agent.reward import Label, LLMJudge, compute_reward, parse_label
 from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.search.workers import run_cpu
@@ -95,6 +98,7 @@ class _Trajectory:
     format_ok: bool = True
     truncated: bool = False
     turns: int = 0
+    malformed_turn: int | None = None  # first turn with a malformed call (agent.failures.MALFORMED_ERRORS)
 
 
 class AgentExecutor(AgentExecutorBase):
@@ -132,6 +136,7 @@ class AgentExecutor(AgentExecutorBase):
             + ["judged", "cache_hits", "cache_misses", "errors", "images_added"]
             + [f"calls/{name}" for name in tools]
             + [f"errors/{kind}" for kind in ERROR_KINDS]
+            + [f"failure/{kind}" for kind in FAILURE_KINDS]
         )
 
     # ---------------------------------------------------------------------------------------------------- rollout
@@ -235,6 +240,8 @@ class AgentExecutor(AgentExecutorBase):
 
         result = await self._call_tool(call, traj.ctx, cfg.max_tokens_per_turn)
         self._count_call(traj, call, result)
+        if traj.malformed_turn is None and result.error in MALFORMED_ERRORS:
+            traj.malformed_turn = turn
         if call.error is not None or len(calls) > 1:
             traj.format_ok = False
         notice = cfg.last_turn_notice if turn == cfg.max_turns - 2 else ""
@@ -363,6 +370,15 @@ class AgentExecutor(AgentExecutorBase):
             f1=result.f1,
             judged=result.judged,
         )
+        kind = first_error(
+            succeeded=result.score >= 1.0,
+            answered=traj.answer is not None,
+            malformed_turn=traj.malformed_turn,
+            call_turns=[call.turn for call in traj.tool_calls],
+            hit_turn=hit_turn(traj.tool_calls, parsed_label.golds()),
+        )
+        if kind is not None:
+            counts[f"failure/{kind}"] = 1
         counts["errors/judge"] += result.judge_errors
         counts["errors"] += result.judge_errors
         extra_logs = {key: float(counts.get(key, 0)) for key in self.log_keys()}

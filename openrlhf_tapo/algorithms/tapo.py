@@ -61,6 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from openrlhf_tapo.algorithms.config_fields import doc as _doc
 from openrlhf_tapo.algorithms.similarity import (
     FALLBACK_SIMILARITY,
     SIMILARITIES,
@@ -94,12 +95,6 @@ class ToolCall:
 
 def _default_similarity() -> dict[str, str]:
     return {"text_search": "text_fuzzy", "image_search": "image", "zoom": "bbox_iou"}
-
-
-def _doc(text: str, **flag) -> dict:
-    """A field's documentation, kept in its metadata: the launcher generates `--tapo.<field>` from the field, with
-    this help. `flag` adds what the type alone does not say: `choices`, or for a bool the name of its off switch."""
-    return {"help": text, **flag}
 
 
 @dataclass

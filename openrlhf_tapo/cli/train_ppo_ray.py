@@ -8,6 +8,8 @@ same dotted style:
     --tapo.beta/theta/alpha_min/...       TAPOConfig fields (algorithms/tapo.py documents each default)
     --tapo.no_support, --tapo.no_clip     ablations (and --tapo.use_support, --tapo.clip_at_zero)
     --tapo.similarity TOOL=NAME ...       per-tool similarity (merged over the defaults)
+    --gigpo.enable, --gigpo.<field>       GiGPO's step-level advantage (GiGPOConfig, algorithms/gigpo.py)
+    --turn_reward.enable, --turn_reward.<field>   the turn-reward baseline (algorithms/turn_reward.py)
     --tapo.config FILE.yaml               defaults for the flags above (configs/tapo.yaml); command-line flags win
     --agent.config FILE.yaml              the search agent's YAML; exported to every Ray worker as
                                           $OPENRLHF_TAPO_AGENT_CONFIG and, unless --train.agent_func_path is given,
@@ -18,7 +20,9 @@ same dotted style:
 
 All flags are checked before any Ray work starts, and so are the inputs (adapter/preflight.py: prompt data, the
 agent's tools, model, save paths); a bad one ends the program with a message naming it and the fix (exit 2).
-Our --tapo.* / --agent.* flags need --tapo.enable (or --tapo.disable, to run them without TAPO on purpose).
+Our --tapo.* / --agent.* flags need --tapo.enable (or --tapo.disable, to run them without TAPO on purpose); --agent.*
+flags may also come with --gigpo.enable or --turn_reward.enable, and each estimator's own flags need its enable.
+The estimators compose in the order algorithms/estimators.py defines (GiGPO, turn reward, then TAPO).
 """
 
 from __future__ import annotations
@@ -35,20 +39,28 @@ from types import SimpleNamespace
 
 from openrlhf_tapo.adapter.config import (
     LOSS_FLAG_FIELDS,
+    STEP_ESTIMATORS,
     TAPO_FIELDS,
     TAPOConfigError,
     check_tapo_compatible,
-    tapo_namespace,
+    estimator_namespace,
     yaml_sections,
 )
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.adapter.run_spec import EXECUTOR_PATH
+from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.utils.config_files import ConfigError, load_yaml_mapping
 
 PROG = "python -m openrlhf_tapo.cli.train_ppo_ray"
-OUR_NAMESPACES = ("--tapo.", "--agent.")
+OUR_NAMESPACES = ("--tapo.", "--agent.", *(f"--{name}." for name in STEP_ESTIMATORS))
+STEP_HELP = {
+    "gigpo": "add GiGPO's step-level advantage (turns of a prompt group that act from the same tool observations) "
+    "to the group advantages",
+    "turn_reward": "add the turn-reward baseline (did a tool observation hold the label's answer) to the group "
+    "advantages, on the turns up to the first one that did",
+}
 
 
 class LaunchError(Exception):
@@ -59,6 +71,12 @@ def _turn_window(value: str) -> int | None:
     if value.lower() in ("off", "none"):
         return None
     return int(value)
+
+
+def _optional_float(value: str) -> float | None:
+    if value.lower() in ("off", "none"):
+        return None
+    return float(value)
 
 
 def _similarity(value: str) -> tuple[str, str]:
@@ -80,6 +98,7 @@ FLAG_KINDS = {
     "float": {"type": float},
     "str": {},
     "int | None": {"type": _turn_window, "metavar": "K|off"},
+    "float | None": {"type": _optional_float, "metavar": "X|off"},
     "dict[str, str]": {"type": _similarity, "nargs": "+", "metavar": "TOOL=NAME"},
 }
 
@@ -128,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     tapo.add_argument("--tapo.config", metavar="YAML", help="defaults for our flags (configs/tapo.yaml); flags win")
     for spec in dataclasses.fields(TAPOConfig):
         _add_field_flag(tapo, "tapo", TAPOConfig, spec)
+    for name in STEP_ESTIMATORS:
+        config_class = ESTIMATORS[name].config
+        group = parser.add_argument_group(
+            f"{name} (every --{name}.* flag needs --{name}.enable; fields of {config_class.__name__}, "
+            f"{config_class.__module__.replace('openrlhf_tapo.', '').replace('.', '/')}.py)"
+        )
+        group.add_argument(f"--{name}.enable", action="store_true", help=STEP_HELP[name])
+        for spec in dataclasses.fields(config_class):
+            _add_field_flag(group, name, config_class, spec)
     loss = parser.add_argument_group("policy loss (OpenRLHF's flag, with our types)")
     loss.add_argument(
         "--actor.policy_loss_type",
@@ -205,6 +233,29 @@ def _tapo_config(cli: dict, from_yaml: dict) -> TAPOConfig:
     return config
 
 
+def _step_config(name: str, cli: dict, from_yaml: dict):
+    """The config of estimator `name` if `--<name>.enable` (command line over YAML), else None. Values are checked
+    one by one first, so that the error names the flag and where it was given."""
+    enable = cli.get(f"{name}.enable", from_yaml.get(f"{name}.enable"))
+    config_class = ESTIMATORS[name].config
+    values, origin = {}, {}
+    for source, label in ((from_yaml, "in the --tapo.config YAML"), (cli, "on the command line")):
+        for spec in dataclasses.fields(config_class):
+            key = f"{name}.{spec.name}"
+            if key in source:
+                values[spec.name], origin[spec.name] = source[key], f"--{key} ({label})"
+    if values and not enable:
+        raise LaunchError(f"{', '.join(sorted(origin.values()))} given without --{name}.enable: add it, or drop them")
+    if not enable:
+        return None
+    for field_name, value in values.items():
+        try:
+            config_class(**{field_name: value})
+        except (ValueError, TypeError) as err:
+            raise LaunchError(f"{origin[field_name]}: {err}") from None
+    return config_class(**values)
+
+
 def _loss_values(cli: dict, from_yaml: dict) -> dict:
     values = {**{k: v for k, v in from_yaml.items() if k.startswith("actor.")}, **cli}
     loss_type = values.get("actor.policy_loss_type")
@@ -240,12 +291,14 @@ def _agent_config(cli: dict, from_yaml: dict) -> str | None:
     return os.path.abspath(path)
 
 
-def _require_enable(cli: dict, enable: bool | None) -> None:
+def _require_enable(cli: dict, enable: bool | None, steps: dict) -> None:
     """Our flags do nothing while TAPO is off, so giving them without --tapo.enable is a mistake to name, unless
-    TAPO was turned off on purpose (--tapo.disable, or `enable: false` in the YAML)."""
+    TAPO was turned off on purpose (--tapo.disable, or `enable: false` in the YAML). The agent's flags may also
+    serve another estimator (GiGPO, the turn reward) that is on."""
     if enable is not None:
         return
-    given = sorted(f"--{key}" for key in cli if key.startswith(("tapo.", "agent.")))
+    prefixes = ("tapo.",) if steps else ("tapo.", "agent.")
+    given = sorted(f"--{key}" for key in cli if key.startswith(prefixes))
     if given:
         raise LaunchError(
             f"{', '.join(given)} given without --tapo.enable, so TAPO is off and {'they' if len(given) > 1 else 'it'} "
@@ -260,6 +313,7 @@ class OurFlags:
 
     tapo: TAPOConfig
     tapo_enable: bool
+    steps: dict  # name -> config of each other estimator switched on (GiGPO, turn reward)
     loss: dict
     agent_config: str | None
     dry_run: bool
@@ -275,12 +329,13 @@ def split_flags(argv: list[str]) -> OurFlags:
     ours = OurFlags(
         tapo=_tapo_config(cli, from_yaml),
         tapo_enable=bool(enable),
+        steps={name: config for name in STEP_ESTIMATORS if (config := _step_config(name, cli, from_yaml))},
         loss=_loss_values(cli, from_yaml),
         agent_config=_agent_config(cli, from_yaml),
         dry_run=cli.get("dry_run", False),
         rest=rest,
     )
-    _require_enable(cli, enable)  # after the values' own checks, which name a bad value more precisely
+    _require_enable(cli, enable, ours.steps)  # after the values' own checks, which name a bad value more precisely
     return ours
 
 
@@ -319,7 +374,10 @@ def resolve_args(argv: list[str]):
     if ours.loss["policy_loss_type"] is not None:
         args.actor.policy_loss_type = ours.loss["policy_loss_type"]
     args.actor.sapo_tau_pos, args.actor.sapo_tau_neg = ours.loss["sapo_tau_pos"], ours.loss["sapo_tau_neg"]
-    args.tapo = tapo_namespace(ours.tapo_enable, ours.tapo)
+    args.tapo = estimator_namespace(ours.tapo_enable, ours.tapo)
+    for name in STEP_ESTIMATORS:
+        config = ours.steps.get(name, ESTIMATORS[name].config())
+        setattr(args, name, estimator_namespace(name in ours.steps, config))
     args.agent = SimpleNamespace(config=ours.agent_config)
     args.dry_run = ours.dry_run
 
