@@ -234,3 +234,30 @@ def test_simulate_cli_writes_resumable_cells_and_report(tmp_path, capsys):
     assert {c: c.stat().st_mtime_ns for c in cells} == before
     with pytest.raises(SystemExit, match="another size"):
         simulate.main([*argv[:-2], "7", "--no-sensitivity"])
+
+
+def test_gigpo_turns_of_the_simulation_by_hand():
+    """The trainer's turns for GiGPO: the call turn and the read turn where acted; a direct answer acts once. The
+    read turn's anchor state is the call that returned (query and observation), so it is shared by the rows of one
+    question that made the same call."""
+    from openrlhf_tapo.sim.train import _turns
+
+    batch = _batch([(1, 0, 0, 0), (1, 0, 0, 1), (1, 0, 2, 0), (0, 0, 0, 0), (1, 1, 0, 0)], [1, 0, 0, 0, 0])
+    regime = REGIMES["a_useful_weak_reader"]
+    turns = _turns(regime, batch, tool_calls(batch, group_size=8))
+    assert [(t.traj, t.turn, t.span) for t in turns] == [
+        (0, 0, (0, 3)), (0, 1, (3, 4)), (1, 0, (0, 3)), (1, 1, (3, 4)), (2, 0, (0, 3)), (3, 0, (0, 3)),
+        (4, 0, (0, 3)),
+    ]  # fmt: skip
+    assert turns[1].state == turns[3].state != () and all(t.state == () for t in turns if t.turn == 0)
+
+
+def test_gigpo_with_omega_zero_is_grpo_bit_for_bit():
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+
+    base = _run("a_useful_weak_reader", ARMS["grpo"], seeds=[0, 1], steps=15)
+    off = _run("a_useful_weak_reader", Arm("gigpo0", "ppo", gigpo=GiGPOConfig(omega=0.0)), seeds=[0, 1], steps=15)
+    on = _run("a_useful_weak_reader", Arm("gigpo", "ppo", gigpo=GiGPOConfig()), seeds=[0, 1], steps=15)
+    strip = lambda runs: [{k: v for k, v in r.items() if k not in ("arm", "gigpo")} for r in runs]  # noqa: E731
+    assert strip(off) == strip(base)
+    assert [r["accuracy_curve"] for r in on] != [r["accuracy_curve"] for r in base]

@@ -77,6 +77,7 @@ class Regime:
     # sim/multicall.py implement the same methods.
     num_columns = NUM_COLUMNS
     num_draws = NUM_DRAWS
+    turn_columns = (TURN_SPAN, (READ, READ + 1))  # the call turn, then the answer read from its result
 
     def initial_policy(self, runs: int) -> Policy:
         return Policy.initial(self, runs)

@@ -88,6 +88,7 @@ class MultiCallRegime:
     # The trainer's Environment interface (sim/train.py).
     num_columns = NUM_COLUMNS
     num_draws = NUM_DRAWS
+    turn_columns = (CALL1_TURN, CALL2_TURN, (READ, READ + 1))  # call 1, the second call (or not), the answer
 
     def initial_policy(self, runs: int) -> MultiCallPolicy:
         return MultiCallPolicy.initial(self, runs)

@@ -105,6 +105,22 @@ def spurious_table(cells) -> str:
     return "\n".join(lines)
 
 
+def step_credit_table(cells) -> str:
+    """GiGPO's arms (SGD) against GRPO, GRPO + TAPO and each other: paired differences of final and mean accuracy."""
+    pairs = [("grpo+gigpo", "grpo"), ("grpo+gigpo+tapo", "grpo+gigpo"), ("grpo+gigpo+tapo", "grpo+tapo"),
+             ("grpo+gigpo", "grpo+tapo")]  # fmt: skip
+    head = " | ".join(f"{a} − {b}: {m}" for a, b in pairs for m in ("final", "mean"))
+    lines = [f"| regime | GiGPO singleton share | {head} |", "|---|---|" + "---|" * (2 * len(pairs))]
+    for regime in _regimes(cells):
+        gigpo = _find(cells, regime, "grpo+gigpo")
+        if gigpo is None:
+            continue
+        shares = [row["gigpo_singleton_share"] for row in gigpo["tapo_steps"] if "gigpo_singleton_share" in row]
+        row = [_diff(cells, regime, a, b, m) for a, b in pairs for m in ("final_accuracy", "mean_accuracy")]
+        lines.append(f"| {regime} | {sum(shares) / len(shares):.2f} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def optimizer_table(cells) -> str:
     lines = [
         "| regime | optimizer | lr | base final acc | Δ final acc [95 % CI] | Δ mean acc [95 % CI] "
@@ -260,6 +276,10 @@ def markdown(cells, header: str, figures: Sequence[Path]) -> str:
         spurious_table(cells),
         "\n## Optimisers: TAPO minus its base arm (same optimiser and lr)\n",
         optimizer_table(cells),
+        "\n## Step-level credit: GiGPO (ω 1, γ 0.95, mean_norm) with and without TAPO (SGD, lr 0.2)\n",
+        "Singleton share: of all turns, those whose step group (same question, same calls and observations before "
+        "them) has one member, mean over steps and seeds.\n",
+        step_credit_table(cells),
         "\n## Figures\n",
         "\n\n".join(f"![{path.stem}]({path.name})" for path in figures),
     ]

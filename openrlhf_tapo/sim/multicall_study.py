@@ -6,12 +6,15 @@ of sim/multicall.py plus part 1's regime (a), group size 8, seeds 0..19 paired a
   time: β 0.4 / 1.2, no support factor, no clip, turn window 0, outcome-verified witnesses (exact / overlap).
 - The optimiser check, in all five regimes: GRPO ± TAPO with Adam and AdamW (torch defaults, weight decay 0.01) at
   lr 0.01, 0.03 and 0.1, beside SGD GRPO ± TAPO at lr 0.2.
+Added later (issue 25, pre-registered in docs/results.md §1 part 2 before they ran): GiGPO's step advantage
+(GiGPOConfig defaults: omega 1, gamma 0.95, mean_norm) with SGD in all five regimes, without and with TAPO.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.sim.env import REGIMES as PART1_REGIMES
 from openrlhf_tapo.sim.multicall import REGIMES as MULTICALL_REGIMES
@@ -34,8 +37,13 @@ OPTIMIZER_ARMS = tuple(
     for opt in ("adam", "adamw")
     for arm in (Arm(f"grpo_{opt}", "ppo", None, opt), Arm(f"grpo_{opt}+tapo", "ppo", _TAPO, opt))
 )
+STEP_CREDIT_ARMS = (
+    Arm("grpo+gigpo", "ppo", None, gigpo=GiGPOConfig()),
+    Arm("grpo+gigpo+tapo", "ppo", _TAPO, gigpo=GiGPOConfig()),
+)
 ARMS: dict[str, Arm] = {
-    arm.name: arm for arm in (Arm("grpo", "ppo"), Arm("grpo+tapo", "ppo", _TAPO), *SAFETY_ARMS, *OPTIMIZER_ARMS)
+    arm.name: arm
+    for arm in (Arm("grpo", "ppo"), Arm("grpo+tapo", "ppo", _TAPO), *SAFETY_ARMS, *OPTIMIZER_ARMS, *STEP_CREDIT_ARMS)
 }
 BASE_ARM = {"sgd": "grpo", "adam": "grpo_adam", "adamw": "grpo_adamw"}  # optimizer -> its arm without TAPO
 ADAPTIVE_LRS = (0.01, 0.03, 0.1)
@@ -44,8 +52,11 @@ SEEDS = tuple(range(20))
 
 
 def base_of(arm: str) -> str | None:
-    """The arm a TAPO arm is paired with (same optimizer, no TAPO); None for a base arm."""
+    """The arm an arm is paired with: a TAPO arm with the same recipe without TAPO (same optimizer; GiGPO + TAPO
+    with GiGPO), GiGPO with GRPO; None for a base arm."""
     spec = ARMS[arm]
+    if spec.gigpo is not None:
+        return "grpo+gigpo" if spec.tapo is not None else BASE_ARM[spec.optimizer]
     return None if spec.tapo is None else BASE_ARM[spec.optimizer]
 
 

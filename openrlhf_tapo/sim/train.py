@@ -1,8 +1,9 @@
 """Group RL on the simulation's tabular policy, many independent runs (seeds) at once.
 
 One step, for every run: sample G rollouts of each question -> group advantages (the caller's function: the CLI
-passes OpenRLHF's own group_norm) broadcast to every acted token -> TAPO (`tapo_correct`, per run) on the
-per-token advantages -> `epochs` gradient steps on the policy loss (`algorithms.policy_loss`, token-mean per run).
+passes OpenRLHF's own group_norm) broadcast to every acted token -> the arm's advantage estimators from the
+registry (`algorithms.estimators.apply_estimators`: GiGPO when the arm has it, then TAPO, per run) on the per-token
+advantages -> `epochs` gradient steps on the policy loss (`algorithms.policy_loss`, token-mean per run).
 Part 1 of the study uses plain SGD, which keeps the size of an advantage in the update (what TAPO changes); part 2
 adds Adam and AdamW arms (`Arm.optimizer`), which rescale each parameter's update by its own gradient history.
 Both are elementwise, so the runs stacked in one tensor stay independent.
@@ -22,8 +23,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from openrlhf_tapo.algorithms.estimators import CreditInputs, apply_estimators
+from openrlhf_tapo.algorithms.gigpo import GiGPOConfig, search_turns
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig, get_policy_loss
-from openrlhf_tapo.algorithms.tapo import TAPOConfig, ToolCall, tapo_correct
+from openrlhf_tapo.algorithms.tapo import TAPOConfig, ToolCall
 
 # rewards [N] (consecutive groups of n) and n -> one advantage per trajectory [N]
 AdvantageFn = Callable[[Tensor, int], Tensor]
@@ -36,6 +39,7 @@ class Environment(Protocol):
 
     num_columns: int
     num_draws: int  # uniforms per trajectory
+    turn_columns: tuple[tuple[int, int], ...]  # column range of each possible turn, in order (GiGPO's turns)
 
     def initial_policy(self, runs: int) -> Any: ...  # has .parameters()
     def rollout(self, policy, uniforms: Tensor) -> Any: ...
@@ -53,12 +57,14 @@ class KnowsCallValue(Protocol):
 
 @dataclass(frozen=True)
 class Arm:
-    """One training recipe: a policy loss, with TAPO correcting (tapo set) or only measuring (tapo None)."""
+    """One training recipe: a policy loss, with TAPO correcting (tapo set) or only measuring (tapo None), and
+    GiGPO's step advantage added before TAPO when `gigpo` is set."""
 
     name: str
     loss: str = "ppo"  # a name of algorithms.policy_loss.POLICY_LOSSES; "ppo" with group_norm is GRPO
     tapo: TAPOConfig | None = None  # None: TAPO runs with beta = 0, which measures the correctable rate only
     optimizer: str = "sgd"  # a key of OPTIMIZERS (torch's default betas, eps and AdamW weight decay 0.01)
+    gigpo: GiGPOConfig | None = None  # None: no step advantage
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -140,10 +146,20 @@ def train(
         rewards = batch.reward.view(runs, per_run).mean(-1)
 
         calls = regime.tool_calls(batch, group)
-        corrected, stats = tapo_correct(
-            token_advantages, batch.mask, group_ids, batch.reward >= 1.0, calls, tapo_config
+        inputs = CreditInputs(
+            group_ids=group_ids,
+            rewards=batch.reward,
+            success=batch.reward >= 1.0,
+            calls=calls,
+            turns=_turns(regime, batch, calls) if arm.gigpo is not None else (),
         )
-        step_stats = {name: _count(stats, spec) for name, spec in _TAPO_COUNTS.items()}
+        configs = {"tapo": tapo_config} if arm.gigpo is None else {"gigpo": arm.gigpo, "tapo": tapo_config}
+        corrected, stats = apply_estimators(token_advantages, batch.mask, inputs, configs)
+        if arm.gigpo is not None:  # what TAPO received: the credited calls below are TAPO's alone
+            token_advantages, _ = apply_estimators(token_advantages, batch.mask, inputs, {"gigpo": arm.gigpo})
+        step_stats = {name: _count(stats["tapo"], spec) for name, spec in _TAPO_COUNTS.items()}
+        if arm.gigpo is not None:
+            step_stats["gigpo_singleton_share"] = stats["gigpo"]["singleton_share"]
         if isinstance(regime, KnowsCallValue):
             step_stats.update(_credited_by_value(regime.informative(batch, calls), calls, token_advantages, corrected))
         tapo_stats.append(step_stats)
@@ -164,6 +180,14 @@ def train(
             on_step()
 
     return [_result(r, seed, arm, config, curves) for r, seed in enumerate(seeds)], tapo_stats
+
+
+def _turns(regime: Environment, batch, calls: Sequence[ToolCall]):
+    """Every trajectory's turns for GiGPO: the environment's turn column ranges in which it acted, in order, with
+    the anchor states of a search agent (`search_turns`: the calls that returned and their observations)."""
+    acted = torch.stack([batch.mask[:, start:end].any(-1) for start, end in regime.turn_columns], 1).tolist()
+    spans = [[span for span, on in zip(regime.turn_columns, row, strict=True) if on] for row in acted]
+    return search_turns(spans, calls)
 
 
 def _credited_by_value(informative: list[bool], calls, before: Tensor, after: Tensor) -> dict[str, float]:
@@ -192,6 +216,7 @@ def _result(r: int, seed: int, arm: Arm, config: TrainConfig, curves) -> dict:
         "arm": arm.name,
         "loss": arm.loss,
         "optimizer": arm.optimizer,
+        "gigpo": None if arm.gigpo is None else {"omega": arm.gigpo.omega, "gamma": arm.gigpo.gamma},
         "tapo": None
         if arm.tapo is None
         else {
