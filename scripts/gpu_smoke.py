@@ -6,6 +6,8 @@ Builds a tiny random Qwen2.5-VL and Qwen3-VL offline (the bundled task, task/pre
 
   environment        torch and its CUDA devices; which of vLLM, Ray, DeepSpeed and OpenRLHF import
   tiny model         the task with a tiny model of each family, built offline
+  stock processor    where torchvision imports: transformers' own processor saved with the model (as a released
+                     checkpoint has it) and checked against the image-only one the CPU tests use
   forward            each model's forward on an image, on CUDA in bf16 (`--dry-run` / no GPU: on the CPU in fp32)
   algorithms         tests/test_algorithms_cuda.py: the losses and TAPO compute on CUDA what they compute on CPU
   pixel bytes        one scripted 3-turn rollout of our agent (image search -> a tool image, text search, answer):
@@ -14,10 +16,12 @@ Builds a tiny random Qwen2.5-VL and Qwen3-VL offline (the bundled task, task/pre
                      --vllm.enable_sleep, --ds.enable_sleep, NCCL / CUDA-IPC weight sync) on a Ray head started here,
                      through `ray job submit`; then, from its metrics:
   prompt length      the rollout's per-turn check of vLLM's expanded prompt against the trajectory's tokens: a metric
-                     named *prompt_length_mismatch* logged and 0
+                     `errors/prompt_length` (the agent's counter) logged and 0
   vllm_kl            logged and |vllm_kl| < 1e-2 (the weight sync's health signal)
-  memory after sleep device memory sampled during the job (torch.cuda.mem_get_info): after its peak (vLLM awake),
-                     usage fell below half of it (vLLM's sleep released weights and KV cache for training)
+  memory after sleep device memory sampled during the job (torch.cuda.mem_get_info, every 0.1 s): between vLLM's
+                     first and last wake (usage above half its peak), usage fell to half the peak or below (vLLM's
+                     sleep released weights and KV cache while the models loaded and DeepSpeed trained)
+  job pixel bytes    the agent's `mm_bytes` (multimodal bytes per trajectory, in the dtype the trainer computes in)
   tapo stats         the TAPO stage's statistics (tapo/num_calls, tapo/failing_traj_correctable_frac) logged, finite
 
 What cannot run is skipped with the reason: without a GPU (or with `--dry-run`) every CUDA part; without vLLM, Ray,
@@ -45,8 +49,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STACK = ("vllm", "ray", "deepspeed", "openrlhf")  # what the Ray job needs besides torch and transformers
 KL_LIMIT = 1e-2
+MM_BYTES_METRIC = "mm_bytes"  # the agent's bytes of multimodal tensors per trajectory (mean over the step)
 TAPO_STATS = ("tapo/num_calls", "tapo/failing_traj_correctable_frac")
-PROMPT_LENGTH_METRIC = "prompt_length_mismatch"  # the rollout's per-turn check counts mismatches under this name
+PROMPT_LENGTH_METRIC = "errors/prompt_length"  # the count of the rollout's per-turn prompt-length check
 
 
 class Report:
@@ -108,6 +113,60 @@ def build_task(root: Path, family: str):
         model_family=family,
     )
     return prepare_task(root, config, progress=lambda _: None)
+
+
+STOCK = {  # family -> transformers' processor and video processor, as a released checkpoint names them
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+}
+
+
+def stock_processor(report: Report, family: str, model_dir: Path) -> None:
+    """Where torchvision imports (a GPU install: vLLM needs it), save transformers' stock processor over the tiny
+    model's image-only one, as a released checkpoint ships it (the torchvision image processor and a video
+    processor): vLLM 0.29's own Qwen-VL code then loads what a user's checkpoint loads. Checked against the
+    image-only (PIL) processor on one image: the same tokens, and how far the pixel values differ."""
+    name = f"stock processor [{family}]"
+    try:
+        importlib.import_module("torchvision")
+    except Exception as err:  # any failure to import is the reason to keep the image-only processor
+        report.add("SKIP", name, f"torchvision does not import ({type(err).__name__}): the image-only one stays")
+        return
+    try:
+        import transformers
+        from PIL import Image
+
+        from openrlhf_tapo.agent import protocol
+        from openrlhf_tapo.task.tiny_model import CHAT_TEMPLATE, load_processor
+
+        tiny = load_processor(model_dir)
+        kept = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std")
+        settings = {key: getattr(tiny.image_processor, key) for key in kept}
+        processor_class, video_class = (getattr(transformers, cls) for cls in STOCK[family])
+        stock = processor_class(
+            image_processor=transformers.Qwen2VLImageProcessor(size=tiny.image_processor.size, **settings),
+            tokenizer=tiny.tokenizer,
+            video_processor=video_class(**settings),
+            chat_template=CHAT_TEMPLATE,
+        )
+        stock.save_pretrained(model_dir)
+        config_path = model_dir / "processor_config.json"
+        config = json.loads(config_path.read_text())
+        config.pop("auto_map", None)  # the image-only processor's remote code must not be chosen any more
+        config_path.write_text(json.dumps(config, indent=2))
+        loaded = transformers.AutoProcessor.from_pretrained(str(model_dir))
+        text, image = [f"a {protocol.IMAGE_PLACEHOLDER} b"], Image.new("RGB", (150, 70), "orange")
+        ours, theirs = (p(text=text, images=[image], return_tensors="pt") for p in (tiny, loaded))
+        same_tokens = ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+        gap = float((ours["pixel_values"] - theirs["pixel_values"]).abs().max())
+        report.add(
+            "PASS" if type(loaded) is processor_class and same_tokens else "FAIL",
+            name,
+            f"AutoProcessor loads {type(loaded).__name__} ({type(loaded.image_processor).__name__}); same tokens as "
+            f"the image-only processor: {same_tokens}; pixel values differ by at most {gap:.3g}",
+        )
+    except Exception as err:  # a failure here is the finding; the smoke goes on with what was saved
+        report.add("FAIL", name, f"{type(err).__name__}: {err}")
 
 
 def forward(report: Report, family: str, model_dir: Path, cuda: bool) -> None:
@@ -195,7 +254,7 @@ def evaluate_run(metrics: list[dict], used: list[int], total: int) -> list[tuple
     results = []
     mismatch = sorted({key for step in metrics for key in step if key.endswith(PROMPT_LENGTH_METRIC)})
     if not mismatch:
-        results.append(("FAIL", "prompt length", f"no metric named *{PROMPT_LENGTH_METRIC}* was logged"))
+        results.append(("FAIL", "prompt length", f"{PROMPT_LENGTH_METRIC} was not logged (no per-turn check ran)"))
     else:
         counts = {key: sum(step.get(key, 0.0) for step in metrics) for key in mismatch}
         bad = any(value != 0 for value in counts.values())
@@ -211,17 +270,26 @@ def evaluate_run(metrics: list[dict], used: list[int], total: int) -> list[tuple
     if not used:
         results.append(("FAIL", "memory after sleep", "no device memory samples"))
     else:
-        peak_at = max(range(len(used)), key=used.__getitem__)
-        after = min(used[peak_at:])
-        released = after < used[peak_at] / 2
+        # vLLM awake = above half the peak. Between the first and the last time it is awake (engine start-up and
+        # the last step's generation), its sleep must have let usage fall below half the peak: while the models
+        # load and while DeepSpeed trains. What follows the last generation (the job's end) does not count.
+        peak = max(used)
+        awake = [i for i, u in enumerate(used) if u > peak / 2]
+        low = min(used[awake[0] : awake[-1] + 1])
+        released = low <= peak / 2
         results.append(
             (
                 "PASS" if released else "FAIL",
                 "memory after sleep",
-                f"peak {used[peak_at] / 2**30:.1f} GiB, lowest after it {after / 2**30:.1f} GiB, of "
+                f"peak {peak / 2**30:.1f} GiB, lowest between vLLM's first and last wake {low / 2**30:.1f} GiB, of "
                 f"{total / 2**30:.1f} GiB" + ("" if released else ": vLLM's sleep did not release its memory"),
             )
         )
+    payload = [step[MM_BYTES_METRIC] for step in metrics if MM_BYTES_METRIC in step]
+    if payload and all(math.isfinite(v) and v > 0 for v in payload):
+        results.append(("PASS", "job pixel bytes", f"{', '.join(f'{v:.0f}' for v in payload)} bytes per trajectory"))
+    else:
+        results.append(("FAIL", "job pixel bytes", f"{MM_BYTES_METRIC}: {payload or 'not logged'}"))
     stats = {key: [step[key] for step in metrics if key in step] for key in TAPO_STATS}
     ok = all(values and all(math.isfinite(v) for v in values) for values in stats.values())
     results.append(("PASS" if ok else "FAIL", "tapo stats", ", ".join(f"{k} {v}" for k, v in stats.items())))
@@ -231,7 +299,7 @@ def evaluate_run(metrics: list[dict], used: list[int], total: int) -> list[tuple
 class MemorySampler(threading.Thread):
     """Device memory in use (torch.cuda.mem_get_info: total - free, every process), every `every_s` seconds."""
 
-    def __init__(self, every_s: float = 0.5):
+    def __init__(self, every_s: float = 0.1):
         super().__init__(daemon=True)
         self.every_s, self.used, self.total = every_s, [], 0
         self._stop = threading.Event()
@@ -305,7 +373,7 @@ def ray_job(report: Report, family: str, paths, work: Path, timeout_s: int) -> N
             report.add(status, f"{name} [{family}]", detail)
 
 
-RUN_CHECKS = ("prompt length", "vllm_kl", "memory after sleep", "tapo stats")
+RUN_CHECKS = ("prompt length", "vllm_kl", "memory after sleep", "job pixel bytes", "tapo stats")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             report.add("FAIL", f"tiny model [{family}]", f"{type(err).__name__}: {err}")
             continue
         report.add("PASS", f"tiny model [{family}]", f"task and tiny {family} built offline in {work / 'task'}")
+        stock_processor(report, family, paths.model_dir)
         forward(report, family, paths.model_dir, cuda)
         pixel_bytes(report, family, paths, missing)
         reason = (

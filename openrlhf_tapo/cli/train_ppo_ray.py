@@ -373,13 +373,9 @@ def launch(args) -> None:
     import ray
     from openrlhf.cli.train_ppo_ray import train
 
-    from openrlhf_tapo.adapter import inject, placement, ray_workers
+    from openrlhf_tapo.adapter import inject, ray_workers
 
     inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
-    try:  # a running cluster without the free GPUs: refuse now instead of leaving Ray's demands pending for ever
-        placement.refuse_if_cluster_too_small(args)
-    except placement.ClusterTooSmall as err:
-        build_parser().exit(2, f"{PROG}: error: {err}\n")
     env_vars = inject.worker_env_vars(args.agent.config)
     if ray.is_initialized():
         ray_workers.require_in_session("injection", env_vars)
@@ -420,6 +416,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(describe(args), flush=True)
         return
+    from openrlhf_tapo.adapter.placement import ClusterTooSmall, refuse_if_cluster_too_small
+
+    try:  # a running cluster without the job's free GPUs: refuse now, instead of Ray's demands pending for ever
+        refuse_if_cluster_too_small(args)
+    except ClusterTooSmall as err:
+        build_parser().exit(2, f"{PROG}: error: {err}\n")
     launch(args)
 
 
