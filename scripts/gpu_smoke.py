@@ -26,7 +26,8 @@ Builds a tiny random Qwen2.5-VL and Qwen3-VL offline (the bundled task, task/pre
 
 What cannot run is skipped with the reason: without a GPU (or with `--dry-run`) every CUDA part; without vLLM, Ray,
 DeepSpeed or OpenRLHF the Ray job and its checks (and without OpenRLHF the agent's rollout); the rest still runs.
-On one GPU the whole smoke takes a few minutes; each Ray job is bounded (`--job-timeout`) so that it ends within 10.
+Each Ray job is bounded (`--job-timeout`, 240 s) and so is the whole smoke (`--time-limit`, 570 s: a job that would
+not fit is skipped, saying so), so that it ends within 10 minutes on one GPU.
 Exit status 1 when any check fails, else 0.
 """
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -198,6 +200,9 @@ def forward(report: Report, family: str, model_dir: Path, cuda: bool) -> None:
 def algorithms(report: Report, cuda: bool) -> None:
     if not cuda:
         report.add("SKIP", "algorithms", "needs a CUDA device (tests/test_algorithms_cuda.py)")
+        return
+    if importlib.util.find_spec("pytest") is None:
+        report.add("SKIP", "algorithms", "needs pytest (pip install pytest) to run tests/test_algorithms_cuda.py")
         return
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_algorithms_cuda.py"],
@@ -382,11 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
     parser.add_argument("--families", nargs="+", default=["qwen2_5_vl", "qwen3_vl"], help="tiny model families")
     parser.add_argument("--job-timeout", type=int, default=240, help="seconds one Ray job may take (default 240)")
+    parser.add_argument("--time-limit", type=int, default=570, help="seconds for the whole smoke (default 570)")
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.time_limit
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_smoke_"))
     report = Report()
     print(f"GPU smoke in {out}", flush=True)
     cuda, missing = environment(report, args.dry_run)
+    algorithms(report, cuda)
     for family in args.families:
         work = out / family
         try:
@@ -407,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             for name in ("ray job", *RUN_CHECKS):
                 report.add("SKIP", f"{name} [{family}]", f"{reason} (needs CUDA, vLLM, Ray, DeepSpeed, OpenRLHF)")
+        elif deadline - time.monotonic() < 90:  # what a Ray job needs at least: start-up and two tiny steps
+            for name in ("ray job", *RUN_CHECKS):
+                report.add("SKIP", f"{name} [{family}]", f"--time-limit {args.time_limit} s reached")
         else:
-            ray_job(report, family, paths, work, args.job_timeout)
-    algorithms(report, cuda)
+            ray_job(report, family, paths, work, min(args.job_timeout, int(deadline - time.monotonic()) - 30))
     counts = {s: sum(line[0] == s for line in report.lines) for s in ("PASS", "FAIL", "SKIP")}
     print(f"GPU smoke: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped", flush=True)
     (out / "report.json").write_text(json.dumps(report.lines, indent=1))
