@@ -1,6 +1,6 @@
 """Helpers for the agent tests (imported by plain name: tests/ is not a package).
 
-- `tiny_vlm_dir()`: one tiny Qwen2.5-VL per test process, built offline into a temporary folder.
+- `tiny_vlm_dir(family)`: one tiny Qwen2.5-VL (or Qwen3-VL) per test process, built offline into a temporary folder.
 - `ScriptedEngine`: the vLLM `generate` contract, answering each turn with the next scripted text (exact
   multi-turn checks independent of a model), honouring `max_tokens` and stop strings like vLLM.
 - `make_index` / `runner_for`: a small real LocalIndex and ToolRunner.
@@ -45,10 +45,10 @@ PASSAGES = [
 
 
 @functools.cache
-def tiny_vlm_dir() -> Path:
+def tiny_vlm_dir(family: str = "qwen2_5_vl") -> Path:
     out = Path(tempfile.mkdtemp(prefix="tiny_vlm_"))
     atexit.register(shutil.rmtree, out, True)
-    return build_tiny_vlm(out / "model", CORPUS, seed=0)
+    return build_tiny_vlm(out / "model", CORPUS, seed=0, family=family)
 
 
 def picture(seed: int, size: tuple[int, int] = (84, 56)) -> Image.Image:

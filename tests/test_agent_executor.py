@@ -20,7 +20,7 @@ from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.rollout import ERROR_KINDS, AgentExecutor
 from openrlhf_tapo.search.base import SearchBackend, SearchError, SearchTimeout
-from openrlhf_tapo.task.tiny_model import load_processor
+from openrlhf_tapo.task.tiny_model import FAMILIES, load_processor
 from openrlhf_tapo.tools.base import ToolContext, bbox_to_pixels
 from openrlhf_tapo.tools.registry import build_tool_runner
 
@@ -343,8 +343,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-async def test_real_model_reproduces_a_taught_trajectory(processor, one_thread):
-    """End to end with the tiny Qwen2.5-VL behind the HF engine and OpenRLHF's Actor.
+@pytest.mark.parametrize("family", FAMILIES)
+async def test_real_model_reproduces_a_taught_trajectory(family, one_thread):
+    """End to end with the tiny Qwen2.5-VL (and Qwen3-VL) behind the HF engine and OpenRLHF's Actor.
 
     A scripted rollout gives the target trajectory (zoom call, tool image, answer). The Actor is trained on it with
     the executor's own `mm_train_inputs` until greedy decoding must reproduce every action token; the real-model
@@ -355,6 +356,7 @@ async def test_real_model_reproduces_a_taught_trajectory(processor, one_thread):
 
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 
+    processor = load_processor(tiny_vlm_dir(family))
     config = AgentConfig.from_dict({"tools": {"enabled": ["zoom"]}, "instructions": "Use tools, then answer."})
     image = picture(7)
     greedy = params(temperature=0.0, logprobs=0, max_tokens=64)
@@ -374,7 +376,8 @@ async def test_real_model_reproduces_a_taught_trajectory(processor, one_thread):
     tokens, ranges, mm = target["observation_tokens"], target["action_ranges"], target["mm_train_inputs"]
     assert mm["image_grid_thw"].shape[0] == 2
 
-    actor = Actor(str(tiny_vlm_dir()), attn_implementation="sdpa", param_dtype="bf16")
+    actor = Actor(str(tiny_vlm_dir(family)), attn_implementation="sdpa", param_dtype="bf16")
+    assert actor.model.config.model_type == family
     actor.model.float()
     sequences = torch.tensor([tokens])
     attention = torch.ones_like(sequences)

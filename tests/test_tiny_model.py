@@ -1,4 +1,5 @@
-"""The offline tiny Qwen2.5-VL: tokenizer, processor (no torchvision), OpenRLHF's loading path, the HF engine."""
+"""The offline tiny Qwen2.5-VL and Qwen3-VL: tokenizer, processor (no torchvision), OpenRLHF's loading path, the HF
+engine."""
 
 import asyncio
 import sys
@@ -9,16 +10,18 @@ from _agent_helpers import picture, tiny_vlm_dir
 
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 from openrlhf_tapo.task.tiny_model import (
+    FAMILIES,
+    MODEL_CLASSES,
+    PROCESSOR_CLASSES,
     SPECIAL_TOKENS,
-    ImageOnlyQwen2_5_VLProcessor,
     load_tiny_vlm,
     tiny_config,
 )
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    path = tiny_vlm_dir()
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request):
+    path = tiny_vlm_dir(request.param)
     model, processor = load_tiny_vlm(path)
     return path, model, processor
 
@@ -40,7 +43,7 @@ def test_tokenizer_round_trips_and_keeps_special_tokens_atomic(tiny):
 
 
 def test_processor_expands_image_tokens_to_the_grid(tiny):
-    _, _, processor = tiny
+    _, model, processor = tiny
     out = processor(
         text=["a <|vision_start|><|image_pad|><|vision_end|> b"],
         images=[picture(0, (84, 56))],
@@ -49,7 +52,10 @@ def test_processor_expands_image_tokens_to_the_grid(tiny):
     )
     grid = out["image_grid_thw"]
     (t, h, w) = grid[0].tolist()
-    assert out["pixel_values"].shape[0] == t * h * w
+    patch = model.config.vision_config.patch_size  # 14 (Qwen2.5-VL) or 16 (Qwen3-VL)
+    # 84 x 56 px resized to whole 2 x 2 blocks of patches (28 / 32 px): 56 x 84 px for Qwen2.5-VL, 64 x 96 for Qwen3-VL
+    assert (h * patch, w * patch) == {14: (56, 84), 16: (64, 96)}[patch] and t == 1
+    assert out["pixel_values"].shape == (t * h * w, 3 * 2 * patch * patch)  # channels x temporal x patch area
     pads = (out["input_ids"][0] == processor.image_token_id).sum().item()
     assert pads == t * h * w // 4 and 4 <= pads <= 16  # pixel bounds of the tiny processor
 
@@ -58,22 +64,21 @@ def test_openrlhf_loading_path_works_without_torchvision(tiny):
     from openrlhf.utils.utils import get_tokenizer, is_vlm_model
     from transformers import AutoProcessor
 
-    path, _, _ = tiny
+    path, model, _ = tiny
     assert "torchvision" not in sys.modules
     assert is_vlm_model(str(path))
     auto = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
-    assert isinstance(auto, ImageOnlyQwen2_5_VLProcessor)
+    assert isinstance(auto, PROCESSOR_CLASSES[model.config.model_type])
     tok = get_tokenizer(str(path), None, padding_side="left")
     assert hasattr(tok, "image_processor") and tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None
     assert "torchvision" not in sys.modules
 
 
 def test_build_is_deterministic_for_a_seed(tiny):
-    from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-
     _, model, processor = tiny
+    family = model.config.model_type
     torch.manual_seed(0)
-    fresh = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer))
+    fresh = MODEL_CLASSES[family](tiny_config(processor.tokenizer, family=family))
     for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert model.config.text_config.vocab_size == len(processor.tokenizer)

