@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from openrlhf_tapo.algorithms.config_fields import doc
+from openrlhf_tapo.algorithms.gc_pause import cyclic_gc_paused
 from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.algorithms.turns import MODES, Turn, add_on_turns, check_turns, group_normalised
 
@@ -95,6 +96,7 @@ class GiGPOConfig:
             )
 
 
+@cyclic_gc_paused()
 def search_turns(turn_spans: Sequence[Sequence[tuple[int, int]]], calls: Sequence[ToolCall]) -> list[Turn]:
     """Every turn of a batch of search-agent trajectories with its anchor state.
 
@@ -156,6 +158,7 @@ def step_groups(group_ids: Sequence[Hashable], turns: Sequence[Turn], threshold:
     return out
 
 
+@cyclic_gc_paused()
 def gigpo_advantages(
     advantages: Tensor,
     action_mask: Tensor,

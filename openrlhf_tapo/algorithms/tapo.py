@@ -51,8 +51,6 @@ Statistics (python floats, all present on every call; fractions are 0 when their
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ import torch
 from torch import Tensor
 
 from openrlhf_tapo.algorithms.config_fields import doc as _doc
+from openrlhf_tapo.algorithms.gc_pause import cyclic_gc_paused
 from openrlhf_tapo.algorithms.similarity import (
     FALLBACK_SIMILARITY,
     SIMILARITIES,
@@ -402,26 +401,8 @@ def _base_stats(calls: Sequence[ToolCall], success: list[bool], failing: list[bo
     return stats
 
 
-@contextlib.contextmanager
-def _cyclic_gc_paused():
-    """Pause Python's cyclic garbage collector (restored on exit, also on error).
-
-    The matcher allocates a few containers per call and per reference group, none of them in a reference cycle
-    (reference counting frees them). With the collector on, those allocations trigger collections that traverse
-    the whole heap again and again, which made matching grow faster than the batch (x10 for a x8 batch, x7-8 with
-    the collector paused; benchmarks/bench_tapo.py). The pause covers one matching pass: tens of milliseconds.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _match_failing_calls(calls, group_ids, success, failing, traj_adv, config):
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         matcher = _Matcher(calls, group_ids, success, failing, traj_adv, config)
         failing_calls = [c for c, call in enumerate(calls) if failing[call.traj]]
         matches = {c: m for c in failing_calls if (m := matcher.best_match(c)) is not None}

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from openrlhf_tapo.algorithms.config_fields import doc
+from openrlhf_tapo.algorithms.gc_pause import cyclic_gc_paused
 from openrlhf_tapo.algorithms.turns import MODES, Turn, add_on_turns, check_turns, group_normalised
 
 
@@ -64,6 +65,7 @@ class TurnRewardConfig:
             raise ValueError(f"turn_reward.mode must be one of {MODES}, got {self.mode!r}")
 
 
+@cyclic_gc_paused()
 def turn_reward_advantages(
     advantages: Tensor,
     action_mask: Tensor,
