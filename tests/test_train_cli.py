@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -78,7 +79,11 @@ def test_dry_run_prints_the_resolved_configuration(capsys, inputs, no_launch):
     env = resolved["ray_worker_runtime_env"]
     assert env == {
         "worker_process_setup_hook": ray_workers.SETUP_HOOK,
-        "env_vars": {ray_workers.PATCH_SETS_ENV: "injection", inject.AGENT_CONFIG_ENV: agent_yaml},
+        "env_vars": {
+            ray_workers.PATCH_SETS_ENV: "injection",
+            inject.AGENT_CONFIG_ENV: agent_yaml,
+            inject.MM_DTYPE_ENV: "bfloat16",  # OpenRLHF's default --ds.param_dtype bf16: what the agent returns
+        },
     }
 
 
@@ -281,3 +286,18 @@ def test_launcher_and_in_process_driver_parse_each_loss_as_the_same_openrlhf_typ
         args = inprocess_loop.build_openrlhf_args(RLConfig(policy_loss_type=loss), tmp_path / "m", tmp_path / "r")
         assert launcher[launcher.index("--actor.policy_loss_type") + 1] == handed[-1] == OPENRLHF_LOSS_TYPE[loss]
         assert args.actor.policy_loss_type == loss
+
+
+def test_agent_tensors_follow_the_trainer_dtype_cpu_profile_included(monkeypatch):
+    import openrlhf.utils.utils as openrlhf_utils
+
+    from openrlhf_tapo.adapter import cpu_profile
+
+    args = SimpleNamespace(ds=SimpleNamespace(param_dtype="bf16"))
+    assert inject.trainer_compute_dtype(args) == "bfloat16"
+    args.ds.param_dtype = "fp16"
+    assert inject.trainer_compute_dtype(args) == "float16"
+    # The CPU profile's float32_compute replaces OpenRLHF's conversion: the agent then keeps float32.
+    monkeypatch.setattr(openrlhf_utils, "convert_to_torch_dtype", cpu_profile._float32)
+    assert inject.trainer_compute_dtype(args) == "float32"
+    assert inject.worker_env_vars(None, "float32") == {inject.MM_DTYPE_ENV: "float32"}

@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 from openrlhf_tapo.adapter import patches
 from openrlhf_tapo.agent.config import CONFIG_ENV as AGENT_CONFIG_ENV
+from openrlhf_tapo.agent.config import MM_DTYPE_ENV
 
 PATCHED: list[str] = []  # names of the modules patched in this process, in order
 
@@ -135,6 +136,18 @@ def hook_installed() -> bool:
     return any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path)
 
 
-def worker_env_vars(agent_config: str | None) -> dict[str, str]:
-    """What the injection's workers need in their environment: the agent's YAML path, if given."""
-    return {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
+def trainer_compute_dtype(args) -> str:
+    """The torch dtype name OpenRLHF's actor computes in for `args`: its own `--ds.param_dtype` conversion, so the
+    CPU profile's float32 (which replaces that conversion) is seen too."""
+    from openrlhf.utils.utils import convert_to_torch_dtype
+
+    return str(convert_to_torch_dtype(args.ds.param_dtype)).removeprefix("torch.")
+
+
+def worker_env_vars(agent_config: str | None, mm_dtype: str | None = None) -> dict[str, str]:
+    """What the injection's workers need in their environment: the agent's YAML path, if given, and the dtype its
+    multimodal training tensors are returned in (`trainer_compute_dtype`), if given."""
+    env = {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
+    if mm_dtype:
+        env[MM_DTYPE_ENV] = mm_dtype
+    return env

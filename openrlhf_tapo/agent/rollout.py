@@ -31,6 +31,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from openrlhf.utils.agent import AgentExecutorBase
 from openrlhf.utils.vlm_utils import accumulate_mm_inputs, load_images, process_prompt_with_images
 from PIL import Image
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 # (a tool response, or its images, did not fit in max_length), turn_limit (a call in the last allowed turn),
 # no_action (a turn with neither a call nor an answer), label (the label could not be parsed: reward 0), judge (the
 # LLM judge gave no verdict: the rule-based result was used).
+MAX_DECODERS = 4  # tokenizers (models) whose decoder is kept; an executor serves one in practice
+
 ERROR_KINDS = (
     protocol.BAD_JSON,
     protocol.BAD_CALL,
@@ -109,12 +112,17 @@ class AgentExecutor(AgentExecutorBase):
         judge_config = self.config.reward.judge
         self.judge = judge if judge is not None else (LLMJudge(judge_config) if judge_config.enabled else None)
         self._warned_text_only = False
-        self._decoders: dict[int, Decoder] = {}  # id(tokenizer) -> its Decoder: token texts shared by trajectories
+        # tokenizer identity -> its Decoder (token texts shared by trajectories). OpenRLHF sends a freshly unpickled
+        # tokenizer with every prompt, so the key is what the vocabulary is, not which object: one entry per model.
+        self._decoders: dict[tuple, Decoder] = {}
 
     def _decoder(self, tokenizer) -> Decoder:
-        decoder = self._decoders.get(id(tokenizer))
-        if decoder is None or decoder.tokenizer is not tokenizer:
-            decoder = self._decoders[id(tokenizer)] = Decoder(tokenizer)
+        key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+        decoder = self._decoders.get(key)
+        if decoder is None:
+            if len(self._decoders) >= MAX_DECODERS:
+                self._decoders.pop(next(iter(self._decoders)))  # the oldest
+            decoder = self._decoders[key] = Decoder(tokenizer)
         return decoder
 
     @property
@@ -129,7 +137,7 @@ class AgentExecutor(AgentExecutorBase):
         tools = list(self.runner.tools)
         return (
             ["turns", "tool_calls", "answered", "format_ok", "truncated_turn", "exact_match", "substring_match", "f1"]
-            + ["judged", "cache_hits", "cache_misses", "errors", "images_added"]
+            + ["judged", "cache_hits", "cache_misses", "errors", "images_added", "mm_bytes"]
             + [f"calls/{name}" for name in tools]
             + [f"errors/{kind}" for kind in ERROR_KINDS]
         )
@@ -365,12 +373,14 @@ class AgentExecutor(AgentExecutorBase):
         )
         counts["errors/judge"] += result.judge_errors
         counts["errors"] += result.judge_errors
+        mm_train_inputs = cast_mm_inputs(traj.mm_train_inputs, cfg.mm_dtype)
+        counts["mm_bytes"] = mm_payload_bytes(mm_train_inputs)
         extra_logs = {key: float(counts.get(key, 0)) for key in self.log_keys()}
         return {
             "prompt": prompt,
             "label": label,
             "images": images,
-            "mm_train_inputs": traj.mm_train_inputs,
+            "mm_train_inputs": mm_train_inputs,
             "observation_tokens": traj.tokens,
             "action_ranges": traj.action_ranges,
             "rollout_log_probs": traj.log_probs,
@@ -380,6 +390,23 @@ class AgentExecutor(AgentExecutorBase):
             "extra_logs": extra_logs,
             "tool_calls": traj.tool_calls,
         }
+
+
+def cast_mm_inputs(mm_train_inputs: dict | None, dtype: str | None) -> dict | None:
+    """`mm_train_inputs` with its floating-point tensors (pixel_values) in `dtype` (None: unchanged); integer
+    tensors (image_grid_thw) are kept as they are."""
+    if not mm_train_inputs or dtype is None:
+        return mm_train_inputs
+    target = getattr(torch, dtype)
+    return {
+        key: value.to(target) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        for key, value in mm_train_inputs.items()
+    }
+
+
+def mm_payload_bytes(mm_train_inputs: dict | None) -> int:
+    """Bytes of the tensors a trajectory hands to training (what crosses Ray's object store for it)."""
+    return sum(v.numel() * v.element_size() for v in (mm_train_inputs or {}).values() if isinstance(v, torch.Tensor))
 
 
 def _encode(tokenizer, text: str) -> list[int]:
