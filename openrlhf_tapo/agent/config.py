@@ -25,6 +25,7 @@ MM_DTYPES = ("bfloat16", "float16", "float32")
 
 MATCH_MODES = ("exact", "substring", "f1")
 JUDGE_MODES = ("fallback", "always")
+PROMPT_CHECKS = ("count", "raise", "off")
 
 
 @dataclass
@@ -86,6 +87,10 @@ class AgentConfig:
     # them. The vision tower casts its input to its own dtype, so the trainer's dtype is lossless and half the bytes
     # that cross Ray's object store.
     mm_dtype: str | None = None
+    # Each turn, the prompt length the engine reports (vLLM expands the image pads with its own processor) must equal
+    # the trajectory's tokens, or rollout and training positions differ. "count": log it under errors/prompt_length
+    # and go on; "raise": fail the rollout at once (debugging, the GPU smoke); "off".
+    prompt_check: str = "count"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> AgentConfig:
@@ -110,6 +115,10 @@ class AgentConfig:
                 raise ValueError(f"agent.{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.tools_block, bool):
             raise ValueError(f"agent.tools_block must be true or false, got {self.tools_block!r}")
+        if self.prompt_check not in PROMPT_CHECKS:
+            raise ValueError(
+                f"agent.prompt_check must be one of {', '.join(PROMPT_CHECKS)}, got {self.prompt_check!r}"
+            )
         if self.mm_dtype is not None and self.mm_dtype not in MM_DTYPES:
             raise ValueError(f"agent.mm_dtype must be one of {', '.join(MM_DTYPES)} or unset, got {self.mm_dtype!r}")
         if not all(isinstance(s, str) and s for s in self.stop):

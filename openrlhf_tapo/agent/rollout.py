@@ -20,8 +20,12 @@ One trajectory (token in, token out; see protocol.py for the text format):
    stage rebuilds them with from OpenRLHF's tensors. OpenRLHF ignores the key; tests and offline tools read it.
 
 Nothing the model writes, no tool or backend failure and no undecodable image makes `execute` raise: the model
-reads an error observation and the failure is counted. Engine errors and a prompt that cannot fit `max_length`
-with its images (a configuration problem) do raise, as OpenRLHF's own executors do.
+reads an error observation and the failure is counted. Question images over `tools.max_images_per_trajectory`, or
+that do not fit `max_length`, are left out (the prompt says so; counted). A request the engine refuses ends only its
+trajectory (counted under errors/engine; a refused first request is retried once without the question images,
+since a trajectory must hold a generated token: OpenRLHF's per-sample means divide by the action-token count).
+`execute` raises only for a configuration problem: a prompt that cannot fit `max_length` even as text, an engine
+that refuses a plain text request, and, with `prompt_check: raise`, a prompt length the engine disagrees with.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ logger = logging.getLogger(__name__)
 
 # Error kinds logged under fixed keys (every trajectory reports every key, 0 when it did not happen). Kinds from the
 # parser and the tool layer, plus the agent's own: question_image (a dataset image did not decode), context_limit
-# (a tool response, or its images, did not fit in max_length), turn_limit (a call in the last allowed turn),
-# no_action (a turn with neither a call nor an answer), label (the label could not be parsed: reward 0), judge (the
-# LLM judge gave no verdict: the rule-based result was used).
+# (a tool response, or its images, or the question's images did not fit in max_length), turn_limit (a call in the
+# last allowed turn), no_action (a turn with neither a call nor an answer), label (the label could not be parsed:
+# reward 0), judge (the LLM judge gave no verdict: the rule-based result was used), engine (the engine refused a
+# request: the trajectory ended there, or restarted without its question images), prompt_length (the engine ran a
+# prompt of another length than the trajectory's tokens; see AgentConfig.prompt_check).
 MAX_DECODERS = 4  # tokenizers (models) whose decoder is kept; an executor serves one in practice
 
 ERROR_KINDS = (
@@ -77,8 +83,23 @@ ERROR_KINDS = (
     "no_action",
     "label",
     "judge",
+    "engine",
+    "prompt_length",
     "other",
 )
+
+
+class EngineRequestError(RuntimeError):
+    """The engine raised for one request (its cause is chained)."""
+
+
+class PromptLengthMismatch(RuntimeError):
+    """The engine ran a prompt of another length than the trajectory's tokens (agent.prompt_check: raise)."""
+
+
+def _count(counts: Counter, kind: str, n: int = 1) -> None:
+    counts[f"errors/{kind}"] += n
+    counts["errors"] += n
 
 
 @dataclass
@@ -94,6 +115,7 @@ class _Trajectory:
     action_ranges: list[tuple[int, int]] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)  # what the prompt says about the question images
     answer: str | None = None
     format_ok: bool = True
     truncated: bool = False
@@ -146,7 +168,6 @@ class AgentExecutor(AgentExecutorBase):
 
     async def execute(self, prompt, label, sampling_params, max_length: int, hf_tokenizer, llm_engine, images=None):
         cfg = self.config
-        runner = self.runner
         tokenizer = getattr(hf_tokenizer, "tokenizer", hf_tokenizer)
         vision = hasattr(hf_tokenizer, "image_processor")
 
@@ -154,48 +175,103 @@ class AgentExecutor(AgentExecutorBase):
             self._warned_text_only = True
             logger.warning("the tokenizer has no image processor (a text-only model): question images are not shown")
         loaded, urls, failed = await run_cpu(_load_question_images, images) if (images and vision) else ([], [], 0)
-        note = f"{failed} question image(s) could not be loaded" if failed else ""
-        schemas = runner.schemas() if cfg.tools_block else []
+        counts = Counter()
+        notes = [f"{failed} question image(s) could not be loaded"] if failed else []
+        _count(counts, "question_image", failed)
+        limit = cfg.tools.max_images_per_trajectory  # the launcher keeps vLLM's per-request limit at least this
+        if len(loaded) > limit:
+            _count(counts, "image_limit", len(loaded) - limit)
+            notes.append(f"{len(loaded) - limit} question image(s) not shown: at most {limit} images per question")
+            loaded, urls = loaded[:limit], urls[:limit]
+        traj = await self._start(prompt, loaded, urls, notes, sampling_params, hf_tokenizer, counts)
+        if loaded and len(traj.tokens) + cfg.min_tokens_per_turn > max_length:
+            _count(counts, "context_limit")
+            why = "too large for the context"
+            traj = await self._restart_text_only(traj, prompt, why, sampling_params, hf_tokenizer)
+        if len(traj.tokens) + cfg.min_tokens_per_turn > max_length:
+            raise ValueError(
+                f"the agent prompt takes {len(traj.tokens)} tokens without its images, leaving less than "
+                f"agent.min_tokens_per_turn={cfg.min_tokens_per_turn} of max_length={max_length}: raise --data.max_len"
+                " / --rollout.max_new_tokens or shorten the question or the instructions"
+            )
+
+        turn = 0
+        while turn < cfg.max_turns:
+            try:
+                done = await self._turn(traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine)
+            except EngineRequestError as err:
+                # The engine refused a request (vLLM: more images than its limit, an image it cannot process, a
+                # prompt over max_model_len). Only this trajectory pays: it ends where it is, counted; a refused
+                # first request is retried once without the question images, so that it holds a generated turn.
+                logger.warning("the engine refused turn %d of a trajectory (%s)", turn, err)
+                _count(counts, "engine")
+                if traj.action_ranges:
+                    traj.format_ok = False
+                    break
+                if not traj.pil_images:  # a plain text request refused: the engine itself is unusable
+                    raise
+                why = "refused by the engine"
+                traj = await self._restart_text_only(traj, prompt, why, sampling_params, hf_tokenizer)
+                continue
+            if done:
+                break
+            turn += 1
+
+        return await self._finish(traj, prompt, label, images)
+
+    async def _start(self, prompt, loaded, urls, notes, sampling_params, hf_tokenizer, counts) -> _Trajectory:
+        """The trajectory's first prompt: tools system turn, the labelled question images, the question."""
+        cfg = self.config
+        tokenizer = getattr(hf_tokenizer, "tokenizer", hf_tokenizer)
+        schemas = self.runner.schemas() if cfg.tools_block else []
         instructions = cfg.instructions or protocol.DEFAULT_INSTRUCTIONS
+        note = "; ".join(notes)
         if protocol.IM_START in prompt:
             prompt_text = protocol.with_system_prompt(prompt, len(loaded), schemas, instructions, note)
         else:
             prompt_text = protocol.build_prompt(prompt, len(loaded), schemas, instructions, note)
-
         if loaded:
             prompt_tokens, mm_train_inputs, pil = await run_cpu(
                 process_prompt_with_images, hf_tokenizer, prompt_text, loaded
             )
         else:
             prompt_tokens, mm_train_inputs, pil = await run_cpu(_encode, tokenizer, prompt_text), None, []
-        if len(prompt_tokens) + cfg.min_tokens_per_turn > max_length:
-            raise ValueError(
-                f"the agent prompt takes {len(prompt_tokens)} tokens, leaving less than agent.min_tokens_per_turn="
-                f"{cfg.min_tokens_per_turn} of max_length={max_length}: raise --data.max_len /"
-                " --rollout.max_new_tokens or shorten the question, the instructions or the image size"
-                " (a VLM prompt cannot be cut)"
-            )
-
         ctx = ToolContext(images={protocol.image_ref(i): im for i, im in enumerate(loaded)})
         ctx.image_urls.update({protocol.image_ref(i): u for i, u in enumerate(urls) if u})
         want_logprobs = getattr(sampling_params, "logprobs", None) is not None
-        traj = _Trajectory(
+        return _Trajectory(
             tokens=list(prompt_tokens),
             log_probs=[0.0] * len(prompt_tokens) if want_logprobs else None,
             pil_images=list(pil),
             mm_train_inputs=mm_train_inputs,
             ctx=ctx,
             decoder=self._decoder(tokenizer),
+            counts=counts,
+            notes=notes,
         )
-        traj.counts["errors/question_image"] += failed
-        traj.counts["errors"] += failed
 
-        for turn in range(cfg.max_turns):
-            done = await self._turn(traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine)
-            if done:
-                break
+    async def _restart_text_only(self, traj, prompt, why: str, sampling_params, hf_tokenizer) -> _Trajectory:
+        """The trajectory restarted with its question images left out, which the prompt says: an image that cannot
+        be shown costs that image, not the run (the caller counts why)."""
+        notes = [*traj.notes, f"the question image(s) could not be shown: {why}"]
+        return await self._start(prompt, [], [], notes, sampling_params, hf_tokenizer, traj.counts)
 
-        return await self._finish(traj, prompt, label, images)
+    def _check_prompt_length(self, traj: _Trajectory, turn: int, request) -> None:
+        """The prompt the engine ran (vLLM returns it with every image pad run expanded by its own processor) must be
+        the trajectory's tokens: training takes positions and image placement from `traj.tokens`, so a different
+        expansion would shift them silently between rollout and training."""
+        ran = getattr(request, "prompt_token_ids", None)
+        if self.config.prompt_check == "off" or ran is None or len(ran) == len(traj.tokens):
+            return
+        message = (
+            f"turn {turn}: the engine ran a {len(ran)}-token prompt, the trajectory holds {len(traj.tokens)} tokens "
+            f"({len(traj.pil_images)} images): the engine's processor expands the image pads differently from the "
+            "trainer's, so rollout and training positions differ"
+        )
+        if self.config.prompt_check == "raise":
+            raise PromptLengthMismatch(message)
+        logger.warning("%s (counted under errors/prompt_length)", message)
+        _count(traj.counts, "prompt_length")
 
     async def _turn(self, traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine) -> bool:
         """One assistant turn and, when it calls a tool, the tool response. Returns True when the trajectory ends."""
@@ -207,7 +283,11 @@ class AgentExecutor(AgentExecutorBase):
             return True
         params = _turn_sampling_params(sampling_params, min(cfg.max_tokens_per_turn, room), cfg.stop)
         mm_data = {"image": list(traj.pil_images)} if traj.pil_images else None
-        request = await llm_engine.generate(list(traj.tokens), params, multi_modal_data=mm_data)
+        try:
+            request = await llm_engine.generate(list(traj.tokens), params, multi_modal_data=mm_data)
+        except Exception as err:
+            raise EngineRequestError(f"{type(err).__name__}: {err}") from err
+        self._check_prompt_length(traj, turn, request)
         output = request.outputs[0]
         action = list(output.token_ids)
         start = len(traj.tokens)
