@@ -301,3 +301,19 @@ def test_agent_tensors_follow_the_trainer_dtype_cpu_profile_included(monkeypatch
     monkeypatch.setattr(openrlhf_utils, "convert_to_torch_dtype", cpu_profile._float32)
     assert inject.trainer_compute_dtype(args) == "float32"
     assert inject.worker_env_vars(None, "float32") == {inject.MM_DTYPE_ENV: "float32"}
+
+
+def test_a_worker_without_vllm_refuses_when_the_launcher_has_it(monkeypatch):
+    """The injection stubs vLLM only where the job runs without it everywhere (a CPU machine, these tests)."""
+    from openrlhf_tapo.utils import cuda_stubs
+
+    args = SimpleNamespace(ds=SimpleNamespace(param_dtype="bf16"), agent=SimpleNamespace(config=None))
+    monkeypatch.setattr(cuda_stubs, "real_module_available", lambda name: True)  # the launcher's node has vLLM
+    env = inject.launcher_env_vars(args)
+    assert env == {inject.MM_DTYPE_ENV: "bfloat16", inject.REQUIRE_VLLM_ENV: "1"}
+    monkeypatch.setattr(cuda_stubs, "real_module_available", lambda name: False)  # this worker's node has not
+    assert inject.REQUIRE_VLLM_ENV not in inject.launcher_env_vars(args)  # a CPU launch: stubs stay allowed
+    monkeypatch.setenv(inject.REQUIRE_VLLM_ENV, "1")
+    with pytest.raises(RuntimeError, match="vllm is not importable on this node .* but the launcher's node has it"):
+        inject.install()
+    assert not inject.hook_installed()  # refused before patching anything

@@ -363,8 +363,7 @@ def describe(args) -> str:
 
     resolved = _redacted(_plain(args))
     resolved.pop("dry_run", None)
-    env_vars = inject.worker_env_vars(args.agent.config, inject.trainer_compute_dtype(args))
-    with ray_workers.requested("injection", env_vars):
+    with ray_workers.requested("injection", inject.launcher_env_vars(args)):
         resolved["ray_worker_runtime_env"] = ray_workers.worker_runtime_env()
     return json.dumps(resolved, indent=2, sort_keys=True)
 
@@ -376,8 +375,8 @@ def launch(args) -> None:
 
     from openrlhf_tapo.adapter import inject, ray_workers
 
+    env_vars = inject.launcher_env_vars(args)
     inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
-    env_vars = inject.worker_env_vars(args.agent.config, inject.trainer_compute_dtype(args))
     if ray.is_initialized():
         ray_workers.require_in_session("injection", env_vars)
         train(args)
