@@ -99,7 +99,8 @@ def object_store_bytes(memory_bytes: int | None = None) -> tuple[int, str]:
     proportion = ray_constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
     cap = ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES
     store = min(int(memory_bytes * proportion), cap)
-    return store, f"Ray's default: {proportion:.0%} of {memory_bytes / 1e9:.0f} GB RAM, at most {cap / 1e9:.0f} GB"
+    ram = f"{memory_bytes / 1e9:.0f} GB RAM"
+    return store, f"Ray's default on this machine: {proportion:.0%} of {ram}, at most {cap / 1e9:.0f} GB"
 
 
 @dataclass(frozen=True)

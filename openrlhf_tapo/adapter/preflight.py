@@ -179,6 +179,9 @@ class _PromptCost:
     def question_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # the Rust tokenizer: the same ids, 10x faster
+        if backend is not None:
+            return [len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
