@@ -137,7 +137,7 @@ class _Scan:
     max_image_tokens: int = 0
 
     def add(self, kind: str, where: str, detail: str) -> None:
-        self.bad.setdefault(kind, []).append(f"{where}: {detail}" if detail else where)
+        self.bad.setdefault(kind, []).append(f"{where}: {detail}")
 
 
 def _scan_file(path: Path, data, spec: mm_budget.VisionSpec | None) -> _Scan:
@@ -160,10 +160,11 @@ def _scan_file(path: Path, data, spec: mm_budget.VisionSpec | None) -> _Scan:
                 break
             if spec is not None and size is not None:
                 tokens += spec.image_tokens(*size)
-        prompt = row[data.input_key]
-        scan.rows.append((where, prompt if isinstance(prompt, str) else "", len(refs), tokens))
-        scan.max_images = max(scan.max_images, len(refs))
-        scan.max_image_tokens = max(scan.max_image_tokens, tokens)
+        else:  # every image readable: the row's cost
+            prompt = row[data.input_key]
+            scan.rows.append((where, prompt if isinstance(prompt, str) else "", len(refs), tokens))
+            scan.max_images = max(scan.max_images, len(refs))
+            scan.max_image_tokens = max(scan.max_image_tokens, tokens)
     return scan
 
 
