@@ -375,8 +375,8 @@ def launch(args) -> None:
 
     from openrlhf_tapo.adapter import inject, ray_workers
 
-    env_vars = inject.launcher_env_vars(args)
     inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
+    env_vars = inject.launcher_env_vars(args)
     if ray.is_initialized():
         ray_workers.require_in_session("injection", env_vars)
         train(args)
