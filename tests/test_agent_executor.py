@@ -156,6 +156,7 @@ async def test_multi_turn_tokens_masks_and_images_are_exact(processor, index_dir
         "images_added": 1.0,
         "calls/text_search": 1.0,
         "calls/zoom": 1.0,
+        "mm_bytes": float(mm["pixel_values"].nbytes + mm["image_grid_thw"].nbytes),
     }
     assert (out["reward"], out["scores"], out["truncated"]) == (pytest.approx(0.91), 1.0, False)
 

@@ -56,7 +56,7 @@ def test_converted_rows_load_in_openrlhf_prompt_dataset(tmp_path):
     from openrlhf.utils.vlm_utils import load_images
 
     out = tmp_path / "train.jsonl"
-    assert convert(SHARED, out) == {"rows": 5, "errors": []}
+    assert convert(SHARED, out) == {"rows": 5, "errors": [], "downscaled": []}
     data = load_dataset("json", data_files=str(out), split="train")
     args = types.SimpleNamespace(
         data=types.SimpleNamespace(
@@ -152,3 +152,25 @@ def test_corrupt_parquet_row_and_cli_report(tmp_path, capsys):
     assert main([str(src), str(tmp_path / "o.jsonl"), "--on-error", "skip"]) == 0
     captured = capsys.readouterr()
     assert "left out: " in captured.err and "row 2" in captured.err and "wrote 1 rows" in captured.out
+
+
+def test_converter_downscales_question_images_over_max_pixels(tmp_path, capsys):
+    big = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (200, 10, 10)).save(big, "JPEG")  # 12 MP: 15,300 Qwen2.5-VL tokens
+    (tmp_path / "big.jpg").write_bytes(big.getvalue())
+    (tmp_path / "small.png").write_bytes(png_bytes())
+    rows = [{"question": "Q1", "images": ["big.jpg", "small.png"], "answer": "A"}, {"question": "Q2", "answer": "B"}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    assert main([str(src), str(out), "--max-pixels", "1003520"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 rows" in printed and "1 image(s) downscaled to 1003520 pixels" in printed
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    with Image.open(written[0]["images"][0]) as image:
+        assert image.format == "JPEG" and image.size[0] * image.size[1] <= 1003520
+        assert image.size == (1156, 867)  # 4:3 kept: sqrt(1003520 / 12e6) = 0.2892
+    assert Path(written[0]["images"][1]).read_bytes() == png_bytes()  # small enough: the bytes as given
+    assert convert(src, tmp_path / "o2.jsonl", max_pixels=1003520)["downscaled"] == [(0, 0)]
+    with pytest.raises(ValueError, match="max_pixels must be a positive"):
+        convert(src, tmp_path / "o3.jsonl", max_pixels=0)

@@ -229,3 +229,22 @@ def test_cli_refuses_a_judged_benchmark_without_a_judge(tiny_task, tmp_path):
     argv = ["--model", str(tiny_task.model_dir), "--data", str(data), "--format", "simplevqa", "--out", str(tmp_path)]
     with pytest.raises(SystemExit, match="--judge-url"):
         main([*argv, "--agent-config", str(tiny_task.agent_config)])
+
+
+def test_vllm_backend_limits_images_per_request_to_the_agent_budget(monkeypatch):
+    """vLLM's default of 999 items per modality makes it profile and reserve memory for that many images."""
+    import sys
+    import types
+
+    from _agent_helpers import tiny_vlm_dir
+
+    from openrlhf_tapo.eval import engines
+
+    fake = types.ModuleType("vllm")
+    fake.AsyncEngineArgs = lambda **kwargs: kwargs
+    fake.AsyncLLMEngine = types.SimpleNamespace(from_engine_args=lambda args: args)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(engines, "real_vllm_available", lambda: True)
+    engine, _, backend = engines.load_engine(tiny_vlm_dir(), "vllm", dtype="bfloat16", max_images=4)
+    assert backend == "vllm" and engine.llm["limit_mm_per_prompt"] == {"image": 4}
+    assert engine.llm["dtype"] == "bfloat16" and engine.llm["model"] == str(tiny_vlm_dir())

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from _launch_inputs import launch_inputs
 
+from openrlhf_tapo.adapter import inject
 from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.policy_loss import build_policy_loss
 from openrlhf_tapo.adapter.run_spec import RLConfig
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
@@ -74,6 +77,8 @@ def test_every_flag_is_accepted_by_openrlhf_and_by_us(submit, script):
     assert args.algo.advantage.estimator == "group_norm"
     assert args.train.colocate_all and args.vllm.enable_sleep and args.ds.enable_sleep
     assert args.data.max_images_per_prompt > 0
+    # The agent returns pixel_values in the trainer's dtype, with OpenRLHF's own launcher (the baseline) too.
+    assert runtime_env["env_vars"]["OPENRLHF_TAPO_MM_DTYPE"] == inject.trainer_compute_dtype(args) == "bfloat16"
 
 
 def test_loss_settings_per_script(submit):
@@ -99,6 +104,30 @@ def test_scripts_pass_none_of_our_flags_at_its_default(submit, script):
     defaults["actor.policy_loss_type"] = "ppo"
     repeated = sorted(flag for flag, value in given.items() if flag in defaults and value == defaults[flag])
     assert repeated == [], f"{script} passes defaults: {repeated}"
+
+
+@pytest.mark.parametrize("script", ["train_grpo_ray.sh", *TAPO_SCRIPTS])
+def test_scripts_log_vllm_kl_without_changing_the_loss_and_cache_prefixes(submit, script):
+    job = submit(script)
+    args = parse_openrlhf_args(job["argv"]) if script == "train_grpo_ray.sh" else resolve_args(job["argv"])
+    assert args.vllm.enable_prefix_caching  # every turn resubmits the whole context
+    assert args.actor.entropy_coef is None  # no full-vocabulary entropy computed just to be logged
+    advantage = args.algo.advantage
+    if script == "train_tapo_gspo_ray.sh":  # the sequence ratio would be taken against vLLM's log-probs
+        assert advantage.is_correction_level == "off"
+        return
+    assert (advantage.is_correction_level, advantage.is_correction_mode) == ("token", "clip")
+    assert list(advantage.is_correction_threshold) == [1.0, 1.0]
+    if script == "train_grpo_ray.sh":
+        return
+    # The loss the actors build from these args: the same values as without the correction, with vllm_kl logged.
+    torch.manual_seed(0)
+    log_probs, old, rollout = (-torch.rand(2, 6) for _ in range(3))
+    advantages, mask = torch.randn(2, 6), torch.ones(2, 6)
+    loss, _, _, vllm_kl, _ = build_policy_loss(args)(log_probs, old, advantages, mask, rollout)
+    advantage.is_correction_level = "off"
+    plain = build_policy_loss(args)(log_probs, old, advantages, mask, None)[0]
+    assert torch.allclose(loss, plain, rtol=1e-6, atol=0) and vllm_kl == pytest.approx((rollout - old).mean().item())
 
 
 def test_tapo_and_baseline_are_the_same_openrlhf_job(submit):

@@ -40,25 +40,29 @@ def test_shipped_agent_yaml_without_an_index_fails_before_ray(inputs, monkeypatc
     assert json.loads(capsys.readouterr().out)["agent"]["config"] == str(inputs.agent_config)
 
 
+def _problems(data, *args):
+    return preflight.check_prompt_data(data, *args)[0]
+
+
 def test_prompt_data_problems_are_named_with_their_row(inputs, tmp_path):
-    assert preflight.check_prompt_data(_data(inputs.data)) == []
-    missing = preflight.check_prompt_data(_data("data/train.jsonl"))
+    assert _problems(_data(inputs.data)) == []
+    missing = _problems(_data("data/train.jsonl"))
     assert len(missing) == 1 and "--data.prompt_dataset data/train.jsonl: no such file" in missing[0]
     assert "python -m openrlhf_tapo.agent.data" in missing[0]
-    assert preflight.check_prompt_data(_data("org/some-dataset")) == []  # a hub id: OpenRLHF downloads it
-    wrong_key = preflight.check_prompt_data(_data(inputs.data, input_key="question"))
-    assert "row 0 has no prompt under --data.input_key 'question'" in wrong_key[0]
+    assert _problems(_data("org/some-dataset")) == []  # a hub id: OpenRLHF downloads it
+    wrong_key = _problems(_data(inputs.data, input_key="question"))
+    assert "3 row(s) unusable: line 1: has no prompt under --data.input_key 'question'" in wrong_key[0]
     rows = [json.loads(line) for line in inputs.data.read_text().splitlines()]
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(json.dumps(r) for r in [rows[0], {**rows[1], "images": [str(not_image)]}]) + "\n")
-    problem = preflight.check_prompt_data(_data(bad))
-    assert len(problem) == 1 and f"row 1 --data.image_key 'images': image 0 {not_image} is unreadable" in problem[0]
+    problem = _problems(_data(bad))
+    assert len(problem) == 1 and f"line 2: --data.image_key 'images': image 0 {not_image} is unreadable" in problem[0]
     bad.write_text(json.dumps({"prompt": "q"}) + "\n")
-    assert "row 0 has no label under --data.label_key 'label'" in preflight.check_prompt_data(_data(bad))[0]
+    assert "line 1: has no label under --data.label_key 'label'" in _problems(_data(bad))[0]
     bad.write_text("{not json\n")
-    assert "line 1 is not JSON" in preflight.check_prompt_data(_data(bad))[0]
+    assert "line 1 is not JSON" in _problems(_data(bad))[0]
 
 
 def test_web_search_key_is_required_and_never_printed(tmp_path, monkeypatch, capsys):
@@ -86,7 +90,7 @@ def test_model_and_output_paths(inputs, tmp_path):
 
 def test_all_problems_are_reported_at_once(tmp_path):
     args = SimpleNamespace(
-        data=_data(tmp_path / "none.jsonl"),
+        data=_data(tmp_path / "none.jsonl", max_images_per_prompt=0, max_len=1024),
         agent=SimpleNamespace(config=None),
         actor=SimpleNamespace(model_name_or_path="/no/model"),
         ref=SimpleNamespace(model_name_or_path=None),

@@ -165,3 +165,22 @@ def test_cache_object_survives_fork(tmp_path):
         assert child.exitcode == 0
     assert cache.get_sync("text_search", {"query": "b"}).text == "from child b"
     assert cache.get_sync("text_search", {"query": "a"}).text == "from child a" and len(cache) == 3
+
+
+@pytest.mark.parametrize("fs", ["nfs4", "lustre", "fuse.sshfs"])
+def test_a_writable_cache_on_a_network_file_system_is_refused(tmp_path, monkeypatch, fs):
+    from openrlhf_tapo.tools import cache
+
+    shared = tmp_path / "shared"
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {shared} {fs} rw,relatime 0 0\n")
+    monkeypatch.setattr(cache, "MOUNTS", str(mounts))
+    assert cache.filesystem_type(shared / "c.sqlite") == fs
+    assert cache.filesystem_type(tmp_path / "sharedness" / "c.sqlite") == "ext4"  # a prefix is not a mount
+    with pytest.raises(ValueError, match=rf"tools.cache.path .* is on a {fs} file system.*one file per node"):
+        ToolCache(shared / "c.sqlite")
+    ToolCache(tmp_path / "local.sqlite")  # a local disk: fine
+    # A cache written on a local disk and copied to the shared mount can be replayed from there (no WAL).
+    (shared / "c.sqlite").parent.mkdir(parents=True, exist_ok=True)
+    (shared / "c.sqlite").write_bytes((tmp_path / "local.sqlite").read_bytes())
+    assert ToolCache(shared / "c.sqlite", replay=True).get_sync("t", {"q": 1}) is None

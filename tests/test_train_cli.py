@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -78,7 +79,11 @@ def test_dry_run_prints_the_resolved_configuration(capsys, inputs, no_launch):
     env = resolved["ray_worker_runtime_env"]
     assert env == {
         "worker_process_setup_hook": ray_workers.SETUP_HOOK,
-        "env_vars": {ray_workers.PATCH_SETS_ENV: "injection", inject.AGENT_CONFIG_ENV: agent_yaml},
+        "env_vars": {
+            ray_workers.PATCH_SETS_ENV: "injection",
+            inject.AGENT_CONFIG_ENV: agent_yaml,
+            inject.MM_DTYPE_ENV: "bfloat16",  # OpenRLHF's default --ds.param_dtype bf16: what the agent returns
+        },
     }
 
 
@@ -332,3 +337,34 @@ def test_step_estimator_flags_have_help_and_types_from_their_fields():
             assert action.choices == spec.metadata.get("choices"), spec.name
     given = vars(cli.build_parser().parse_args(["--gigpo.similarity_threshold", "off", "--turn_reward.lam", "0.1"]))
     assert given == {"gigpo.similarity_threshold": None, "turn_reward.lam": 0.1}
+
+
+def test_agent_tensors_follow_the_trainer_dtype_cpu_profile_included(monkeypatch):
+    import openrlhf.utils.utils as openrlhf_utils
+
+    from openrlhf_tapo.adapter import cpu_profile
+
+    args = SimpleNamespace(ds=SimpleNamespace(param_dtype="bf16"))
+    assert inject.trainer_compute_dtype(args) == "bfloat16"
+    args.ds.param_dtype = "fp16"
+    assert inject.trainer_compute_dtype(args) == "float16"
+    # The CPU profile's float32_compute replaces OpenRLHF's conversion: the agent then keeps float32.
+    monkeypatch.setattr(openrlhf_utils, "convert_to_torch_dtype", cpu_profile._float32)
+    assert inject.trainer_compute_dtype(args) == "float32"
+    assert inject.worker_env_vars(None, "float32") == {inject.MM_DTYPE_ENV: "float32"}
+
+
+def test_a_worker_without_vllm_refuses_when_the_launcher_has_it(monkeypatch):
+    """The injection stubs vLLM only where the job runs without it everywhere (a CPU machine, these tests)."""
+    from openrlhf_tapo.utils import cuda_stubs
+
+    args = SimpleNamespace(ds=SimpleNamespace(param_dtype="bf16"), agent=SimpleNamespace(config=None))
+    monkeypatch.setattr(cuda_stubs, "real_module_available", lambda name: True)  # the launcher's node has vLLM
+    env = inject.launcher_env_vars(args)
+    assert env == {inject.MM_DTYPE_ENV: "bfloat16", inject.REQUIRE_VLLM_ENV: "1"}
+    monkeypatch.setattr(cuda_stubs, "real_module_available", lambda name: False)  # this worker's node has not
+    assert inject.REQUIRE_VLLM_ENV not in inject.launcher_env_vars(args)  # a CPU launch: stubs stay allowed
+    monkeypatch.setenv(inject.REQUIRE_VLLM_ENV, "1")
+    with pytest.raises(RuntimeError, match="vllm is not importable on this node .* but the launcher's node has it"):
+        inject.install()
+    assert not inject.hook_installed()  # refused before patching anything

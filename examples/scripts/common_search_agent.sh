@@ -29,15 +29,18 @@ TRAIN_BATCH="${TRAIN_BATCH:-1024}"            # samples per optimizer step (= RO
 ROLLOUT_MICRO_BATCH="${ROLLOUT_MICRO_BATCH:-4}"
 TRAIN_MICRO_BATCH="${TRAIN_MICRO_BATCH:-1}"
 MAX_LEN="${MAX_LEN:-16384}"                   # prompt + every turn + every tool response, in tokens
-MAX_IMAGES="${MAX_IMAGES:-16}"                # question + returned images (agent's tools.max_images_per_trajectory)
+MAX_IMAGES="${MAX_IMAGES:-16}"                # vLLM's images per request, >= agent tools.max_images_per_trajectory
 NUM_EPISODES="${NUM_EPISODES:-5}"
 LR="${LR:-1e-6}"
 KL_COEF="${KL_COEF:-0.001}"                   # GRPO's KL loss against the reference model; 0 = no reference model
 ZERO_STAGE="${ZERO_STAGE:-3}"
 SAVE_STEPS="${SAVE_STEPS:-20}"
 
-# Workers find the agent's YAML through this variable; the job's runtime_env sets it on every node.
-RUNTIME_ENV_JSON="{\"env_vars\": {\"OPENRLHF_TAPO_AGENT_CONFIG\": \"${AGENT_CONFIG}\"}}"
+# Workers find the agent's YAML through this variable; the job's runtime_env sets it on every node. The agent returns
+# pixel_values in the trainer's dtype (--ds.param_dtype bf16 below); our launcher exports it too, OpenRLHF's own
+# (the baseline) does not.
+WORKER_ENV="\"OPENRLHF_TAPO_AGENT_CONFIG\": \"${AGENT_CONFIG}\", \"OPENRLHF_TAPO_MM_DTYPE\": \"bfloat16\""
+RUNTIME_ENV_JSON="{\"env_vars\": {${WORKER_ENV}}}"
 
 ENGINE_ARGS=(
    --actor.num_nodes "${NUM_NODES}"
@@ -48,6 +51,7 @@ ENGINE_ARGS=(
    --vllm.tensor_parallel_size "${VLLM_TP}"
    --vllm.gpu_memory_utilization "${VLLM_GPU_UTIL}"
    --vllm.sync_backend nccl
+   --vllm.enable_prefix_caching                # each turn resubmits the whole context: reuse its KV cache
    # hybrid engine: actor, reference and vLLM share the GPUs and sleep in turn
    --train.colocate_all
    --vllm.enable_sleep
@@ -93,7 +97,17 @@ ALGO_ARGS=(
    --algo.kl.estimator k3
    --algo.kl.init_coef "${KL_COEF}"
    --actor.adam.lr "${LR}"
-   --actor.entropy_coef 0                     # 0 = log the entropy without adding it to the loss
+)
+
+# The weight-sync health signal: vllm_kl (vLLM's log-probs of the sampled tokens against the trainer's) is logged
+# only with an IS correction on. Mode clip with the band [1, 1] sets every token's correction weight to exactly 1,
+# so the loss is the uncorrected one and nothing is masked (is_filter_ratio then reads ~1 by construction; ignore
+# it). Per-token losses only (ppo, sapo): GSPO's sequence ratio would be taken against vLLM's log-probs instead
+# (adapter/policy_loss.py), which its 3e-4 clip band cannot absorb, so train_tapo_gspo_ray.sh leaves it off.
+VLLM_KL_ARGS=(
+   --algo.advantage.is_correction_level token
+   --algo.advantage.is_correction_mode clip
+   --algo.advantage.is_correction_threshold 1 1
 )
 
 LOG_ARGS=(

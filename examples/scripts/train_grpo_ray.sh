@@ -18,6 +18,7 @@ set -euo pipefail
 RUN_NAME="${RUN_NAME:-grpo}"
 source "$(dirname "${BASH_SOURCE[0]}")/common_search_agent.sh"
 
-TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${LOG_ARGS[@]}")
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${VLLM_KL_ARGS[@]}"
+            "${LOG_ARGS[@]}")
 
 submit_job openrlhf.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

@@ -21,7 +21,7 @@ exec "${PYTHON}" -m openrlhf_tapo.adapter.cpu_profile openrlhf_tapo.cli.train_pp
    --tapo.enable \
    --data.prompt_dataset "${TASK_DIR}/prompts_train.jsonl" \
    --data.input_key prompt --data.label_key label --data.image_key images \
-   --data.max_images_per_prompt 8 --data.max_len 1024 --data.max_samples "${MAX_SAMPLES:-4}" \
+   --data.max_images_per_prompt 16 --data.max_len 1024 --data.max_samples "${MAX_SAMPLES:-4}" \
    --actor.num_nodes 1 --actor.num_gpus_per_node 1 \
    --vllm.num_engines 1 --vllm.tensor_parallel_size 1 --vllm.sync_backend gloo --vllm.enforce_eager \
    --algo.advantage.estimator group_norm --algo.kl.init_coef 0 \

@@ -33,6 +33,9 @@ TAPO_ARGS=(
    --agent.config "${AGENT_CONFIG}"
 )
 
+# No VLLM_KL_ARGS (common_search_agent.sh): with an IS correction on, the GSPO-token sequence ratio is taken against
+# vLLM's log-probs, whose bf16 noise is as large as the 3e-4 band, so most sequences would be clipped on the first
+# update. Watch ppo_clip_ratio on step 1 instead (docs/cluster.md).
 TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${LOSS_ARGS[@]}"
             "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
 

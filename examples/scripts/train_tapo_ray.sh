@@ -33,6 +33,7 @@ TAPO_ARGS=(
 # beta's default lives in TAPOConfig; the script passes --tapo.beta only when TAPO_BETA is set.
 if [[ -n "${TAPO_BETA:-}" ]]; then TAPO_ARGS+=(--tapo.beta "${TAPO_BETA}"); fi
 
-TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${VLLM_KL_ARGS[@]}"
+            "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
 
 submit_job openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

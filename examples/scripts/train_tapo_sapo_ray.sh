@@ -29,7 +29,7 @@ TAPO_ARGS=(
    --agent.config "${AGENT_CONFIG}"
 )
 
-TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${LOSS_ARGS[@]}"
-            "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${VLLM_KL_ARGS[@]}"
+            "${LOSS_ARGS[@]}" "${TAPO_ARGS[@]}" "${LOG_ARGS[@]}")
 
 submit_job openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

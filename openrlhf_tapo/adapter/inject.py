@@ -33,13 +33,19 @@ import functools
 import importlib
 import importlib.abc
 import os
+import socket
 import sys
 from collections.abc import Callable
 
 from openrlhf_tapo.adapter import patches
 from openrlhf_tapo.agent.config import CONFIG_ENV as AGENT_CONFIG_ENV
+from openrlhf_tapo.agent.config import MM_DTYPE_ENV
 
 PATCHED: list[str] = []  # names of the modules patched in this process, in order
+# Set by the launcher when its own node imports the real vLLM: a worker of that job must too. Without it, the CPU
+# import stub would stand in for vLLM's SamplingParams in the PPO trainer (a GPU-less actor that may land on a node
+# without vLLM) and fail far from the cause, inside vLLM's engine on another node.
+REQUIRE_VLLM_ENV = "OPENRLHF_TAPO_REQUIRE_VLLM"
 
 
 def _patch_ppo_trainer(module) -> None:
@@ -120,8 +126,14 @@ def install() -> None:
     """Patch this process: modules already imported now, the others as soon as they are imported. Idempotent."""
     from openrlhf_tapo.utils import cuda_stubs
 
+    if os.environ.get(REQUIRE_VLLM_ENV) == "1" and not cuda_stubs.real_module_available("vllm"):
+        raise RuntimeError(
+            f"vllm is not importable on this node ({socket.gethostname()}, {sys.executable}), but the launcher's node "
+            "has it: OpenRLHF's trainer would run with a stand-in for vLLM here. Install the same vLLM "
+            "(openrlhf[vllm], the README's GPU install) in this environment on every node of the Ray cluster."
+        )
     # OpenRLHF's trainer modules import vllm / flash_attn at module level; stubbed only where they cannot be imported
-    # (a CPU machine), never on a GPU node with the real packages.
+    # (a CPU machine that runs everything without vLLM, as the tests do), never where the real packages import.
     cuda_stubs.install()
     if not hook_installed():
         sys.meta_path.insert(0, _PatchOnImport())
@@ -135,6 +147,28 @@ def hook_installed() -> bool:
     return any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path)
 
 
-def worker_env_vars(agent_config: str | None) -> dict[str, str]:
-    """What the injection's workers need in their environment: the agent's YAML path, if given."""
-    return {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
+def trainer_compute_dtype(args) -> str:
+    """The torch dtype name OpenRLHF's actor computes in for `args`: its own `--ds.param_dtype` conversion, so the
+    CPU profile's float32 (which replaces that conversion) is seen too."""
+    from openrlhf.utils.utils import convert_to_torch_dtype
+
+    return str(convert_to_torch_dtype(args.ds.param_dtype)).removeprefix("torch.")
+
+
+def worker_env_vars(agent_config: str | None, mm_dtype: str | None = None, require_vllm: bool = False) -> dict:
+    """What the injection's workers need in their environment: the agent's YAML path, if given; the dtype its
+    multimodal training tensors are returned in (`trainer_compute_dtype`), if given; whether vLLM must import for
+    real (the launcher's node has it)."""
+    env = {AGENT_CONFIG_ENV: os.path.abspath(agent_config)} if agent_config else {}
+    if mm_dtype:
+        env[MM_DTYPE_ENV] = mm_dtype
+    if require_vllm:
+        env[REQUIRE_VLLM_ENV] = "1"
+    return env
+
+
+def launcher_env_vars(args) -> dict[str, str]:
+    """`worker_env_vars` for the launcher's parsed args, on the launcher's node."""
+    from openrlhf_tapo.utils import cuda_stubs
+
+    return worker_env_vars(args.agent.config, trainer_compute_dtype(args), cuda_stubs.real_module_available("vllm"))

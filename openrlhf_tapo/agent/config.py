@@ -18,9 +18,14 @@ from openrlhf_tapo.tools.config import ToolsConfig
 from openrlhf_tapo.utils.config_files import check_keys, load_yaml_mapping
 
 CONFIG_ENV = "OPENRLHF_TAPO_AGENT_CONFIG"
+# The dtype the trainer computes in, exported by our launcher to every Ray worker (adapter/inject.py): the agent's
+# default `mm_dtype`.
+MM_DTYPE_ENV = "OPENRLHF_TAPO_MM_DTYPE"
+MM_DTYPES = ("bfloat16", "float16", "float32")
 
 MATCH_MODES = ("exact", "substring", "f1")
 JUDGE_MODES = ("fallback", "always")
+PROMPT_CHECKS = ("count", "raise", "off")
 
 
 @dataclass
@@ -76,6 +81,16 @@ class AgentConfig:
     tools_block: bool = True
     last_turn_notice: str = "This was your last tool call: answer now inside <answer></answer>."  # "" = none
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # dtype of the floating-point multimodal tensors (pixel_values) returned for training: "bfloat16", "float16" or
+    # "float32". None = $OPENRLHF_TAPO_MM_DTYPE, which our launcher sets to the trainer's compute dtype (bfloat16 with
+    # OpenRLHF's default --ds.param_dtype bf16, float32 under the CPU profile), else float32 as the processor returns
+    # them. The vision tower casts its input to its own dtype, so the trainer's dtype is lossless and half the bytes
+    # that cross Ray's object store.
+    mm_dtype: str | None = None
+    # Each turn, the prompt length the engine reports (vLLM expands the image pads with its own processor) must equal
+    # the trajectory's tokens, or rollout and training positions differ. "count": log it under errors/prompt_length
+    # and go on; "raise": fail the rollout at once (debugging, the GPU smoke); "off".
+    prompt_check: str = "count"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> AgentConfig:
@@ -100,6 +115,12 @@ class AgentConfig:
                 raise ValueError(f"agent.{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.tools_block, bool):
             raise ValueError(f"agent.tools_block must be true or false, got {self.tools_block!r}")
+        if self.prompt_check not in PROMPT_CHECKS:
+            raise ValueError(
+                f"agent.prompt_check must be one of {', '.join(PROMPT_CHECKS)}, got {self.prompt_check!r}"
+            )
+        if self.mm_dtype is not None and self.mm_dtype not in MM_DTYPES:
+            raise ValueError(f"agent.mm_dtype must be one of {', '.join(MM_DTYPES)} or unset, got {self.mm_dtype!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"agent.stop must be a list of non-empty strings, got {self.stop!r}")
         r = self.reward
@@ -125,19 +146,22 @@ def _build(cls, data: dict[str, Any], where: str):
 
 
 def load_agent_config(path: str | os.PathLike | None = None) -> AgentConfig:
-    """The agent configuration from `path`, else from the file named by $OPENRLHF_TAPO_AGENT_CONFIG, else defaults.
+    """The agent configuration from `path`, else from the file named by $OPENRLHF_TAPO_AGENT_CONFIG, else defaults;
+    an unset `mm_dtype` is taken from $OPENRLHF_TAPO_MM_DTYPE.
 
     A YAML file holds either the agent keys at top level or under an `agent:` key (so one file can also carry
     other sections).
     """
     what = "agent config" if path else f"agent config (from ${CONFIG_ENV})"
     path = path or os.environ.get(CONFIG_ENV)
-    if not path:
-        return AgentConfig.from_dict({})
-    data = load_yaml_mapping(path, what)
+    data = load_yaml_mapping(path, what) if path else {}
     if "agent" in data and isinstance(data["agent"], dict):
         data = data["agent"]
+    where = f"{what} {path}" if path else "agent config"
+    if data.get("mm_dtype") is None and os.environ.get(MM_DTYPE_ENV):
+        data = {**data, "mm_dtype": os.environ[MM_DTYPE_ENV]}
+        where += f" (mm_dtype from ${MM_DTYPE_ENV})"
     try:
         return AgentConfig.from_dict(data)
     except ValueError as err:
-        raise ValueError(f"{what} {path}: {err}") from None
+        raise ValueError(f"{where}: {err}") from None

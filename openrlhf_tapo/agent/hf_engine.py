@@ -1,8 +1,9 @@
 """A CPU stand-in for OpenRLHF's vLLM rollout actor: the same `generate` contract, backed by transformers.
 
 `await engine.generate(prompt_token_ids, sampling_params, multi_modal_data={"image": [...]})` returns an object
-shaped like vLLM's `RequestOutput`: `.prompt_token_ids` and `.outputs[0]` with `token_ids`, `text`,
-`finish_reason` ("stop" | "length"), `stop_reason` and `logprobs` (a list of `{token_id: Logprob}`, or None).
+shaped like vLLM's `RequestOutput`: `.prompt_token_ids` (the prompt the model ran, image pads expanded by this
+engine's own image processor, as vLLM returns it) and `.outputs[0]` with `token_ids`, `text`, `finish_reason`
+("stop" | "length"), `stop_reason` and `logprobs` (a list of `{token_id: Logprob}`, or None).
 It follows vLLM's conventions where an executor can observe them:
 
 - image pad tokens in the prompt may be expanded (as `process_prompt_with_images` returns them) or one per image:
@@ -405,7 +406,7 @@ class HFGenerationEngine:
 
     def _output(self, row: _Row) -> RequestOutput:
         completion = self._completion(row.new_tokens, row.logprobs if row.params.logprobs else None, row.params)
-        return RequestOutput(row.request.prompt_token_ids, [completion])
+        return RequestOutput(row.token_ids, [completion])
 
     def _completion(self, new_tokens: list[int], logprobs: list[float] | None, params: _Params) -> CompletionOutput:
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=params.skip_special)
@@ -457,7 +458,7 @@ class HFGenerationEngine:
                 torch.log_softmax(out.logits[step][0].float(), dim=-1)[token].item()
                 for step, token in enumerate(new_tokens)
             ]
-        return RequestOutput(list(prompt_token_ids), [self._completion(new_tokens, logprobs, params)])
+        return RequestOutput(token_ids, [self._completion(new_tokens, logprobs, params)])
 
 
 def _settle(request: _Request, result, error) -> None:

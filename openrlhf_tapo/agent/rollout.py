@@ -22,8 +22,12 @@ One trajectory (token in, token out; see protocol.py for the text format):
    stage rebuilds them with from OpenRLHF's tensors. OpenRLHF ignores the key; tests and offline tools read it.
 
 Nothing the model writes, no tool or backend failure and no undecodable image makes `execute` raise: the model
-reads an error observation and the failure is counted. Engine errors and a prompt that cannot fit `max_length`
-with its images (a configuration problem) do raise, as OpenRLHF's own executors do.
+reads an error observation and the failure is counted. Question images over `tools.max_images_per_trajectory`, or
+that do not fit `max_length`, are left out (the prompt says so; counted). A request the engine refuses ends only its
+trajectory (counted under errors/engine; a refused first request is retried once without the question images,
+since a trajectory must hold a generated token: OpenRLHF's per-sample means divide by the action-token count).
+`execute` raises only for a configuration problem: a prompt that cannot fit `max_length` even as text, an engine
+that refuses a plain text request, and, with `prompt_check: raise`, a prompt length the engine disagrees with.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from openrlhf.utils.agent import AgentExecutorBase
 from openrlhf.utils.vlm_utils import accumulate_mm_inputs, load_images, process_prompt_with_images
 from PIL import Image
@@ -52,9 +57,13 @@ logger = logging.getLogger(__name__)
 
 # Error kinds logged under fixed keys (every trajectory reports every key, 0 when it did not happen). Kinds from the
 # parser and the tool layer, plus the agent's own: question_image (a dataset image did not decode), context_limit
-# (a tool response, or its images, did not fit in max_length), turn_limit (a call in the last allowed turn),
-# no_action (a turn with neither a call nor an answer), label (the label could not be parsed: reward 0), judge (the
-# LLM judge gave no verdict: the rule-based result was used).
+# (a tool response, or its images, or the question's images did not fit in max_length), turn_limit (a call in the
+# last allowed turn), no_action (a turn with neither a call nor an answer), label (the label could not be parsed:
+# reward 0), judge (the LLM judge gave no verdict: the rule-based result was used), engine (the engine refused a
+# request: the trajectory ended there, or restarted without its question images), prompt_length (the engine ran a
+# prompt of another length than the trajectory's tokens; see AgentConfig.prompt_check).
+MAX_DECODERS = 4  # tokenizers (models) whose decoder is kept; an executor serves one in practice
+
 ERROR_KINDS = (
     protocol.BAD_JSON,
     protocol.BAD_CALL,
@@ -77,8 +86,23 @@ ERROR_KINDS = (
     "no_action",
     "label",
     "judge",
+    "engine",
+    "prompt_length",
     "other",
 )
+
+
+class EngineRequestError(RuntimeError):
+    """The engine raised for one request (its cause is chained)."""
+
+
+class PromptLengthMismatch(RuntimeError):
+    """The engine ran a prompt of another length than the trajectory's tokens (agent.prompt_check: raise)."""
+
+
+def _count(counts: Counter, kind: str, n: int = 1) -> None:
+    counts[f"errors/{kind}"] += n
+    counts["errors"] += n
 
 
 @dataclass
@@ -94,6 +118,7 @@ class _Trajectory:
     action_ranges: list[tuple[int, int]] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)  # what the prompt says about the question images
     answer: str | None = None
     format_ok: bool = True
     truncated: bool = False
@@ -113,12 +138,17 @@ class AgentExecutor(AgentExecutorBase):
         judge_config = self.config.reward.judge
         self.judge = judge if judge is not None else (LLMJudge(judge_config) if judge_config.enabled else None)
         self._warned_text_only = False
-        self._decoders: dict[int, Decoder] = {}  # id(tokenizer) -> its Decoder: token texts shared by trajectories
+        # tokenizer identity -> its Decoder (token texts shared by trajectories). OpenRLHF sends a freshly unpickled
+        # tokenizer with every prompt, so the key is what the vocabulary is, not which object: one entry per model.
+        self._decoders: dict[tuple, Decoder] = {}
 
     def _decoder(self, tokenizer) -> Decoder:
-        decoder = self._decoders.get(id(tokenizer))
-        if decoder is None or decoder.tokenizer is not tokenizer:
-            decoder = self._decoders[id(tokenizer)] = Decoder(tokenizer)
+        key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+        decoder = self._decoders.get(key)
+        if decoder is None:
+            if len(self._decoders) >= MAX_DECODERS:
+                self._decoders.pop(next(iter(self._decoders)))  # the oldest
+            decoder = self._decoders[key] = Decoder(tokenizer)
         return decoder
 
     @property
@@ -133,7 +163,7 @@ class AgentExecutor(AgentExecutorBase):
         tools = list(self.runner.tools)
         return (
             ["turns", "tool_calls", "answered", "format_ok", "truncated_turn", "exact_match", "substring_match", "f1"]
-            + ["judged", "cache_hits", "cache_misses", "errors", "images_added"]
+            + ["judged", "cache_hits", "cache_misses", "errors", "images_added", "mm_bytes"]
             + [f"calls/{name}" for name in tools]
             + [f"errors/{kind}" for kind in ERROR_KINDS]
             + [f"failure/{kind}" for kind in FAILURE_KINDS]
@@ -143,7 +173,6 @@ class AgentExecutor(AgentExecutorBase):
 
     async def execute(self, prompt, label, sampling_params, max_length: int, hf_tokenizer, llm_engine, images=None):
         cfg = self.config
-        runner = self.runner
         tokenizer = getattr(hf_tokenizer, "tokenizer", hf_tokenizer)
         vision = hasattr(hf_tokenizer, "image_processor")
 
@@ -151,48 +180,103 @@ class AgentExecutor(AgentExecutorBase):
             self._warned_text_only = True
             logger.warning("the tokenizer has no image processor (a text-only model): question images are not shown")
         loaded, urls, failed = await run_cpu(_load_question_images, images) if (images and vision) else ([], [], 0)
-        note = f"{failed} question image(s) could not be loaded" if failed else ""
-        schemas = runner.schemas() if cfg.tools_block else []
+        counts = Counter()
+        notes = [f"{failed} question image(s) could not be loaded"] if failed else []
+        _count(counts, "question_image", failed)
+        limit = cfg.tools.max_images_per_trajectory  # the launcher keeps vLLM's per-request limit at least this
+        if len(loaded) > limit:
+            _count(counts, "image_limit", len(loaded) - limit)
+            notes.append(f"{len(loaded) - limit} question image(s) not shown: at most {limit} images per question")
+            loaded, urls = loaded[:limit], urls[:limit]
+        traj = await self._start(prompt, loaded, urls, notes, sampling_params, hf_tokenizer, counts)
+        if loaded and len(traj.tokens) + cfg.min_tokens_per_turn > max_length:
+            _count(counts, "context_limit")
+            why = "too large for the context"
+            traj = await self._restart_text_only(traj, prompt, why, sampling_params, hf_tokenizer)
+        if len(traj.tokens) + cfg.min_tokens_per_turn > max_length:
+            raise ValueError(
+                f"the agent prompt takes {len(traj.tokens)} tokens without its images, leaving less than "
+                f"agent.min_tokens_per_turn={cfg.min_tokens_per_turn} of max_length={max_length}: raise --data.max_len"
+                " / --rollout.max_new_tokens or shorten the question or the instructions"
+            )
+
+        turn = 0
+        while turn < cfg.max_turns:
+            try:
+                done = await self._turn(traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine)
+            except EngineRequestError as err:
+                # The engine refused a request (vLLM: more images than its limit, an image it cannot process, a
+                # prompt over max_model_len). Only this trajectory pays: it ends where it is, counted; a refused
+                # first request is retried once without the question images, so that it holds a generated turn.
+                logger.warning("the engine refused turn %d of a trajectory (%s)", turn, err)
+                _count(counts, "engine")
+                if traj.action_ranges:
+                    traj.format_ok = False
+                    break
+                if not traj.pil_images:  # a plain text request refused: the engine itself is unusable
+                    raise
+                why = "refused by the engine"
+                traj = await self._restart_text_only(traj, prompt, why, sampling_params, hf_tokenizer)
+                continue
+            if done:
+                break
+            turn += 1
+
+        return await self._finish(traj, prompt, label, images)
+
+    async def _start(self, prompt, loaded, urls, notes, sampling_params, hf_tokenizer, counts) -> _Trajectory:
+        """The trajectory's first prompt: tools system turn, the labelled question images, the question."""
+        cfg = self.config
+        tokenizer = getattr(hf_tokenizer, "tokenizer", hf_tokenizer)
+        schemas = self.runner.schemas() if cfg.tools_block else []
         instructions = cfg.instructions or protocol.DEFAULT_INSTRUCTIONS
+        note = "; ".join(notes)
         if protocol.IM_START in prompt:
             prompt_text = protocol.with_system_prompt(prompt, len(loaded), schemas, instructions, note)
         else:
             prompt_text = protocol.build_prompt(prompt, len(loaded), schemas, instructions, note)
-
         if loaded:
             prompt_tokens, mm_train_inputs, pil = await run_cpu(
                 process_prompt_with_images, hf_tokenizer, prompt_text, loaded
             )
         else:
             prompt_tokens, mm_train_inputs, pil = await run_cpu(_encode, tokenizer, prompt_text), None, []
-        if len(prompt_tokens) + cfg.min_tokens_per_turn > max_length:
-            raise ValueError(
-                f"the agent prompt takes {len(prompt_tokens)} tokens, leaving less than agent.min_tokens_per_turn="
-                f"{cfg.min_tokens_per_turn} of max_length={max_length}: raise --data.max_len /"
-                " --rollout.max_new_tokens or shorten the question, the instructions or the image size"
-                " (a VLM prompt cannot be cut)"
-            )
-
         ctx = ToolContext(images={protocol.image_ref(i): im for i, im in enumerate(loaded)})
         ctx.image_urls.update({protocol.image_ref(i): u for i, u in enumerate(urls) if u})
         want_logprobs = getattr(sampling_params, "logprobs", None) is not None
-        traj = _Trajectory(
+        return _Trajectory(
             tokens=list(prompt_tokens),
             log_probs=[0.0] * len(prompt_tokens) if want_logprobs else None,
             pil_images=list(pil),
             mm_train_inputs=mm_train_inputs,
             ctx=ctx,
             decoder=self._decoder(tokenizer),
+            counts=counts,
+            notes=notes,
         )
-        traj.counts["errors/question_image"] += failed
-        traj.counts["errors"] += failed
 
-        for turn in range(cfg.max_turns):
-            done = await self._turn(traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine)
-            if done:
-                break
+    async def _restart_text_only(self, traj, prompt, why: str, sampling_params, hf_tokenizer) -> _Trajectory:
+        """The trajectory restarted with its question images left out, which the prompt says: an image that cannot
+        be shown costs that image, not the run (the caller counts why)."""
+        notes = [*traj.notes, f"the question image(s) could not be shown: {why}"]
+        return await self._start(prompt, [], [], notes, sampling_params, hf_tokenizer, traj.counts)
 
-        return await self._finish(traj, prompt, label, images)
+    def _check_prompt_length(self, traj: _Trajectory, turn: int, request) -> None:
+        """The prompt the engine ran (vLLM returns it with every image pad run expanded by its own processor) must be
+        the trajectory's tokens: training takes positions and image placement from `traj.tokens`, so a different
+        expansion would shift them silently between rollout and training."""
+        ran = getattr(request, "prompt_token_ids", None)
+        if self.config.prompt_check == "off" or ran is None or len(ran) == len(traj.tokens):
+            return
+        message = (
+            f"turn {turn}: the engine ran a {len(ran)}-token prompt, the trajectory holds {len(traj.tokens)} tokens "
+            f"({len(traj.pil_images)} images): the engine's processor expands the image pads differently from the "
+            "trainer's, so rollout and training positions differ"
+        )
+        if self.config.prompt_check == "raise":
+            raise PromptLengthMismatch(message)
+        logger.warning("%s (counted under errors/prompt_length)", message)
+        _count(traj.counts, "prompt_length")
 
     async def _turn(self, traj, turn, sampling_params, max_length, hf_tokenizer, tokenizer, llm_engine) -> bool:
         """One assistant turn and, when it calls a tool, the tool response. Returns True when the trajectory ends."""
@@ -204,7 +288,11 @@ class AgentExecutor(AgentExecutorBase):
             return True
         params = _turn_sampling_params(sampling_params, min(cfg.max_tokens_per_turn, room), cfg.stop)
         mm_data = {"image": list(traj.pil_images)} if traj.pil_images else None
-        request = await llm_engine.generate(list(traj.tokens), params, multi_modal_data=mm_data)
+        try:
+            request = await llm_engine.generate(list(traj.tokens), params, multi_modal_data=mm_data)
+        except Exception as err:
+            raise EngineRequestError(f"{type(err).__name__}: {err}") from err
+        self._check_prompt_length(traj, turn, request)
         output = request.outputs[0]
         action = list(output.token_ids)
         start = len(traj.tokens)
@@ -381,12 +469,14 @@ class AgentExecutor(AgentExecutorBase):
             counts[f"failure/{kind}"] = 1
         counts["errors/judge"] += result.judge_errors
         counts["errors"] += result.judge_errors
+        mm_train_inputs = cast_mm_inputs(traj.mm_train_inputs, cfg.mm_dtype)
+        counts["mm_bytes"] = mm_payload_bytes(mm_train_inputs)
         extra_logs = {key: float(counts.get(key, 0)) for key in self.log_keys()}
         return {
             "prompt": prompt,
             "label": label,
             "images": images,
-            "mm_train_inputs": traj.mm_train_inputs,
+            "mm_train_inputs": mm_train_inputs,
             "observation_tokens": traj.tokens,
             "action_ranges": traj.action_ranges,
             "rollout_log_probs": traj.log_probs,
@@ -396,6 +486,23 @@ class AgentExecutor(AgentExecutorBase):
             "extra_logs": extra_logs,
             "tool_calls": traj.tool_calls,
         }
+
+
+def cast_mm_inputs(mm_train_inputs: dict | None, dtype: str | None) -> dict | None:
+    """`mm_train_inputs` with its floating-point tensors (pixel_values) in `dtype` (None: unchanged); integer
+    tensors (image_grid_thw) are kept as they are."""
+    if not mm_train_inputs or dtype is None:
+        return mm_train_inputs
+    target = getattr(torch, dtype)
+    return {
+        key: value.to(target) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        for key, value in mm_train_inputs.items()
+    }
+
+
+def mm_payload_bytes(mm_train_inputs: dict | None) -> int:
+    """Bytes of the tensors a trajectory hands to training (what crosses Ray's object store for it)."""
+    return sum(v.numel() * v.element_size() for v in (mm_train_inputs or {}).values() if isinstance(v, torch.Tensor))
 
 
 def _encode(tokenizer, text: str) -> list[int]:

@@ -81,9 +81,9 @@ async def _run(args, samples, config, eval_config: EvalConfig, out: Path) -> lis
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_model_len=args.max_length,
         )
-    engine, processor, backend = load_engine(
-        args.model, args.backend, dtype=args.dtype if args.backend != "hf" else "float32", **kwargs
-    )
+    dtype = args.dtype if args.backend != "hf" else "float32"
+    max_images = config.tools.max_images_per_trajectory
+    engine, processor, backend = load_engine(args.model, args.backend, dtype=dtype, max_images=max_images, **kwargs)
     print(f"engine: {backend}; {len(samples)} samples; agent max_turns={config.max_turns}", file=sys.stderr)
     executor = AgentExecutor(config)
     bar = tqdm(total=len(samples), desc="evaluate", unit="sample", file=sys.stderr)

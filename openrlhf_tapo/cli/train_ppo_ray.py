@@ -421,7 +421,7 @@ def describe(args) -> str:
 
     resolved = _redacted(_plain(args))
     resolved.pop("dry_run", None)
-    with ray_workers.requested("injection", inject.worker_env_vars(args.agent.config)):
+    with ray_workers.requested("injection", inject.launcher_env_vars(args)):
         resolved["ray_worker_runtime_env"] = ray_workers.worker_runtime_env()
     return json.dumps(resolved, indent=2, sort_keys=True)
 
@@ -434,7 +434,7 @@ def launch(args) -> None:
     from openrlhf_tapo.adapter import inject, ray_workers
 
     inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
-    env_vars = inject.worker_env_vars(args.agent.config)
+    env_vars = inject.launcher_env_vars(args)
     if ray.is_initialized():
         ray_workers.require_in_session("injection", env_vars)
         train(args)
@@ -468,9 +468,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with _stdout_to_stderr():
             args = resolve_args(argv)
-            preflight(args)  # before Ray starts: a missing file or key must not cost a cluster allocation
+            warnings = preflight(args)  # before Ray starts: a missing file or key must not cost a cluster allocation
     except (LaunchError, TAPOConfigError, PreflightError) as err:
         build_parser().exit(2, f"{PROG}: error: {err}\n")
+    for warning in warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     if args.dry_run:
         print(describe(args), flush=True)
         return

@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from copy import deepcopy
 from pathlib import Path
 
@@ -20,12 +18,7 @@ BACKENDS = ("auto", "vllm", "hf")
 
 def real_vllm_available() -> bool:
     """True when `vllm` imports for real (not the CPU stub)."""
-    if "vllm" in sys.modules:
-        return "vllm" not in cuda_stubs.STUBBED and getattr(sys.modules["vllm"].__spec__, "loader", None) is not None
-    try:
-        return importlib.util.find_spec("vllm") is not None
-    except (ImportError, ValueError):
-        return False
+    return cuda_stubs.real_module_available("vllm")
 
 
 def is_vision_model(model_dir: str | Path) -> bool:
@@ -80,8 +73,14 @@ class VLLMEngine:
         return final
 
 
-def load_engine(model_dir: str | Path, backend: str = "auto", dtype: str = "float32", **vllm_kwargs):
-    """(engine, processor, backend used). `auto` takes vLLM when it is really installed, else transformers."""
+def load_engine(
+    model_dir: str | Path, backend: str = "auto", dtype: str = "float32", max_images: int | None = None, **vllm_kwargs
+):
+    """(engine, processor, backend used). `auto` takes vLLM when it is really installed, else transformers.
+
+    `max_images`: images one request may hold (the agent's tools.max_images_per_trajectory), vLLM's
+    `limit_mm_per_prompt` for a vision model; vLLM's own default (999 per modality) makes it profile and reserve
+    memory for that many."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_dir}: not a Hugging Face model directory (no config.json)")
@@ -93,6 +92,8 @@ def load_engine(model_dir: str | Path, backend: str = "auto", dtype: str = "floa
     if backend == "vllm":
         if not real_vllm_available():
             raise RuntimeError("--backend vllm: vLLM is not installed (only the CPU import stub); use --backend hf")
+        if max_images is not None and is_vision_model(model_dir):
+            vllm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images})
         return VLLMEngine(model_dir, processor, dtype=dtype, **vllm_kwargs), processor, "vllm"
 
     import torch

@@ -3,7 +3,10 @@ a result). Parameter determinism makes it exact: equal keys mean equal results.
 
 - Safe under concurrent writers (many rollout workers, threads or processes on one file): WAL journal, a busy
   timeout, one connection per thread, `INSERT OR IGNORE` so the first writer of a key wins and later ones are
-  no-ops.
+  no-ops. WAL needs memory shared by every writer, so one host: a writable cache on a network file system (NFS,
+  SMB, Lustre, GPFS, BeeGFS, CephFS, any FUSE mount; read from /proc/mounts) is refused. With several nodes, give
+  each node its own file on a local disk (the same tools.cache.path on node-local storage); a shared file can be
+  served read-only with `replay`.
 - Never stores an error: only successful `ToolResult`s that passed `check_result` reach `put`. A row that does
   not decode to a valid result is bypassed (a miss), counted (`cache_corrupt`) and deleted, so it is rewritten.
 - Replay mode (`replay=True`): the runner serves only from the cache and reports a miss as a `cache_miss`
@@ -32,6 +35,8 @@ from openrlhf_tapo.utils.text import replace_surrogates
 
 logger = logging.getLogger(__name__)
 LOG_EVERY = 1000  # lookups between two hit/miss log lines
+MOUNTS = "/proc/mounts"
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs")
 IO_THREADS = 4  # threads that may wait on the database at once
 
 SCHEMA = """
@@ -80,6 +85,25 @@ def decode_result(payload: str, blobs: bytes) -> ToolResult:
     return ToolResult(text=data["text"], images=images)
 
 
+def filesystem_type(path: Path) -> str | None:
+    """The type of the file system holding `path`: that of the longest mount point above it in /proc/mounts (None
+    where the table cannot be read)."""
+    try:
+        lines = Path(MOUNTS).read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.expanduser().absolute())
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
 class ToolCache:
     def __init__(self, path: str | os.PathLike, *, replay: bool = False, busy_timeout_s: float = 30.0):
         self.path = Path(path)
@@ -97,6 +121,14 @@ class ToolCache:
         self._lock = threading.Lock()
         if replay and not self.path.is_file():
             raise FileNotFoundError(f"replay mode needs an existing cache file; {self.path} does not exist")
+        fs = filesystem_type(self.path)
+        if not replay and fs is not None and (fs in NETWORK_FILESYSTEMS or fs.startswith("fuse")):
+            raise ValueError(
+                f"tools.cache.path {self.path} is on a {fs} file system: SQLite's WAL journal, which lets many "
+                "rollout workers write one cache, does not work across hosts there (lock errors, possible "
+                "corruption). Put the cache on a local disk of each node (one file per node), or use "
+                "tools.cache.mode replay to read a shared cache"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn()  # create the schema now, so a bad path fails at start-up, not mid-rollout

@@ -55,6 +55,13 @@ def _importable(name: str) -> bool:
         return False
 
 
+def real_module_available(name: str) -> bool:
+    """True when the top-level package `name` imports for real here (not as this module's stub)."""
+    if name in sys.modules:
+        return name not in STUBBED and getattr(sys.modules[name].__spec__, "loader", None) is not None
+    return _importable(name)
+
+
 def _vllm_modules() -> dict[str, types.ModuleType]:
     return {
         "vllm": _module(
