@@ -25,6 +25,12 @@ from openrlhf_tapo.cli.train_ppo_ray import build_parser, openrlhf_argv, resolve
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "examples" / "scripts"
 TAPO_SCRIPTS = ["train_tapo_ray.sh", "train_tapo_gspo_ray.sh", "train_tapo_sapo_ray.sh"]
+# The step-credit scripts: the estimators each switches on, and environment overrides of their settings.
+STEP_SCRIPTS = {
+    "train_gigpo_ray.sh": ({"gigpo"}, {"GIGPO_OMEGA": "0.5"}),
+    "train_gigpo_tapo_ray.sh": ({"gigpo", "tapo"}, {"GIGPO_GAMMA": "0.9", "TAPO_BETA": "0.3"}),
+    "train_turn_reward_ray.sh": ({"turn_reward"}, {"TURN_REWARD_LAM": "0.25"}),
+}
 FAKE_RAY = '#!/bin/bash\nprintf "%s\\0" "$@" > "$RAY_ARGS_OUT"\n'
 
 
@@ -106,7 +112,7 @@ def test_scripts_pass_none_of_our_flags_at_its_default(submit, script):
     assert repeated == [], f"{script} passes defaults: {repeated}"
 
 
-@pytest.mark.parametrize("script", ["train_grpo_ray.sh", *TAPO_SCRIPTS])
+@pytest.mark.parametrize("script", ["train_grpo_ray.sh", *TAPO_SCRIPTS, *sorted(STEP_SCRIPTS)])
 def test_scripts_log_vllm_kl_without_changing_the_loss_and_cache_prefixes(submit, script):
     job = submit(script)
     args = parse_openrlhf_args(job["argv"]) if script == "train_grpo_ray.sh" else resolve_args(job["argv"])
@@ -304,13 +310,6 @@ def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):
     assert proc.ray_called is None and proc.returncode == 2 and proc.stdout == ""
     assert "tools.backend.index_dir is required" in proc.stderr
     assert "/data/train.jsonl: no such file" in proc.stderr  # common_search_agent.sh's default DATASET_PATH
-
-
-STEP_SCRIPTS = {
-    "train_gigpo_ray.sh": ({"gigpo"}, {"GIGPO_OMEGA": "0.5"}),
-    "train_gigpo_tapo_ray.sh": ({"gigpo", "tapo"}, {"GIGPO_GAMMA": "0.9", "TAPO_BETA": "0.3"}),
-    "train_turn_reward_ray.sh": ({"turn_reward"}, {"TURN_REWARD_LAM": "0.25"}),
-}
 
 
 @pytest.mark.parametrize("script", sorted(STEP_SCRIPTS))

@@ -19,7 +19,7 @@ GIGPO_ARGS=(--gigpo.enable --agent.config "${AGENT_CONFIG}")
 if [[ -n "${GIGPO_OMEGA:-}" ]]; then GIGPO_ARGS+=(--gigpo.omega "${GIGPO_OMEGA}"); fi
 if [[ -n "${GIGPO_GAMMA:-}" ]]; then GIGPO_ARGS+=(--gigpo.gamma "${GIGPO_GAMMA}"); fi
 
-TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${GIGPO_ARGS[@]}"
-            "${LOG_ARGS[@]}")
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${VLLM_KL_ARGS[@]}"
+            "${GIGPO_ARGS[@]}" "${LOG_ARGS[@]}")
 
 submit_job openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

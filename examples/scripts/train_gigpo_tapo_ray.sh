@@ -17,7 +17,7 @@ if [[ -n "${TAPO_BETA:-}" ]]; then CREDIT_ARGS+=(--tapo.beta "${TAPO_BETA}"); fi
 if [[ -n "${GIGPO_OMEGA:-}" ]]; then CREDIT_ARGS+=(--gigpo.omega "${GIGPO_OMEGA}"); fi
 if [[ -n "${GIGPO_GAMMA:-}" ]]; then CREDIT_ARGS+=(--gigpo.gamma "${GIGPO_GAMMA}"); fi
 
-TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${CREDIT_ARGS[@]}"
-            "${LOG_ARGS[@]}")
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${VLLM_KL_ARGS[@]}"
+            "${CREDIT_ARGS[@]}" "${LOG_ARGS[@]}")
 
 submit_job openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"

@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common_search_agent.sh"
 TURN_ARGS=(--turn_reward.enable --agent.config "${AGENT_CONFIG}")
 if [[ -n "${TURN_REWARD_LAM:-}" ]]; then TURN_ARGS+=(--turn_reward.lam "${TURN_REWARD_LAM}"); fi
 
-TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${TURN_ARGS[@]}"
-            "${LOG_ARGS[@]}")
+TRAIN_ARGS=("${MODEL_ARGS[@]}" "${ENGINE_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${ALGO_ARGS[@]}" "${VLLM_KL_ARGS[@]}"
+            "${TURN_ARGS[@]}" "${LOG_ARGS[@]}")
 
 submit_job openrlhf_tapo.cli.train_ppo_ray "${TRAIN_ARGS[@]}"
