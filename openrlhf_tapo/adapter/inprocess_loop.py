@@ -13,7 +13,6 @@ demo passes to examples/scripts/train_tapo_cpu.sh, with `args.tapo` from the sam
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from pathlib import Path
 import torch
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
-from transformers import get_scheduler
 
 from openrlhf_tapo.adapter.config import tapo_namespace
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
@@ -31,6 +29,7 @@ from openrlhf_tapo.adapter.inprocess import (
     InProcessStrategy,
     attach_log_probs,
     build_actor_trainer,
+    build_optimizer_and_scheduler,
     ppo_train,
     responses_to_experiences,
     rollout_stats,
@@ -83,19 +82,9 @@ class InProcessRL:
         self.strategy = InProcessStrategy(
             args, args.train.batch_size // args.train.micro_batch_size, args.actor.max_norm
         )
-        updates = config.steps * config.updates_per_step  # the lr schedule counts optimizer steps, as OpenRLHF's
-        adam = args.actor.adam
-        params = [p for p in actor.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=adam.lr, betas=adam.betas, eps=adam.eps, weight_decay=adam.weight_decay
-        )
-        self.scheduler = get_scheduler(
-            args.actor.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=math.ceil(updates * args.actor.lr_warmup_ratio),
-            num_training_steps=updates,
-            scheduler_specific_kwargs={"min_lr": adam.lr * args.actor.min_lr_ratio},
-        )
+        # the lr schedule counts optimizer steps, as OpenRLHF's
+        updates = config.steps * config.updates_per_step
+        self.optimizer, self.scheduler = build_optimizer_and_scheduler(actor, args, updates)
         self.trainer = build_actor_trainer(self.strategy, actor, self.optimizer, self.scheduler, processor)
         self.kl_ctl = FixedKLController(args.algo.kl.init_coef)
         self.maker = TAPOExperienceMaker(
