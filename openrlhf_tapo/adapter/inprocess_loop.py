@@ -36,6 +36,7 @@ from openrlhf_tapo.adapter.inprocess import (
 )
 from openrlhf_tapo.adapter.inprocess_rollout import rollout, sampling_params, summarize_responses
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
+from openrlhf_tapo.adapter.patches import INPROCESS, verify
 from openrlhf_tapo.adapter.run_spec import RLConfig, output_flags
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
@@ -71,6 +72,7 @@ class InProcessRL:
     """The RL run over `actor` (an OpenRLHF `Actor`) with `processor`; see the module docstring for one step."""
 
     def __init__(self, actor, processor, agent_config, config: RLConfig, model_dir: Path, run_dir: Path):
+        verify(INPROCESS, "in-process driver's borrowed OpenRLHF internals")  # before any of them is used
         self.config = config
         self.run_dir = Path(run_dir)
         self.args = build_openrlhf_args(config, model_dir, self.run_dir)
