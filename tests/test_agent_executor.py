@@ -343,6 +343,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 async def test_real_model_reproduces_a_taught_trajectory(processor, one_thread):
     """End to end with the tiny Qwen2.5-VL behind the HF engine and OpenRLHF's Actor.
 

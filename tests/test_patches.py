@@ -161,6 +161,7 @@ def _the_one_mismatch(refused: subprocess.CompletedProcess, target: str, expecte
     return found
 
 
+@pytest.mark.slow
 def test_a_changed_openrlhf_is_refused_and_the_override_runs_it(tmp_path):
     """A scratch copy of the installed OpenRLHF with one fingerprinted function edited, first on sys.path."""
     module = "openrlhf.trainer.ppo_utils.replay_buffer"
@@ -193,6 +194,7 @@ print("BUILT")
 """
 
 
+@pytest.mark.slow
 def test_the_in_process_driver_refuses_a_changed_internal_it_borrows(tmp_path):
     """An internal the driver calls with a stand-in `self` (declared in INPROCESS, replaced by nothing) edited in a
     scratch copy of OpenRLHF: `InProcessRL` refuses, naming it, what the driver does with it, and the version."""
