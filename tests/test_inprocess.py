@@ -221,3 +221,27 @@ def test_is_correction_asks_for_rollout_log_probs_and_reports_vllm_kl(task, tmp_
         assert torch.allclose(rollout, trained, atol=1e-3)
     assert "vllm_kl" in status and abs(status["vllm_kl"]) < 1e-3
     assert status["is_filter_ratio"] == 0.0  # token mask at [0.5, 5]: nothing out of band at ratio ~1
+
+
+def test_log_probs_and_the_update_use_the_rollout_temperature(task, tmp_path, monkeypatch):
+    """OpenRLHF builds the trainer's actor with `temperature=args.rollout.temperature`: every actor forward of the
+    step (the log-probs and the update) scores the temperature-scaled policy the rollout sampled from; the actor,
+    shared with the warm start and the evaluations, is back at temperature 1 after the step."""
+    from openrlhf.models import Actor
+
+    from openrlhf_tapo.task.warm_start import ScriptedEngine
+
+    rl = _driver(task, tmp_path, "--rollout.temperature", "0.5")
+    seen, forward = [], Actor.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.temperature)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Actor, "forward", recording)
+    question = task.questions[0]
+    tokenizer = task.processor.tokenizer
+    gold = list(question.gold_actions)
+    rl.step([task.rows[0]], engine=[ScriptedEngine(tokenizer, gold), ScriptedEngine(tokenizer, gold)])
+    assert len(seen) >= 2 and set(seen) == {0.5}  # the log-prob forward, then the training forward
+    assert rl.actor.temperature == 1.0

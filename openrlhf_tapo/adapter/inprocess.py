@@ -164,13 +164,28 @@ def responses_to_experiences(responses: list[dict], max_len: int) -> list[Experi
     return [convert(None, response, max_len=max_len) for response in responses]
 
 
+@contextlib.contextmanager
+def rollout_temperature(actor: Actor, temperature: float) -> Iterator[None]:
+    """Inside the block the actor's log-probs are those of the temperature-scaled policy the rollout sampled from,
+    as `PolicyModelActor.init_model_from_pretrained` builds its actor (`temperature=args.rollout.temperature`).
+    Scoped: the warm start and the evaluations share this actor at temperature 1."""
+    previous, actor.temperature = actor.temperature, temperature
+    try:
+        yield
+    finally:
+        actor.temperature = previous
+
+
 @torch.no_grad()
-def attach_log_probs(actor: Actor, experiences: list[Experience], use_kl_loss: bool = False) -> list[Experience]:
+def attach_log_probs(
+    actor: Actor, experiences: list[Experience], use_kl_loss: bool = False, temperature: float = 1.0
+) -> list[Experience]:
     """What `RemoteExperienceMaker.make_experience` does with no reference model and no critic: the actor group's
-    `PolicyModelActor.forward` per micro-batch, zero KL, and the `kl` / `logprobs_diff` info entries."""
+    `PolicyModelActor.forward` per micro-batch (at the rollout `temperature`), zero KL, and the `kl` /
+    `logprobs_diff` info entries."""
     holder = SimpleNamespace(actor=actor, strategy=SimpleNamespace(ring_attn_group=None))
     forward = PolicyModelActor.__ray_actor_class__.forward
-    with _current_device("cpu"):
+    with _current_device("cpu"), rollout_temperature(actor, temperature):
         for exp in experiences:
             mm = exp.mm_train_inputs if any(m is not None for m in exp.mm_train_inputs) else None
             log_probs = forward(holder, exp.sequences, exp.action_mask, exp.attention_mask, mm_train_inputs_list=mm)
@@ -196,9 +211,10 @@ def _no_weight_sync() -> Iterator[None]:
 
 
 def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, scheduler, tokenizer):
-    """OpenRLHF's `ActorPPOTrainer`, built by its own `__init__` with the arguments `PolicyModelActor.init_model`
-    passes, and no vLLM engines (see the module doc). Its PolicyLoss is then replaced by ours from the same args, as
-    the Ray workers' patched `__init__` does (adapter/inject.py). Pinned memory is off: there is no GPU to copy to."""
+    """OpenRLHF's `ActorPPOTrainer`, built by its own `__init__` with the arguments
+    `PolicyModelActor.init_model_from_pretrained` passes, and no vLLM engines (see the module doc). Its PolicyLoss is
+    then replaced by ours from the same args, as the Ray workers' patched `__init__` does (adapter/inject.py). Pinned
+    memory is off: there is no GPU to copy to."""
     args = strategy.args
     with _current_device(0), _no_weight_sync():
         trainer = ActorPPOTrainer(
@@ -219,11 +235,12 @@ def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, sc
 
 
 def ppo_train(trainer: ActorPPOTrainer, experiences: list[Experience], kl_coef: float = 0.0) -> dict[str, float]:
-    """Append the batch to the replay buffer and run OpenRLHF's `ppo_train` epoch(s); returns its status means."""
+    """Append the batch to the replay buffer and run OpenRLHF's `ppo_train` epoch(s) (the actor at the rollout
+    temperature); returns its status means."""
     for exp in experiences:
         trainer.replay_buffer.append(exp)
     try:
-        with _current_device("cpu"):
+        with _current_device("cpu"), rollout_temperature(trainer.actor, trainer.args.rollout.temperature):
             return trainer.ppo_train(kl_coef)
     finally:
         trainer.replay_buffer.clear()

@@ -113,7 +113,7 @@ class InProcessRL:
         # 2. experiences: SamplesGenerator's conversion, then the maker's micro-batches (sets experience.index)
         experiences = self.maker.split_rollout_samples(responses_to_experiences(responses, args.data.max_len))
         # 3. log-probs: PolicyModelActor.forward per micro-batch (no reference model, no critic: zero KL)
-        attach_log_probs(self.actor, experiences)
+        attach_log_probs(self.actor, experiences, temperature=args.rollout.temperature)
         # entropy estimate: mean -log p of the sampled action tokens (a single-sample estimate, no full softmax)
         tokens = sum(float(e.action_mask.sum()) for e in experiences)
         entropy = -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)

@@ -274,6 +274,14 @@ INPROCESS = (
         "34e1cf12a386dd51266732bd1ab0e596e66581c09e2457aa9de8ce5cb5c8b32f",
     ),
     Borrowed(
+        f"{_PPO_ACTOR}:PolicyModelActor.__ray_actor_class__.init_model_from_pretrained",
+        "its set-up reproduced: the actor at the rollout temperature (rollout_temperature), the optimizer and "
+        "scheduler over max_steps optimizer steps (build_optimizer_and_scheduler)",
+        "Actor(temperature=args.rollout.temperature); strategy.prepare with the actor's optim, adam, lr_scheduler, "
+        "lr_warmup_ratio, min_lr_ratio, max_norm and scheduler_steps=max_steps",
+        "e472b193eeab8255ecbe317bfd7a7e20eb3b7a6181ec95f89aa8b96a76475722",
+    ),
+    Borrowed(
         f"{_PPO_ACTOR}:PolicyModelActor.__ray_actor_class__.forward",
         "called with a stand-in self (actor, strategy.ring_attn_group None) per micro-batch",
         "it reads only those two attributes of self and moves its inputs to torch.cuda.current_device()",
