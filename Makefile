@@ -10,7 +10,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.stamp-$(shell cat requirements/constraints-cpu.txt requirements/cpu.txt setup.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint pytest demo demo-inprocess bench clean
+.PHONY: venv test test-fast lint pytest demo demo-inprocess bench clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ pytest: venv venv-ray
 	OPENRLHF_TAPO_RAY_PYTHON=$(abspath $(RAY_PY)) OPENRLHF_TAPO_REQUIRE_RAY=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest
+
+# The inner loop: lint + every test not marked slow (no Ray, vLLM, demo or study run, no fresh training-stack
+# interpreter; pyproject.toml registers the marker). Needs .venv only. CI runs `make test`, all of it.
+test-fast: lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # e.g. make demo DEMO_ARGS="--quick --run-dir runs/demo_quick"
 DEMO_ARGS ?=

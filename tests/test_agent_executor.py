@@ -344,6 +344,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 async def test_real_model_reproduces_a_taught_trajectory(family, one_thread):
     """End to end with the tiny Qwen2.5-VL (and Qwen3-VL) behind the HF engine and OpenRLHF's Actor.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from _agent_helpers import PASSAGES, picture, tiny_vlm_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +69,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_every_bash_block_of_the_cluster_doc_runs(tmp_path):
     blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(), re.S)
     assert len(blocks) >= 5 and "```sh\nray start" in DOC.read_text()

@@ -78,6 +78,7 @@ def test_jsonl_metrics_flatten_nesting_use_step_and_ignore_sample_files(tmp_path
     assert run.sources == ["jsonl:metrics.jsonl"]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_read(tmp_path):
     script = (
         "import wandb\n"

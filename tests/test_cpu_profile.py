@@ -35,33 +35,39 @@ def probe() -> dict:
     return json.loads(lines[-1].removeprefix("PROBE_RESULT "))
 
 
+@pytest.mark.slow
 def test_every_patch_applies_once(probe):
     names = [patch.patch_name for patch in cpu_profile.PATCHES]
     assert probe["applied"] == names
     assert probe["applied_again"] == names  # idempotent: a second call changes nothing
 
 
+@pytest.mark.slow
 def test_profile_environment_and_user_values_win(probe):
     assert probe["env"]["DS_ACCELERATOR"] == "cpu"
     assert probe["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert probe["env"]["VLLM_CPU_KVCACHE_SPACE"] == "7"  # set by the user before the profile: kept
 
 
+@pytest.mark.slow
 def test_flash_attn_stub_lets_openrlhf_models_import(probe):
     assert probe["flash_attn_module"] == "module"
 
 
+@pytest.mark.slow
 def test_cuda_calls_become_cpu(probe):
     assert probe["current_device"] == "cpu"
     assert probe["tensor_to_current_device"] == "cpu"
     assert probe["dynamo_imports"] is True  # one no-op per torch.cuda name, or torch._dynamo refuses to import
 
 
+@pytest.mark.slow
 def test_replay_buffer_targets_cpu_and_restores_current_device(probe):
     assert probe["replay_buffer_target_device"] == "cpu"
     assert probe["current_device_after_buffer"] == "cpu"
 
 
+@pytest.mark.slow
 def test_deepspeed_strategy_trains_on_cpu(probe):
     assert probe["mesh_device_type"] == "cpu"
     assert probe["dist_backend"] == "gloo"
@@ -72,6 +78,7 @@ def test_deepspeed_strategy_trains_on_cpu(probe):
     assert probe["weights_moved"] > 0
 
 
+@pytest.mark.slow
 def test_training_and_rollouts_compute_in_float32(probe):
     # OpenRLHF's strategy was parsed with --ds.param_dtype bf16 and its Actor asked for bf16: both stay float32
     assert probe["ds_mixed_precision"] == [False, False]
@@ -84,17 +91,20 @@ def test_profile_refuses_an_explicit_param_dtype():
         cpu_profile.main(["openrlhf_tapo.cli.train_ppo_ray", "--ds.param_dtype=bf16"])
 
 
+@pytest.mark.slow
 def test_weight_sync_group_broadcasts_bf16_over_gloo(probe):
     assert probe["ppo_actor_sync_fn"] == "gloo_stateless_init_process_group"
     assert probe["sync_received"] == {"0": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}
 
 
+@pytest.mark.slow
 def test_rollout_actor_starts_vllm_with_cpu_worker_extension(probe):
     assert probe["worker_extension_cls"] == cpu_profile.CPU_WORKER_EXTENSION
     assert probe["model_impl"] == "transformers"  # a VLM: vLLM's Transformers backend (no torchvision)
     assert probe["rollout_actor_bases"] == ["CPURolloutRayActor", "RolloutRayActor", "object"]
 
 
+@pytest.mark.slow
 def test_cpu_worker_wrap_receives_loads_and_repacks(probe):
     assert probe["worker_wrap_is_openrlhf_subclass"] is True
     assert probe["weight_kept_after_dispatch"] is True  # vllm-cpu would drop it (remove_weight=True)
@@ -103,6 +113,7 @@ def test_cpu_worker_wrap_receives_loads_and_repacks(probe):
     assert probe["repack_dispatch_calls"] == [[6.0, False]]
 
 
+@pytest.mark.slow
 def test_ray_init_starts_a_cpu_node_whose_workers_apply_the_profile(probe):
     (_, started), (_, explicit), (_, connect) = probe["ray_init_calls"]
     assert started["num_gpus"] >= 2 and started["num_cpus"] >= 4  # fake GPUs: OpenRLHF's bundles schedule
@@ -151,6 +162,7 @@ def _real_vllm_cpu() -> bool:
 
 
 @pytest.mark.skipif(not _real_vllm_cpu(), reason="needs vllm-cpu (docs/cpu_profile.md); CI's venv has the stub")
+@pytest.mark.slow
 def test_vllm_cpu_engine_follows_synced_weights(tmp_path):
     """A real vllm-cpu engine + CPUWorkerWrap's load/repack: after a sync, vLLM's log-probs match transformers'."""
     done = subprocess.run(

@@ -22,6 +22,8 @@ from openrlhf_tapo.task.questions import QuestionSetConfig, read_questions
 from openrlhf_tapo.task.tiny_model import FAMILIES
 from openrlhf_tapo.task.warm_start import ScriptedEngine, WarmStartConfig, scripted_traces, warm_start
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -18,6 +18,8 @@ import yaml
 
 from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV
 
+pytestmark = pytest.mark.slow
+
 RAY_PYTHON = os.environ.get(RAY_PYTHON_ENV) or str(Path(__file__).resolve().parents[1] / ".venv-ray/bin/python")
 
 

@@ -241,6 +241,7 @@ def dry_runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ALL_SCRIPTS)
 def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
     proc = dry_runs[script]
@@ -291,6 +292,7 @@ def _same(got, want: str | bool) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_cpu_script_is_the_run_spec(dry_runs):
     resolved = json.loads(dry_runs["train_tapo_cpu.sh"].stdout)
     spec = CPU_SCRIPT_RUN
@@ -305,6 +307,7 @@ def test_cpu_script_is_the_run_spec(dry_runs):
     assert differ == {}, f"train_tapo_cpu.sh's own flags differ from the run spec's rendering: {differ}"
 
 
+@pytest.mark.slow
 def test_dry_run_with_the_shipped_defaults_names_what_is_missing(dry_runs):
     proc = dry_runs[SHIPPED]
     assert proc.ray_called is None and proc.returncode == 2 and proc.stdout == ""

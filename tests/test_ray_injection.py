@@ -97,6 +97,7 @@ def session(tmp_path_factory):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_injection_reaches_actor_processes(session):
     args = session
     probe = ray.remote(num_cpus=0)(TrainerProbe).remote()
@@ -114,6 +115,7 @@ def test_injection_reaches_actor_processes(session):
     assert not inject.hook_installed()
 
 
+@pytest.mark.slow
 def test_session_check_passes_with_our_hook_and_names_a_wrong_agent_config(session):
     ray_workers.require_in_session("injection", inject.worker_env_vars(session.agent.config))
     with pytest.raises(RuntimeError, match="OPENRLHF_TAPO_AGENT_CONFIG"):

@@ -3,12 +3,13 @@ parsing, auth placement, Lens thumbnails, retries on 429/5xx, timeouts, size/enc
 
 import asyncio
 import io
-import time
+from types import SimpleNamespace
 
 import pytest
 from _search_tools_helpers import emblem, serve_app
 from aiohttp import web
 
+from openrlhf_tapo.search import http_common
 from openrlhf_tapo.search.base import SearchError
 from openrlhf_tapo.search.http_common import HttpSettings, TokenBucket
 from openrlhf_tapo.search.web import SerpApiBackend, SerperBackend
@@ -253,12 +254,41 @@ async def test_keys_only_from_environment_and_never_shown(fake, monkeypatch, cap
     await runner.close()
 
 
-async def test_token_bucket_rate():
-    bucket = TokenBucket(20.0)
-    start = time.monotonic()
-    for _ in range(30):
+class VirtualClock:
+    """`time.monotonic` and `asyncio.sleep` for http_common: sleeping advances the clock, nothing waits."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_token_bucket_rate(monkeypatch):
+    clock = VirtualClock()
+    monkeypatch.setattr(http_common, "time", clock)
+    monkeypatch.setattr(http_common, "asyncio", SimpleNamespace(sleep=clock.sleep, Lock=asyncio.Lock))
+    bucket = TokenBucket(16.0)  # a power of two: every time below is exact in binary
+    granted = []
+    for _ in range(26):
         await bucket.acquire()
-    # 20 tokens of burst, the other 10 at 20/s: at least 0.5 s.
-    assert time.monotonic() - start >= 0.45
+        granted.append(clock.now)
+    # 16 tokens of burst at once, then one every 1/16 s
+    assert granted == [0.0] * 16 + [k / 16 for k in range(1, 11)]
+    # an idle spell refills the burst, never more
+    clock.now += 100.0
+    before = len(clock.slept)
+    for _ in range(16):
+        await bucket.acquire()
+    assert len(clock.slept) == before
+    await bucket.acquire()
+    assert clock.slept[before:] == [1 / 16]
     unlimited = TokenBucket(0)
-    await unlimited.acquire()
+    for _ in range(1000):
+        await unlimited.acquire()
+    assert clock.slept[before:] == [1 / 16]

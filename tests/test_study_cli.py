@@ -39,6 +39,7 @@ def tiny_study(tmp_path_factory):
     return out, calls
 
 
+@pytest.mark.slow
 def test_second_call_reuses_task_warm_start_gates_and_finished_runs(tiny_study):
     out, calls = tiny_study
     assert calls[0] == [("ppo", 0), ("ppo+tapo", 0)]  # seed-major, base arm first
@@ -50,6 +51,7 @@ def test_second_call_reuses_task_warm_start_gates_and_finished_runs(tiny_study):
     assert (out / "task" / "kb_permuted" / "index").is_dir()
 
 
+@pytest.mark.slow
 def test_summary_has_the_gates_and_the_arms(tiny_study):
     out, _ = tiny_study
     summary = json.loads((out / "summary.json").read_text())
@@ -64,6 +66,7 @@ def test_summary_has_the_gates_and_the_arms(tiny_study):
     assert (summary["runs_finished"], summary["runs_planned"]) == (2, 2)
 
 
+@pytest.mark.slow
 def test_report_puts_gates_first_and_has_the_paired_table(tiny_study):
     out, _ = tiny_study
     report = (out / "study.md").read_text()
@@ -74,6 +77,7 @@ def test_report_puts_gates_first_and_has_the_paired_table(tiny_study):
         assert f"]({png})" in report and (out / png).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_budget_stops_before_the_next_run_and_a_changed_size_is_refused(tiny_study):
     out, calls = tiny_study
     more = [*TINY, "--budget-min", "0"]
@@ -120,6 +124,7 @@ def test_updates_per_step_reaches_the_run_and_old_outs_count_as_one(tmp_path):
         study.check_config(args, tmp_path)
 
 
+@pytest.mark.slow
 def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(tiny_study):
     """Arms are compared on fixed sampling seeds: the same policy evaluated twice gives the same trajectories."""
     from openrlhf_tapo.adapter.inprocess import load_actor

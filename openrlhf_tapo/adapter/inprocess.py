@@ -27,6 +27,8 @@ CUDA-only device queries are answered by scoped patches (`_current_device`): `Na
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from collections.abc import Iterator
 from types import SimpleNamespace
 from unittest import mock
@@ -38,6 +40,8 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray import ppo_actor
 from openrlhf.trainer.ray.ppo_actor import ActorPPOTrainer, PolicyModelActor
+from openrlhf.utils.deepspeed.deepspeed_utils import get_optimizer_grouped_parameters
+from transformers import get_scheduler
 
 from openrlhf_tapo.adapter.policy_loss import build_policy_loss
 
@@ -85,7 +89,8 @@ class InProcessStrategy:
         self._micro_steps += 1
         if self._micro_steps % self.accumulated_gradient:
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # the model's parameter order, whatever the optimizer's groups: the norm's float sum does not change with them
+        params = [p for p in model.parameters() if p.grad is not None]
         self._grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_norm)) if params else 0.0
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -95,6 +100,52 @@ class InProcessStrategy:
 
     def get_grad_norm(self, model) -> float:
         return self._grad_norm
+
+
+# `min_lr_rate` is a keyword of these two transformers schedulers only; the others raise TypeError on it
+MIN_LR_SCHEDULERS = frozenset({"cosine_with_min_lr", "cosine_warmup_with_min_lr"})
+
+
+def build_optimizer_and_scheduler(actor: Actor, args, scheduler_steps: int):
+    """The actor's optimizer and lr schedule by the rule of OpenRLHF's `DeepspeedStrategy._ds_init_train_model`
+    (reachable only through a DeepSpeed engine; declared in adapter/patches.py's INPROCESS): AdamW over OpenRLHF's
+    `get_optimizer_grouped_parameters` (bias and norm weights without weight decay; torch's AdamW, as DeepSpeed's
+    `torch_adam`), and transformers' `get_scheduler` with `min_lr_rate` for the cosine-with-min-lr schedules only.
+    `scheduler_steps` counts optimizer steps, as OpenRLHF's `max_steps`."""
+    if args.actor.optim != "adam":
+        raise ValueError(
+            f"--actor.optim {args.actor.optim}: the in-process driver has no DeepSpeed engine, whose Muon optimizer "
+            "OpenRLHF uses; use --actor.optim adam here, or the Ray pipeline (--engine ray)"
+        )
+    adam = args.actor.adam
+    groups = get_optimizer_grouped_parameters(actor.model, adam.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=adam.lr, betas=adam.betas, eps=adam.eps, weight_decay=adam.weight_decay)
+    name = args.actor.lr_scheduler
+    try:
+        scheduler = get_scheduler(
+            name,
+            optimizer,
+            num_warmup_steps=math.ceil(scheduler_steps * args.actor.lr_warmup_ratio),
+            num_training_steps=scheduler_steps,
+            scheduler_specific_kwargs={"min_lr_rate": args.actor.min_lr_ratio} if name in MIN_LR_SCHEDULERS else {},
+        )
+    except TypeError as error:  # a schedule that needs more than OpenRLHF passes (warmup_stable_decay)
+        raise ValueError(
+            f"--actor.lr_scheduler {name} needs arguments OpenRLHF does not pass ({error}); choose another schedule"
+        ) from error
+    if _steps_on_a_metric(scheduler):
+        raise ValueError(
+            f"--actor.lr_scheduler {name} steps on a metric, and OpenRLHF (DeepSpeed's engine) steps its scheduler "
+            "without one; choose another schedule"
+        )
+    return optimizer, scheduler
+
+
+def _steps_on_a_metric(scheduler) -> bool:
+    """`scheduler.step` has a required argument (reduce_lr_on_plateau, greedy: the metric to watch)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    params = inspect.signature(scheduler.step).parameters.values()
+    return any(p.default is p.empty and p.kind not in variadic for p in params)
 
 
 def load_actor(model_path: str) -> Actor:
@@ -113,13 +164,28 @@ def responses_to_experiences(responses: list[dict], max_len: int) -> list[Experi
     return [convert(None, response, max_len=max_len) for response in responses]
 
 
+@contextlib.contextmanager
+def rollout_temperature(actor: Actor, temperature: float) -> Iterator[None]:
+    """Inside the block the actor's log-probs are those of the temperature-scaled policy the rollout sampled from,
+    as `PolicyModelActor.init_model_from_pretrained` builds its actor (`temperature=args.rollout.temperature`).
+    Scoped: the warm start and the evaluations share this actor at temperature 1."""
+    previous, actor.temperature = actor.temperature, temperature
+    try:
+        yield
+    finally:
+        actor.temperature = previous
+
+
 @torch.no_grad()
-def attach_log_probs(actor: Actor, experiences: list[Experience], use_kl_loss: bool = False) -> list[Experience]:
+def attach_log_probs(
+    actor: Actor, experiences: list[Experience], use_kl_loss: bool = False, temperature: float = 1.0
+) -> list[Experience]:
     """What `RemoteExperienceMaker.make_experience` does with no reference model and no critic: the actor group's
-    `PolicyModelActor.forward` per micro-batch, zero KL, and the `kl` / `logprobs_diff` info entries."""
+    `PolicyModelActor.forward` per micro-batch (at the rollout `temperature`), zero KL, and the `kl` /
+    `logprobs_diff` info entries."""
     holder = SimpleNamespace(actor=actor, strategy=SimpleNamespace(ring_attn_group=None))
     forward = PolicyModelActor.__ray_actor_class__.forward
-    with _current_device("cpu"):
+    with _current_device("cpu"), rollout_temperature(actor, temperature):
         for exp in experiences:
             mm = exp.mm_train_inputs if any(m is not None for m in exp.mm_train_inputs) else None
             log_probs = forward(holder, exp.sequences, exp.action_mask, exp.attention_mask, mm_train_inputs_list=mm)
@@ -145,9 +211,10 @@ def _no_weight_sync() -> Iterator[None]:
 
 
 def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, scheduler, tokenizer):
-    """OpenRLHF's `ActorPPOTrainer`, built by its own `__init__` with the arguments `PolicyModelActor.init_model`
-    passes, and no vLLM engines (see the module doc). Its PolicyLoss is then replaced by ours from the same args, as
-    the Ray workers' patched `__init__` does (adapter/inject.py). Pinned memory is off: there is no GPU to copy to."""
+    """OpenRLHF's `ActorPPOTrainer`, built by its own `__init__` with the arguments
+    `PolicyModelActor.init_model_from_pretrained` passes, and no vLLM engines (see the module doc). Its PolicyLoss is
+    then replaced by ours from the same args, as the Ray workers' patched `__init__` does (adapter/inject.py). Pinned
+    memory is off: there is no GPU to copy to."""
     args = strategy.args
     with _current_device(0), _no_weight_sync():
         trainer = ActorPPOTrainer(
@@ -168,11 +235,12 @@ def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, sc
 
 
 def ppo_train(trainer: ActorPPOTrainer, experiences: list[Experience], kl_coef: float = 0.0) -> dict[str, float]:
-    """Append the batch to the replay buffer and run OpenRLHF's `ppo_train` epoch(s); returns its status means."""
+    """Append the batch to the replay buffer and run OpenRLHF's `ppo_train` epoch(s) (the actor at the rollout
+    temperature); returns its status means."""
     for exp in experiences:
         trainer.replay_buffer.append(exp)
     try:
-        with _current_device("cpu"):
+        with _current_device("cpu"), rollout_temperature(trainer.actor, trainer.args.rollout.temperature):
             return trainer.ppo_train(kl_coef)
     finally:
         trainer.replay_buffer.clear()

@@ -13,7 +13,6 @@ demo passes to examples/scripts/train_tapo_cpu.sh, with `args.tapo` from the sam
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from pathlib import Path
 import torch
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
-from transformers import get_scheduler
 
 from openrlhf_tapo.adapter.config import STEP_ESTIMATORS, estimator_namespace
 from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
@@ -31,12 +29,14 @@ from openrlhf_tapo.adapter.inprocess import (
     InProcessStrategy,
     attach_log_probs,
     build_actor_trainer,
+    build_optimizer_and_scheduler,
     ppo_train,
     responses_to_experiences,
     rollout_stats,
 )
 from openrlhf_tapo.adapter.inprocess_rollout import rollout, sampling_params, summarize_responses
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
+from openrlhf_tapo.adapter.patches import INPROCESS, verify
 from openrlhf_tapo.adapter.run_spec import RLConfig, output_flags
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
@@ -77,6 +77,7 @@ class InProcessRL:
     """The RL run over `actor` (an OpenRLHF `Actor`) with `processor`; see the module docstring for one step."""
 
     def __init__(self, actor, processor, agent_config, config: RLConfig, model_dir: Path, run_dir: Path):
+        verify(INPROCESS, "in-process driver's borrowed OpenRLHF internals")  # before any of them is used
         self.config = config
         self.run_dir = Path(run_dir)
         self.args = build_openrlhf_args(config, model_dir, self.run_dir)
@@ -88,19 +89,9 @@ class InProcessRL:
         self.strategy = InProcessStrategy(
             args, args.train.batch_size // args.train.micro_batch_size, args.actor.max_norm
         )
-        updates = config.steps * config.updates_per_step  # the lr schedule counts optimizer steps, as OpenRLHF's
-        adam = args.actor.adam
-        params = [p for p in actor.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=adam.lr, betas=adam.betas, eps=adam.eps, weight_decay=adam.weight_decay
-        )
-        self.scheduler = get_scheduler(
-            args.actor.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=math.ceil(updates * args.actor.lr_warmup_ratio),
-            num_training_steps=updates,
-            scheduler_specific_kwargs={"min_lr": adam.lr * args.actor.min_lr_ratio},
-        )
+        # the lr schedule counts optimizer steps, as OpenRLHF's
+        updates = config.steps * config.updates_per_step
+        self.optimizer, self.scheduler = build_optimizer_and_scheduler(actor, args, updates)
         self.trainer = build_actor_trainer(self.strategy, actor, self.optimizer, self.scheduler, processor)
         self.kl_ctl = FixedKLController(args.algo.kl.init_coef)
         self.maker = TAPOExperienceMaker(
@@ -127,7 +118,7 @@ class InProcessRL:
         # 2. experiences: SamplesGenerator's conversion, then the maker's micro-batches (sets experience.index)
         experiences = self.maker.split_rollout_samples(responses_to_experiences(responses, args.data.max_len))
         # 3. log-probs: PolicyModelActor.forward per micro-batch (no reference model, no critic: zero KL)
-        attach_log_probs(self.actor, experiences)
+        attach_log_probs(self.actor, experiences, temperature=args.rollout.temperature)
         # entropy estimate: mean -log p of the sampled action tokens (a single-sample estimate, no full softmax)
         tokens = sum(float(e.action_mask.sum()) for e in experiences)
         entropy = -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)

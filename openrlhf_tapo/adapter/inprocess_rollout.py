@@ -8,21 +8,47 @@ rollout stage of the in-process loop (adapter/inprocess_loop.py), and the evalua
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+from unittest import mock
+
+from openrlhf.trainer.ppo_utils import samples_generator
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
+
+def generate_kwargs(args) -> dict:
+    """The generate kwargs OpenRLHF's `train()` (openrlhf/cli/train_ppo_ray.py) passes to its `PPOTrainer`."""
+    return dict(
+        do_sample=True,
+        max_len=args.data.max_len,
+        max_new_tokens=args.rollout.max_new_tokens,
+        temperature=args.rollout.temperature,
+        top_p=args.rollout.top_p,
+    )
+
+
+class _RecordingEngine:
+    """One stand-in vLLM engine actor for `_dispatch_prompts_to_vllm`: no requests pending, records what it is sent."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+        self.get_num_unfinished_requests = SimpleNamespace(remote=lambda: 0)
+        self.generate_responses = SimpleNamespace(remote=lambda **request: self.sent.append(request))
 
 
 def sampling_params(args, temperature: float | None = None):
-    """The SamplingParams OpenRLHF's `SamplesGenerator._dispatch_prompts_to_vllm` builds from the rollout flags."""
-    from vllm import SamplingParams
-
-    return SamplingParams(
-        temperature=args.rollout.temperature if temperature is None else temperature,
-        top_p=1.0,
-        top_k=-1,
-        max_tokens=None,
-        min_tokens=1,
-        skip_special_tokens=False,
-        logprobs=None,
-    )
+    """The SamplingParams OpenRLHF's `SamplesGenerator._dispatch_prompts_to_vllm` builds from the rollout flags (log-
+    probs under the IS correction), by calling it for one prompt with `generate_kwargs(args)` (`temperature`
+    overrides the flag's, as OpenRLHF's evaluation does) on a recording engine; its `ray.get` of the engines'
+    pending counts answers the counts themselves (a scoped stand-in, adapter/patches.py's INPROCESS)."""
+    kwargs = generate_kwargs(args)
+    if temperature is not None:
+        kwargs["temperature"] = temperature
+    engine = _RecordingEngine()
+    holder = SimpleNamespace(args=args, vllm_engines=[engine], tokenizer=None)
+    with mock.patch.object(samples_generator, "ray", SimpleNamespace(get=lambda refs: refs)):
+        SamplesGenerator._dispatch_prompts_to_vllm(holder, [""], [""], **kwargs)
+    (request,) = engine.sent
+    return request["sampling_params"]
 
 
 def _with_seed(sp, seed: int | None):

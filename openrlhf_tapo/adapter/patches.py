@@ -1,4 +1,5 @@
-"""The seam: every name of OpenRLHF, DeepSpeed, vLLM, Ray or torch that we replace at run time, declared as data.
+"""The seam: every name of OpenRLHF, DeepSpeed, vLLM, Ray or torch that we replace at run time or otherwise rely on,
+declared as data.
 
 `adapter/inject.py` (TAPO into OpenRLHF's Ray workers), `adapter/cpu_profile.py` (OpenRLHF on a CPU machine) and
 `adapter/ray_workers.py` (the one `ray.init` wrapper that puts the one worker setup hook into every worker) make the
@@ -11,6 +12,11 @@ A fingerprint is the sha256 of the target's source (`inspect.getsource`, line en
 OPENRLHF_VERSION. Targets outside OpenRLHF (torch, DeepSpeed, Ray, vLLM) carry None: their versions move with the
 user's CUDA stack, and what we assume of them is stated in `why`. After checking a new OpenRLHF release against each
 `why`, `python -m openrlhf_tapo.adapter.patches` prints the fingerprints to record here.
+
+The in-process driver (adapter/inprocess*.py) replaces nothing process-wide, but it relies on OpenRLHF internals all
+the same: methods called with a stand-in `self`, constructors called with stand-in arguments, names mocked for a
+scope, and rules it has to reproduce because OpenRLHF applies them only inside a DeepSpeed engine. Each is declared
+in INPROCESS (`Borrowed`), fingerprinted the same way, and `verify`d by `InProcessRL` before it builds anything.
 
 Setting OPENRLHF_TAPO_ALLOW_UNVERIFIED=1 (driver and workers: the launcher passes it on through Ray's runtime_env)
 turns the refusal into a logged warning, at the user's own risk.
@@ -45,9 +51,25 @@ class Patch:
     why: str  # what breaks without it, and what the replacement assumes of the target
     fingerprint: str | None  # sha256 of the target's source in OpenRLHF OPENRLHF_VERSION; None outside OpenRLHF
 
+    def role(self) -> str:
+        return f"replaced by {self.by}"
+
+
+@dataclass(frozen=True)
+class Borrowed:
+    """One name we do not own that the in-process driver relies on without replacing it process-wide."""
+
+    target: str  # "module:qualname", as the driver looks it up
+    use: str  # how the driver uses it: called (with what stand-ins), mocked for a scope, or its rule reproduced
+    why: str  # what the driver assumes of it, i.e. what a change to it would break
+    fingerprint: str | None  # as Patch.fingerprint
+
+    def role(self) -> str:
+        return self.use
+
 
 class OpenRLHFMismatch(RuntimeError):
-    """The installed OpenRLHF is not the one our replacements were written for."""
+    """The installed OpenRLHF is not the one our replacements (or the in-process driver) were written for."""
 
 
 INJECTION = (
@@ -199,6 +221,188 @@ CPU_PROFILE = (
 )
 
 
+def _patched_fingerprint(target: str) -> str:
+    """The fingerprint a Patch already records for `target` (declared once, there)."""
+    (found,) = {patch.fingerprint for patch in (*INJECTION, *CPU_PROFILE) if patch.target == target}
+    return found
+
+
+_PPO_ACTOR = "openrlhf.trainer.ray.ppo_actor"
+_MAKER = "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker"
+_GENERATOR = "openrlhf.trainer.ppo_utils.samples_generator"
+_DEEPSPEED = "openrlhf.utils.deepspeed.deepspeed:DeepspeedStrategy"
+
+INPROCESS = (
+    # the run's args (adapter/openrlhf_args.py) and the rollout's sampling parameters (adapter/inprocess_rollout.py)
+    Borrowed(
+        "openrlhf.cli.train_ppo_ray:train",
+        "parse_openrlhf_args runs the CLI's __main__ into train(); generate_kwargs copies its generate kwargs",
+        "train() calls get_strategy(args) right after Ray's init, and passes do_sample, max_len, max_new_tokens, "
+        "temperature, top_p to PPOTrainer",
+        "b0047c66d0497de6a276528596d8ceb4a94ef8c375e3a5c033e07fbcece91646",
+    ),
+    Borrowed(
+        "openrlhf.utils:get_strategy",
+        "mocked for the parse: it hands the parsed, validated args back",
+        "train_ppo_ray imports it from openrlhf.utils at module level, so the mock is what train() calls",
+        "54dba6adc63fe0bba8b53fc220f66aacb30d9c6534b1c98db66708d8f4469fcd",
+    ),
+    Borrowed(
+        f"{_GENERATOR}:SamplesGenerator._dispatch_prompts_to_vllm",
+        "called with a stand-in self (args, one recording engine, no tokenizer) to build the SamplingParams",
+        "it builds them from generate_kwargs and args (logprobs under the IS correction) and sends them with "
+        "each prompt to an engine's generate_responses.remote",
+        "253997a0f8267a9764328cefd8cb4bb869755d49e93f9eea8a60cdc44bc46c78",
+    ),
+    Borrowed(
+        f"{_GENERATOR}:ray",
+        "mocked for that call: ray.get answers the engines' pending counts themselves",
+        "the only Ray call before the prompts are sent is the ray.get of get_num_unfinished_requests",
+        None,
+    ),
+    Borrowed(
+        f"{_GENERATOR}:SamplesGenerator._process_response_into_experience",
+        "called with self None on each agent-executor response",
+        "it reads nothing of self",
+        "f99fc0dd86a8ebb55dee357d85485fc77ca4d54865100bbfd22b8597b1c139f0",
+    ),
+    # log-probs and experiences (adapter/inprocess.py, adapter/experience_stage.py)
+    Borrowed(
+        "openrlhf.models.actor:Actor.__init__",
+        "load_actor builds the actor from a HF folder (sdpa, bf16, then cast to float32)",
+        "its keyword arguments, and the HF model in .model",
+        "34e1cf12a386dd51266732bd1ab0e596e66581c09e2457aa9de8ce5cb5c8b32f",
+    ),
+    Borrowed(
+        f"{_PPO_ACTOR}:PolicyModelActor.__ray_actor_class__.init_model_from_pretrained",
+        "its set-up reproduced: the actor at the rollout temperature (rollout_temperature), the optimizer and "
+        "scheduler over max_steps optimizer steps (build_optimizer_and_scheduler)",
+        "Actor(temperature=args.rollout.temperature); strategy.prepare with the actor's optim, adam, lr_scheduler, "
+        "lr_warmup_ratio, min_lr_ratio, max_norm and scheduler_steps=max_steps",
+        "e472b193eeab8255ecbe317bfd7a7e20eb3b7a6181ec95f89aa8b96a76475722",
+    ),
+    Borrowed(
+        f"{_PPO_ACTOR}:PolicyModelActor.__ray_actor_class__.forward",
+        "called with a stand-in self (actor, strategy.ring_attn_group None) per micro-batch",
+        "it reads only those two attributes of self and moves its inputs to torch.cuda.current_device()",
+        "d7545a910395bf131dc7e532ee29d8204e9b3f7e9e6c103266333899fe551308",
+    ),
+    Borrowed(
+        f"{_MAKER}.make_experience",
+        "its result reproduced by attach_log_probs for no reference model and no critic",
+        "zero KL, values None, and the kl / logprobs_diff info entries per sequence",
+        "85db1fe426dec3e6e9bb740e663f4cee8f1bfdedd3fc0f5d61a4c68fee0b8f67",
+    ),
+    Borrowed(
+        f"{_MAKER}.__init__",
+        "TAPOExperienceMaker (its subclass) built with no model groups, the KL controller and the strategy",
+        "it stores its arguments and starts nothing",
+        "71047508ccbdc2b30a5edfc458a1b2b47a2104b618521c95d1a4f14c6a198055",
+    ),
+    Borrowed(
+        f"{_MAKER}.split_rollout_samples",
+        "called on that maker",
+        "it groups experiences into micro-batches and records experience.index without the model groups",
+        "c7286645b395b71a0233d63d0f77926b6e5eca098f7d869cc87e7bf184d76123",
+    ),
+    Borrowed(
+        f"{_MAKER}.compute_advantages_and_returns",
+        "called on that maker (our override calls it, then the TAPO stage)",
+        "group_norm needs no model group",
+        "43a58ae8e1c4aea23791886472b6bbc23aefbdc85b0088da2d7f6638d4ec85c6",
+    ),
+    Borrowed(
+        "openrlhf.trainer.ppo_trainer:BasePPOTrainer._compute_rollout_stats",
+        "called with self None",
+        "it reads nothing of self",
+        "a8a5c6f3eb23818f204ca1902462b8fc3deb64c5a2268d18a44ea24272a124cf",
+    ),
+    # the update (adapter/inprocess.py, adapter/policy_loss.py)
+    Borrowed(
+        f"{_PPO_ACTOR}:ActorPPOTrainer.__init__",
+        "built by its own __init__ with vllm_engines=None and InProcessStrategy, then actor_loss_fn set to ours",
+        "without vLLM engines it opens no weight-sync group; the strategy methods it reaches are InProcessStrategy's",
+        _patched_fingerprint(f"{_PPO_ACTOR}:ActorPPOTrainer.__init__"),
+    ),
+    Borrowed(
+        f"{_PPO_ACTOR}:torch_dist_barrier_and_cuda_sync",
+        "mocked as a no-op while ActorPPOTrainer.__init__ runs",
+        "it is a barrier and a CUDA sync only, nothing to wait for in one CPU process",
+        "8cacbc5b881d6f4278fb8b8657093caef2cf3cd20e3df9250d8de4bd9d25cc7f",
+    ),
+    Borrowed(
+        "torch.cuda:current_device",
+        "mocked for a scope: 0 while NaiveReplayBuffer.__init__ runs, 'cpu' in ppo_train and the log-prob forward",
+        "CPU torch raises; OpenRLHF only formats or moves tensors to it",
+        None,
+    ),
+    Borrowed(
+        "openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__",
+        "run by ActorPPOTrainer.__init__ with current_device() answered 0",
+        "the cuda:0 target device it stores is never used on the ppo_train path",
+        _patched_fingerprint("openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__"),
+    ),
+    Borrowed(
+        f"{_PPO_ACTOR}:ActorPPOTrainer.ppo_train",
+        "called with InProcessStrategy as its strategy",
+        "of the strategy it calls is_rank_0 and all_reduce only",
+        "589ff8a5f9c34ad52f280b55d4a97755c7b275824a9d93fd5fd63629b67a748a",
+    ),
+    Borrowed(
+        f"{_PPO_ACTOR}:ActorPPOTrainer.training_step",
+        "called by ppo_train, with our PolicyLoss as actor_loss_fn",
+        "of the strategy it calls backward, optimizer_step and get_grad_norm; the loss returns a 5-tuple",
+        "ffa1acd4a5a21e377be2bab4abd30c3f069fe7a620daa3b446625de3cc630a6a",
+    ),
+    *(
+        Borrowed(
+            f"{_DEEPSPEED}.{name}",
+            f"InProcessStrategy.{name} does what it does through the DeepSpeed engine",
+            "the engine scales the loss by 1 / gradient accumulation, clips at max_norm and steps the scheduler "
+            "once per optimizer step; get_grad_norm reports the pre-clip norm",
+            fp,
+        )
+        for name, fp in (
+            ("backward", "a13fe57983632b9af85977b6c3958a78d9c403388463b7afa5e9024f1924bb04"),
+            ("optimizer_step", "b19f5a03b21b5de6a11be5c6d6d4fdaaa91adcdabe8d86d0258cf30465073a6c"),
+            ("get_grad_norm", "ffabc38c0976da9311ad4ce8661b9404d4379c7cb4f53ab18ddbc28ca84d02a4"),
+        )
+    ),
+    Borrowed(
+        f"{_DEEPSPEED}._ds_init_train_model",
+        "its optimizer and scheduler rule reproduced by build_optimizer_and_scheduler (it needs a DeepSpeed engine)",
+        "AdamW over get_optimizer_grouped_parameters; get_scheduler with ceil(steps x warmup ratio) warmup steps "
+        "and min_lr_rate for the cosine-with-min-lr schedulers only",
+        "f9aa735186ab688bb8e7db288d57d166bdb4ef90e6842de8b7f74f0c4cbde8be",
+    ),
+    Borrowed(
+        "openrlhf.utils.deepspeed.deepspeed_utils:get_optimizer_grouped_parameters",
+        "called for the optimizer's parameter groups",
+        "two groups: weight decay, and none for bias and norm weights",
+        "9dd9abf1b8b716d6eda544718b157cfd5ede3d0912ccdd61d220df44525ca50a",
+    ),
+    Borrowed(
+        "openrlhf.models.loss:PolicyLoss.__init__",
+        "subclassed by our PolicyLoss, and built as ppo with the IS correction for the ratio-1 call",
+        "its keyword arguments; the correction settings it stores",
+        "534d635fa40f328f3d13f0416b6bd449fa21c9cc77bb1b0baf478c53052315dc",
+    ),
+    Borrowed(
+        "openrlhf.models.loss:PolicyLoss.forward",
+        "the ratio-1 call: ppo with log_probs = old_log_probs and advantages = -loss applies its IS correction",
+        "at ratio 1 its ppo loss per token is -advantages; it returns (loss, clip_ratio, ppo_kl, vllm_kl, "
+        "is_filter_ratio)",
+        "207b2f9506c3bea6360ca95a8df4fb7438ecb284695876c74c15154afd1ed8f9",
+    ),
+    Borrowed(
+        "openrlhf.models.loss:aggregate_loss",
+        "called to aggregate our per-token losses",
+        "its token-mean / seq-mean-token-mean normalisers, as OpenRLHF's loss uses them",
+        "cfc652fc72b86752409788335a1751d0b21e63e7867e476c18c02e019e0fd87d",
+    ),
+)
+
+
 def declared(step: str, table: tuple[Patch, ...]) -> tuple[Patch, ...]:
     """The patches of `table` that `step` makes."""
     return tuple(patch for patch in table if patch.step == step)
@@ -227,7 +431,7 @@ def _ours(obj) -> bool:
     return (getattr(obj, "__module__", None) or "").startswith(OUR_PACKAGE)
 
 
-def mismatches(patches: tuple[Patch, ...]) -> list[str]:
+def mismatches(patches: tuple[Patch | Borrowed, ...]) -> list[str]:
     """What differs from what `patches` were written for: the OpenRLHF version, then each target's fingerprint."""
     found_version = importlib.metadata.version("openrlhf")
     problems = []
@@ -242,21 +446,26 @@ def mismatches(patches: tuple[Patch, ...]) -> list[str]:
         found = fingerprint(obj)
         if found != patch.fingerprint:
             problems.append(
-                f"{patch.target} (replaced by {patch.by}; {patch.why}): source sha256 found {found}, "
+                f"{patch.target} ({patch.role()}; {patch.why}): source sha256 found {found}, "
                 f"expected {patch.fingerprint}"
             )
     return problems
 
 
-def verify(patches: tuple[Patch, ...]) -> None:
-    """Refuse (OpenRLHFMismatch) unless `patches` match the installed OpenRLHF; a warning under the override."""
+def verify(patches: tuple[Patch | Borrowed, ...], what: str = "run-time replacements") -> None:
+    """Refuse (OpenRLHFMismatch) unless `patches` match the installed OpenRLHF; a warning under the override.
+    `what` names them in the message."""
     problems = mismatches(patches)
     if not problems:
         return
     message = (
-        f"openrlhf_tapo's run-time replacements were written for OpenRLHF {OPENRLHF_VERSION}, and the installed "
-        "OpenRLHF differs:\n  " + "\n  ".join(problems) + "\nInstall openrlhf==" + OPENRLHF_VERSION + ", or check "
-        "each replacement against the new code and record its fingerprint in openrlhf_tapo/adapter/patches.py "
+        f"openrlhf_tapo's {what} were written for OpenRLHF {OPENRLHF_VERSION}, and the installed OpenRLHF "
+        f"{importlib.metadata.version('openrlhf')} differs:\n  "
+        + "\n  ".join(problems)
+        + "\nInstall openrlhf=="
+        + OPENRLHF_VERSION
+        + ", or check "
+        "each one against the new code and record its fingerprint in openrlhf_tapo/adapter/patches.py "
         f"(python -m openrlhf_tapo.adapter.patches prints them). To run anyway, at your own risk: "
         f"{ALLOW_UNVERIFIED_ENV}=1."
     )
@@ -283,7 +492,7 @@ def main() -> None:
 
     cuda_stubs.install()  # OpenRLHF's trainer modules import vllm / flash_attn at module level
     print(f"openrlhf {importlib.metadata.version('openrlhf')}")
-    for patch in (*INJECTION, *CPU_PROFILE, *RAY):
+    for patch in (*INJECTION, *CPU_PROFILE, *RAY, *INPROCESS):
         print(patch.target, fingerprint(resolve(patch.target)) if patch.fingerprint else None)
 
 
