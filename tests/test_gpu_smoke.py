@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a Ray head and jobs / the GPU smoke script in a subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30
 

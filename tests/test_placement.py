@@ -121,6 +121,7 @@ def one_gpu_ray_session():
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_launcher_refuses_a_ray_session_too_small_before_placing_anything(one_gpu_ray_session, tmp_path, capsys):
     inputs = launch_inputs(tmp_path)
     argv = [

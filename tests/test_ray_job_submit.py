@@ -23,6 +23,8 @@ from openrlhf_tapo.adapter.run_spec import output_flags
 from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV, ray_metrics
 from openrlhf_tapo.utils.ray_head import ray_head
 
+pytestmark = pytest.mark.slow  # a Ray head and jobs / the GPU smoke script in a subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 RAY_PYTHON = os.environ.get(RAY_PYTHON_ENV) or str(REPO / ".venv-ray/bin/python")
 SCRIPT = REPO / "examples" / "scripts" / "train_tapo_cpu.sh"
