@@ -58,7 +58,7 @@ def named_paths(text: str) -> list[str]:
     """The repository paths `text` names in inline code (the rule in the module docstring), as glob patterns."""
     paths = []
     for span in CODE.findall(text):
-        span = span.strip().rstrip(".,;")
+        span = span.strip()
         if " " in span or span.endswith("...") or span.split("/", 1)[0] not in TOP_LEVEL or "/" not in span:
             continue
         span = re.sub(r"::.*$", "", span)
