@@ -106,8 +106,8 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
             model_seed=args.seed,
         )
         # 100 content steps fewer than the study's warm start (the reading is learned by ~step 270), which pays for
-        # 4 more RL steps in the demo's 8 minutes: from it, 12 steps gained +0.162 +- 0.043 over 4 RL seeds; from the
-        # study's 500-step warm start, the 8 steps that fit gained +0.136 (docs/demo.md, "Choosing the RL settings").
+        # 4 more RL steps in the demo's 8 minutes. Chosen on the eval questions (docs/demo.md, "Choosing the RL
+        # settings"); paired over 4 RL seeds on 2026-12-06: +0.101 [+0.053, +0.149] (docs/demo_gain_2026-12-06)
         warm = WarmStartConfig(steps=400, content_steps=300, seed=args.seed)
         # GRPO groups of 8 and the learning rate as in the study (docs/results.md); 1e-3 gained less, 2e-3 collapsed
         rl = RLConfig(

@@ -9,18 +9,21 @@ and `AutoProcessor.from_pretrained(checkpoint)` fails ("Can't load image process
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from pathlib import Path
 
 from openrlhf_tapo.eval.engines import load_processor
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+# what a processor or tokenizer is saved as (transformers' names; *.py: the remote code a processor class may need)
+PROCESSOR_FILES = ("*token*", "*processor*", "chat_template*", "vocab*", "merges.txt", "*.tiktoken", "*.model", "*.py")
 
 
 def complete_checkpoint(model_source: str | Path, checkpoint_dir: str | Path) -> list[str]:
-    """Copy into `checkpoint_dir` every non-weight file of `model_source` it lacks (a local model folder; a hub id
-    is loaded with the project's processor loader and saved there instead). Files the checkpoint has (its weights,
-    config.json, the tokenizer it saved) are never overwritten. Returns the names written."""
+    """Copy into `checkpoint_dir` the processor and tokenizer files (`PROCESSOR_FILES`) of `model_source` it lacks
+    (a local model folder; a hub id is loaded with the project's processor loader and saved there instead). Files
+    the checkpoint has are never overwritten; weights, configs and run records are never copied. Returns the names
+    written."""
     source, dest = Path(model_source), Path(checkpoint_dir)
     if not dest.is_dir():
         raise FileNotFoundError(f"complete_checkpoint: no checkpoint folder {dest}; train first, or name the folder")
@@ -30,8 +33,8 @@ def complete_checkpoint(model_source: str | Path, checkpoint_dir: str | Path) ->
         return sorted({p.name for p in dest.iterdir()} - before)
     written = []
     for path in sorted(source.iterdir()):
-        is_weight = path.name.endswith(WEIGHT_SUFFIXES) or path.name.endswith(".index.json")
-        if path.is_file() and not is_weight and not (dest / path.name).exists():
+        wanted = any(fnmatch.fnmatch(path.name, pattern) for pattern in PROCESSOR_FILES)
+        if wanted and path.is_file() and not (dest / path.name).exists():
             shutil.copy2(path, dest / path.name)
             written.append(path.name)
     return written
