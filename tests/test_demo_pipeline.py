@@ -85,6 +85,17 @@ def test_metrics_tensorboard_and_checkpoint_are_written(run):
         assert torch.equal(saved[name].detach(), param.detach().float()), name
 
 
+def test_the_checkpoint_is_loadable_by_evaluate(run, tmp_path):
+    from openrlhf_tapo.cli.evaluate import main
+
+    task, checkpoint = run["root"] / "task", run["result"].checkpoint
+    argv = ["--model", str(checkpoint), "--data", str(task / "prompts_eval.jsonl"), "--out", str(tmp_path / "eval")]
+    argv += ["--agent-config", str(task / "agent.yaml"), "--limit", "1", "--max-length", "3072", "--backend", "hf"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "eval" / "records.jsonl").read_text())
+    assert record["error"] is None and record["turns"] >= 1
+
+
 def test_updates_per_step_makes_that_many_optimizer_steps(run):
     # 8 rollouts, 2 updates: OpenRLHF's --train.batch_size 4 = one micro-batch of 4 per optimizer step, and the
     # lr schedule counts optimizer steps (as OpenRLHF's max_steps does)

@@ -69,3 +69,9 @@ def test_training_changed_the_weights_and_wrote_a_checkpoint(ray_run):
     assert summary["weight_change_l2"] > 0  # float32 end to end: no save/load rounding can fake a change
     checkpoint = Path(summary["checkpoint"])
     assert (checkpoint / "config.json").is_file() and list(checkpoint.glob("*.safetensors"))
+    # OpenRLHF saves the tokenizer only; our launcher adds the processor files, so evaluate can load the checkpoint
+    assert (checkpoint / "processor_config.json").is_file()
+    from openrlhf_tapo.eval.engines import load_engine
+
+    engine, processor, backend = load_engine(checkpoint, backend="hf")
+    assert backend == "hf" and processor.image_processor is not None

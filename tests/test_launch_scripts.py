@@ -248,6 +248,9 @@ def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
     assert proc.ray_called is None, f"{script} called ray with DRY_RUN=1: {proc.ray_called}"
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SECRET not in proc.stdout + proc.stderr
+    # library warnings a newcomer cannot act on go to SAVE_PATH/.../launch.log (utils/library_output.py)
+    for noise in ("pynvml package is deprecated", "kernels-community", "Setting accelerator to CPU", "-laio"):
+        assert noise not in proc.stdout + proc.stderr, noise
     resolved = json.loads(proc.stdout)
     assert resolved["tapo"]["enable"] is ("tapo" in script)  # the step-credit scripts name their estimators
     assert resolved["gigpo"]["enable"] is ("gigpo" in script)

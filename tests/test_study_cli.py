@@ -55,7 +55,17 @@ def test_second_call_reuses_task_warm_start_gates_and_finished_runs(tiny_study):
 def test_summary_has_the_gates_and_the_arms(tiny_study):
     out, _ = tiny_study
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["gates"]) == {"well_formed_calls", "tool_following", "sampled_accuracy", "correctable"}
+    assert set(summary["gates"]) == {
+        "well_formed_calls",
+        "follows_tools_heldout",
+        "follows_tools_train",
+        "tool_following_train",
+        "sampled_accuracy",
+        "correctable",
+    }
+    details = summary["gate_details"]
+    assert details["tool_following"]["answers"] == details["tool_following_train"]["answers"] == 8 * 2
+    assert 0.0 <= details["values"]["tool_following"] <= 1.0  # the old ratio, kept as a field
     for gate in summary["gates"].values():
         assert 0.0 <= gate["value"] <= 1.0 and isinstance(gate["passed"], bool)
     assert set(summary["arms"]) == {"ppo", "ppo+tapo"}
@@ -64,6 +74,19 @@ def test_summary_has_the_gates_and_the_arms(tiny_study):
         assert 0.0 <= summary["arms"]["ppo+tapo"][metric]["mean"] <= 1.0
         assert summary["paired"]["ppo+tapo - ppo"][metric]["seeds"] == [0]
     assert (summary["runs_finished"], summary["runs_planned"]) == (2, 2)
+
+
+@pytest.mark.slow
+def test_the_gates_eval_is_the_paired_before_of_every_run(tiny_study):
+    out, _ = tiny_study
+    gates = json.loads((out / "gates.json").read_text())
+    before = gates["eval_question_scores"]
+    assert gates["seed"] == study.EVAL_SEED and len(before) == 8  # the runs' eval seeds, one score per question
+    assert sum(before) / 8 == pytest.approx(gates["values"]["sampled_accuracy"])
+    for line in (out / "results.jsonl").read_text().splitlines():
+        run = json.loads(line)
+        assert len(run["eval_question_scores"]) == 8
+        assert sum(run["eval_question_scores"]) / 8 == pytest.approx(run["sampled_accuracy"])
 
 
 @pytest.mark.slow
@@ -146,3 +169,11 @@ def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(t
     first = tokens(study.EVAL_SEED)
     assert tokens(study.EVAL_SEED) == first
     assert tokens(study.EVAL_SEED + 1) != first
+
+
+def test_the_select_split_must_exist_to_be_evaluated(capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(["--eval-split", "select"])
+    assert "--num-select" in capsys.readouterr().err
+    args = study.parse_args(["--num-select", "64", "--eval-split", "select"])
+    assert study.task_config(args).questions.num_select == 64

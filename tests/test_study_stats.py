@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from openrlhf_tapo.eval.stats import betainc, mean_ci, t_cdf, t_quantile
+from openrlhf_tapo.eval.stats import betainc, expected_gain, mean_ci, paired_ci, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,31 @@ def test_mean_ci_of_one_to_five():
     assert ci.std == pytest.approx(math.sqrt(2.5))
     assert (ci.low, ci.high) == (pytest.approx(1.03676, abs=1e-4), pytest.approx(4.96324, abs=1e-4))
     assert ci.fmt(2) == "3.00 ± 1.96"
+
+
+def test_paired_ci_is_the_interval_of_the_per_question_differences():
+    ci = paired_ci([0.0, 0.5, 0.5, 1.0], [1.0, 0.5, 1.0, 1.0])  # differences 1, 0, 0.5, 0
+    assert ci.mean == pytest.approx(0.375) and ci.n == 4
+    half = 3.1824 * math.sqrt((0.390625 + 0.140625 + 0.015625 + 0.140625) / 3) / 2  # t_{.975,3} s / sqrt(4)
+    assert (ci.low, ci.high) == (pytest.approx(0.375 - half, abs=1e-4), pytest.approx(0.375 + half, abs=1e-4))
+    with pytest.raises(ValueError, match="pair them"):
+        paired_ci([0.0], [1.0, 0.0])
+
+
+def test_expected_gain_adds_the_run_spread_and_the_question_spread():
+    # run gains 1/3 and 1/6: s_g^2 = 1/72; seed-averaged per-question differences 0.5, 0, 0.25: s_d^2 = 1/16
+    expected, one_run = expected_gain([0.0, 1.0, 0.5], [[1.0, 1.0, 0.5], [0.0, 1.0, 1.0]])
+    assert expected.mean == one_run.mean == pytest.approx(0.25)
+    var, parts = 1 / 72 / 2 + 1 / 16 / 3, [(1 / 72 / 2, 1), (1 / 16 / 3, 2)]  # = 1/36
+    dof = var**2 / sum(v * v / d for v, d in parts)  # Welch-Satterthwaite: 2.909
+    assert expected.std == pytest.approx(1 / 6) and dof == pytest.approx(2.909, abs=1e-3)
+    assert expected.high - expected.mean == pytest.approx(t_quantile(0.975, dof) / 6)
+    var1, parts1 = 1 / 72 * 1.5 + 1 / 48, [(1 / 72 * 1.5, 1), (1 / 48, 2)]  # one new run: s_g^2 (1 + 1/S)
+    dof1 = var1**2 / sum(v * v / d for v, d in parts1)
+    assert one_run.high - one_run.mean == pytest.approx(t_quantile(0.975, dof1) * math.sqrt(var1))
+    assert one_run.low < expected.low < expected.high < one_run.high
+    with pytest.raises(ValueError, match="one 'after' value per question"):
+        expected_gain([0.0, 1.0], [[1.0, 1.0], [1.0]])
 
 
 def test_mean_ci_degenerate_cases():

@@ -89,6 +89,17 @@ def test_eval_entities_are_held_out_and_asked_once(built, tmp_path):
     assert read_questions(paths["train"]) == built.splits["train"]
 
 
+def test_the_select_split_is_held_out_apart_from_eval_and_optional(built, tmp_path):
+    splits = generate_questions(built.kb, QuestionSetConfig(num_eval=8, seed=5, num_select=6), tmp_path)
+    train, held_out, select = ({q.entity_id for q in splits[s]} for s in ("train", "eval", "select"))
+    assert len(select) == 6 and not select & held_out and not select & train
+    assert splits["eval"] == built.splits["eval"]  # the reported questions do not move
+    assert len(train) + len(held_out) + len(select) == len(built.kb.entities)
+    assert "select" not in built.splits  # num_select 0: the two splits exactly as before
+    with pytest.raises(ValueError, match="num_select"):
+        QuestionSetConfig(num_eval=8, num_select=32).validate(40)
+
+
 def test_gold_traces_are_valid_calls_and_answers(built):
     for q in built.splits["train"]:
         entity = built.kb.by_id[q.entity_id]

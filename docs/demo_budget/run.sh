@@ -10,10 +10,15 @@
 set -euo pipefail
 SRC=${SRC:-runs/demo_v5}
 ROOT=${ROOT:-runs/demo_budget}
-# The source run's warm-start settings (its summary.json): the study records them in config.json and in the
-# warm-start marker it writes itself, so each setting's files say which warm start it ran from.
-WARM=$(.venv/bin/python -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['config']['warm_start']))" \
-  "$SRC/summary.json")
+# The source run's warm-start settings (its warm-start marker, model/warm_start/warm_start.json, written by the demo
+# since 2026-12-06; for older runs, its summary.json): the study records them in config.json and in the warm-start
+# marker it writes itself, so each setting's files say which warm start it ran from.
+if [ -e "$SRC/model/warm_start/warm_start.json" ]; then
+  WARM=$(cat "$SRC/model/warm_start/warm_start.json")
+else
+  WARM=$(.venv/bin/python -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['config']['warm_start']))" \
+    "$SRC/summary.json")
+fi
 WARM_FLAGS=$(.venv/bin/python -c "import json, sys; w = json.loads(sys.argv[1]); print(
   f\"--warm-steps {w['steps']} --content-steps {w['content_steps']} --warm-batch {w['batch_size']} \"
   f\"--warm-lr {w['lr']} --direct-share {w['direct_share']} --misread-share {w['misread_share']}\")" "$WARM")

@@ -139,7 +139,8 @@ submit_job() {
          shown="${shown//"${WANDB_API_KEY}"/<redacted>}"
       fi
       echo "DRY_RUN: would run: ${shown}" >&2
-      exec python3 -m openrlhf_tapo.cli.train_ppo_ray "${flags[@]}" --dry-run
+      # through utils/library_output: what torch, bitsandbytes, DeepSpeed print on import goes to SAVE_PATH/launch.log
+      exec python3 -m openrlhf_tapo.utils.library_output openrlhf_tapo.cli.train_ppo_ray "${flags[@]}" --dry-run
    fi
    "${command[@]}"
 }

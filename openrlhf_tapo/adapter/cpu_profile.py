@@ -52,6 +52,7 @@ import sys
 from datetime import timedelta
 
 from openrlhf_tapo.adapter import patches
+from openrlhf_tapo.utils import library_output
 
 MODEL_IMPL_ENV = "OPENRLHF_TAPO_VLLM_MODEL_IMPL"
 
@@ -500,6 +501,8 @@ def main(argv: list[str] | None = None) -> None:
             "the CPU profile computes in float32 (float32_compute: bf16 and fp16 are emulated on most CPUs, 7.5x "
             "slower measured, docs/cpu_profile.md); remove --ds.param_dtype"
         )
+    # what torch, bitsandbytes and DeepSpeed print on import goes to <--ckpt.output_dir>/launch.log, not the console
+    library_output.quiet_imports(library_output.launch_log_path(argv))
     apply_cpu_profile()  # before MODULE starts Ray: its workers apply the profile too
     sys.argv = [entry, *argv]
     runpy.run_module(entry, run_name="__main__", alter_sys=True)

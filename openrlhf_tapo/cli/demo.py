@@ -106,8 +106,8 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
             model_seed=args.seed,
         )
         # 100 content steps fewer than the study's warm start (the reading is learned by ~step 270), which pays for
-        # 4 more RL steps in the demo's 8 minutes: from it, 12 steps gained +0.162 +- 0.043 over 4 RL seeds; from the
-        # study's 500-step warm start, the 8 steps that fit gained +0.136 (docs/demo.md, "Choosing the RL settings").
+        # 4 more RL steps in the demo's 8 minutes. Chosen on the eval questions (docs/demo.md, "Choosing the RL
+        # settings"); paired over 4 RL seeds on 2026-12-06: +0.101 [+0.053, +0.149] (docs/demo_gain_2026-12-06)
         warm = WarmStartConfig(steps=400, content_steps=300, seed=args.seed)
         # GRPO groups of 8 and the learning rate as in the study (docs/results.md); 1e-3 gained less, 2e-3 collapsed
         rl = RLConfig(
@@ -234,8 +234,8 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
-    from openrlhf_tapo.task.gates import measure
-    from openrlhf_tapo.task.prepare import counterfactual_answers, prepare_task, read_prompt_rows
+    from openrlhf_tapo.task.gates import counterfactual_rows, measure
+    from openrlhf_tapo.task.prepare import prepare_task, read_prompt_rows
     from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.report import accuracy, format_summary, write_report
     from openrlhf_tapo.task.warm_start import train_warm_start
@@ -289,15 +289,18 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
         warm_dir = run_dir / "model" / "warm_start"
         actor.model.save_pretrained(warm_dir)
         processor.save_pretrained(warm_dir)
+        # the settings it was trained with, as the study's own warm-start marker (docs/demo_budget/run.sh reads it)
+        (warm_dir / "warm_start.json").write_text(json.dumps(dataclasses.asdict(warm_config), indent=1))
         note.append(f"{warm['traces']} teacher traces (teacher accuracy {warm['teacher_accuracy']:.2f})")
         note.append(f"loss {warm_losses[0]:.2f} -> {warm_losses[-1]:.2f}")
 
     with stage("3/6 eval before RL, and the gates") as note:
-        eval_answers = [q.answer for q in read_questions(paths.questions["eval"])]
         gates = measure(
-            rl.executor, AgentExecutor(load_agent_config(paths.counterfactual_agent_config)), eval_rows, eval_answers,
-            counterfactual_answers(paths.root, task_config), train_rows[:GATE_PROMPTS], rl_config.n_samples_per_prompt,
-            EVAL_SAMPLES, processor, rl.engine, rl.args, max_len, EVAL_SEED,
+            rl.executor, AgentExecutor(load_agent_config(paths.counterfactual_agent_config)), eval_rows,
+            counterfactual_rows(paths.root, task_config, "eval", eval_rows),
+            counterfactual_rows(paths.root, task_config, "train", train_rows[: len(eval_rows)]),
+            train_rows[:GATE_PROMPTS], rl_config.n_samples_per_prompt, EVAL_SAMPLES, processor, rl.engine, rl.args,
+            max_len, EVAL_SEED,
         )  # fmt: skip
         before = evaluate_modes(rl, eval_rows, rl.engine, gates.pop("eval_responses"))
         note.append(", ".join(f"{mode} accuracy {accuracy(rs):.3f}" for mode, rs in before.items()))

@@ -5,7 +5,8 @@
 FMT: mmsearch_r1 (MMSearch-R1/FVQA parquet), mmsearch, infoseek, simplevqa (LLM-judged), jsonl, prompts
 (detected from the file when left out; see openrlhf_tapo/eval/benchmarks.py). Generation runs on vLLM when it is
 really installed, else on transformers (CPU). Writes OUT/records.jsonl (one record per sample, streamed as samples
-finish), OUT/summary.json and OUT/summary.md. See docs/evaluation.md.
+finish), OUT/summary.json and OUT/summary.md; what the libraries print on import goes to OUT/evaluate.log. See
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from openrlhf_tapo.eval.benchmarks import FORMATS, BenchmarkFormatError, detect_format, read_benchmark
 from openrlhf_tapo.eval.engines import BACKENDS
-from openrlhf_tapo.eval.evaluator import EvalConfig
 from openrlhf_tapo.eval.summary import summarize_records, summary_markdown
+
+if TYPE_CHECKING:  # it imports torch, which prints on import: main imports it after `quiet_imports`
+    from openrlhf_tapo.eval.evaluator import EvalConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,10 +112,14 @@ async def _run(args, samples, config, eval_config: EvalConfig, out: Path) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from openrlhf_tapo.utils import cuda_stubs
+    from openrlhf_tapo.utils import cuda_stubs, library_output
 
-    cuda_stubs.install()  # OpenRLHF's agent modules import vllm; a real install is never replaced
     out = Path(args.out)
+    # torch's pynvml FutureWarning and the like go to OUT/evaluate.log; the console shows our lines and the bar
+    library_output.quiet_imports(out / "evaluate.log", ("torch", "transformers"))
+    cuda_stubs.install()  # OpenRLHF's agent modules import vllm; a real install is never replaced
+    from openrlhf_tapo.eval.evaluator import EvalConfig
+
     try:
         fmt = args.format or detect_format(args.data)
         samples = read_benchmark(args.data, fmt, args.image_root)

@@ -47,13 +47,15 @@ if TYPE_CHECKING:  # modules that import torch and OpenRLHF are imported where u
     from openrlhf_tapo.task.prepare import TaskPaths
 
 ARMS = ("ppo", "ppo+tapo", "sapo", "sapo+tapo", "gspo_token", "gspo_token+tapo")
-GATE_SEED = 7_000_000  # sampling seeds of the gate rollouts
-EVAL_SEED = 9_000_000  # sampling seeds of every run's final sampled eval: all arms draw the same random numbers
+# Sampling seeds of every run's final sampled eval (all arms draw the same random numbers) and of the gates, whose
+# eval rollouts are then the paired "before" of every run (gates.json eval_question_scores; studies measured before
+# 2026-12-06 drew their gates from seed 7_000_000, so their "before" is not paired).
+EVAL_SEED = 9_000_000
 # flags that may differ between calls on one OUT: they choose which runs run (more seeds extend a study), not how
 SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only")
 SCHEDULE_FLAGS += ("workers", "threads")
 # flags added after studies were started: an OUT/config.json without one was run at this value
-ADDED_FLAGS = {"updates_per_step": 1}
+ADDED_FLAGS = {"updates_per_step": 1, "num_select": 0, "eval_split": "eval"}
 
 
 # flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
@@ -99,6 +101,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
     p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
     p.add_argument("--num-eval", type=int, default=128, help="entities held out for evaluation")
+    p.add_argument(
+        "--num-select",
+        type=int,
+        default=ADDED_FLAGS["num_select"],
+        help="entities held out as the select split, for choosing settings (QuestionSetConfig.num_select)",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=("eval", "select"),
+        default=ADDED_FLAGS["eval_split"],
+        help="split of the gates and the final evaluation: select while choosing settings, eval to report them",
+    )
     p.add_argument("--warm-steps", type=int, help="warm-start optimizer steps" + _default("warm_steps"))
     p.add_argument("--warm-batch", type=int, help="warm-start traces per optimizer step" + _default("warm_batch"))
     p.add_argument("--warm-lr", type=float, help="warm-start peak AdamW learning rate" + _default("warm_lr"))
@@ -124,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     counts = (args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers)
     if min(n for n in counts if n is not None) < 1:  # steps None: RLConfig's (resolve_defaults)
         p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples, --gate-prompts and --workers must be >= 1")
+    if args.eval_split == "select" and args.num_select < 1:
+        p.error("--eval-split select needs a select split: give --num-select N (e.g. 64)")
     if args.num_eval < 64:
         print(f"study: note: --num-eval {args.num_eval} < 64 is a smoke size, not a study", file=sys.stderr)
     return args
@@ -210,7 +226,8 @@ def task_config(args):
     from openrlhf_tapo.task.prepare import TaskConfig
     from openrlhf_tapo.task.questions import QuestionSetConfig
 
-    return TaskConfig(kb=KnowledgeBaseConfig(num_entities=args.entities), questions=QuestionSetConfig(args.num_eval))
+    questions = QuestionSetConfig(args.num_eval, num_select=args.num_select)
+    return TaskConfig(kb=KnowledgeBaseConfig(num_entities=args.entities), questions=questions)
 
 
 def warm_config(args):
@@ -279,20 +296,20 @@ def measure_gates(study: Study, args, log) -> dict:
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
     from openrlhf_tapo.task import gates
-    from openrlhf_tapo.task.prepare import counterfactual_answers
-    from openrlhf_tapo.task.questions import read_questions
 
     actor = load_actor(str(study.warm_dir))
     oargs = study.openrlhf_args()
-    eval_rows, train_rows = study.rows("eval"), study.rows("train")[: args.gate_prompts]
+    eval_rows, train_rows = study.rows(args.eval_split), study.rows("train")[: args.gate_prompts]
     log(f"gates: {len(eval_rows)} eval questions x {args.eval_samples} at T = 1, on the original and the permuted "
-        f"base; GRPO groups of {len(train_rows)} x {args.n_samples} training questions")  # fmt: skip
+        f"base, and as many training questions on the permuted base; GRPO groups of {len(train_rows)} x "
+        f"{args.n_samples} training questions")  # fmt: skip
+    config = task_config(args)
     measured = gates.measure(
         AgentExecutor(study.agent_config),
         AgentExecutor(load_agent_config(study.paths.counterfactual_agent_config)),
         eval_rows,
-        [q.answer for q in read_questions(study.paths.questions["eval"])],
-        counterfactual_answers(study.paths.root, task_config(args)),
+        gates.counterfactual_rows(study.paths.root, config, args.eval_split, eval_rows),
+        gates.counterfactual_rows(study.paths.root, config, "train", study.rows("train")[: len(eval_rows)]),
         train_rows,
         args.n_samples,
         args.eval_samples,
@@ -300,7 +317,7 @@ def measure_gates(study: Study, args, log) -> dict:
         HFGenerationEngine(actor.model, study.processor),
         oargs,
         oargs.data.max_len,
-        GATE_SEED,
+        EVAL_SEED,
     )
     measured.pop("eval_responses")
     return measured
@@ -351,6 +368,7 @@ def run_one(arm: str, seed: int, study: Study, args, log):
     from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
     from openrlhf_tapo.adapter.inprocess_rollout import evaluate
     from openrlhf_tapo.eval.study import RunResult, run_curves, tapo_counts
+    from openrlhf_tapo.task.gates import question_scores
 
     start = time.time()
     config = rl_config(arm, seed, args)
@@ -360,9 +378,9 @@ def run_one(arm: str, seed: int, study: Study, args, log):
     actor = load_actor(str(study.warm_dir))
     rl = InProcessRL(actor, study.processor, study.agent_config, config, study.warm_dir, run_dir)
     result = rl.train(study.rows("train"), progress=log)
-    eval_rows = study.rows("eval")
+    eval_rows = study.rows(args.eval_split)
     ev = (rl.executor, eval_rows, study.processor, rl.engine, rl.args, config.max_len)
-    sampled, _ = evaluate(*ev, temperature=1.0, samples=args.eval_samples, seed=EVAL_SEED)
+    sampled, responses = evaluate(*ev, temperature=1.0, samples=args.eval_samples, seed=EVAL_SEED)
     greedy, _ = evaluate(*ev)
     metrics = result.metrics
     return RunResult(
@@ -374,6 +392,7 @@ def run_one(arm: str, seed: int, study: Study, args, log):
         train_accuracy_mean=sum(m["accuracy"] for m in metrics) / len(metrics),
         seconds=round(time.time() - start, 1),  # training and both evaluations
         curves=run_curves(metrics),
+        eval_question_scores=question_scores(responses, args.eval_samples),
         **tapo_counts(metrics),
     )
 

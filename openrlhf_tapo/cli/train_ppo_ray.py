@@ -35,6 +35,7 @@ import math
 import os
 import re
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from openrlhf_tapo.adapter.config import (
@@ -438,9 +439,25 @@ def launch(args) -> None:
     if ray.is_initialized():
         ray_workers.require_in_session("injection", env_vars)
         train(args)
-        return
-    with ray_workers.requested("injection", env_vars):
-        train(args)
+    else:
+        with ray_workers.requested("injection", env_vars):
+            train(args)
+    complete_checkpoints(args)
+
+
+def complete_checkpoints(args) -> list[Path]:
+    """Add the starting model's processor and tokenizer files to every HF checkpoint the run saved (the final one in
+    `--ckpt.output_dir`, and `<--ckpt.path>/*_hf` with `--ckpt.save_hf`): OpenRLHF saves the tokenizer only, and
+    `cli.evaluate` needs the image processor of a VLM (`eval/checkpoint.py`). Returns the folders completed."""
+    from openrlhf_tapo.eval.checkpoint import complete_checkpoint
+
+    folders = [Path(args.ckpt.output_dir)]
+    if getattr(args.ckpt, "save_hf", False) and args.ckpt.path:
+        folders += sorted(Path(args.ckpt.path).glob("*_hf"))
+    done = [f for f in folders if (f / "config.json").is_file()]
+    for folder in done:
+        complete_checkpoint(args.actor.model_name_or_path, folder)
+    return done
 
 
 @contextlib.contextmanager

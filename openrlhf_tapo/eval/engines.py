@@ -37,11 +37,23 @@ def load_processor(model_dir: str | Path):
     if not is_vision_model(model_dir):
         return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
     try:
-        return AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+        if getattr(processor, "image_processor", None) is not None:
+            return processor
+        # a folder with a tokenizer but no processor files: AutoProcessor returns the bare tokenizer
     except (ImportError, RuntimeError, OSError, ValueError):
-        from openrlhf_tapo.task.tiny_model import load_processor as load_image_only_processor
+        pass
+    from openrlhf_tapo.task.tiny_model import load_processor as load_image_only_processor
 
+    try:
         return load_image_only_processor(model_dir)
+    except OSError as err:
+        raise OSError(
+            f"{model_dir} is a vision-language model without its image processor's files ({err}). A checkpoint saved "
+            "by OpenRLHF has only the tokenizer: copy the processor files of the model it was trained from with "
+            '`python -c \'from openrlhf_tapo.eval.checkpoint import complete_checkpoint as c; c("MODEL", "CKPT")\'` '
+            "(our launcher does this for the checkpoints it writes)"
+        ) from err
 
 
 class VLLMEngine:

@@ -129,3 +129,48 @@ def band(curves: Sequence[Sequence[float | None]]) -> tuple[list[float], list[fl
         low.append(ci.low if ci.n > 1 else ci.mean)
         high.append(ci.high if ci.n > 1 else ci.mean)
     return mean, low, high
+
+
+def paired_ci(before: Sequence[float], after: Sequence[float], level: float = 0.95) -> MeanCI:
+    """Mean of the paired differences after - before (one pair per question, same sampling seeds) with its t
+    interval over the pairs: the gain of one run with the eval's own sampling error."""
+    if len(before) != len(after):
+        raise ValueError(f"paired_ci: {len(before)} 'before' and {len(after)} 'after' values; pair them one to one")
+    return mean_ci([a - b for a, b in zip(after, before, strict=True)], level)
+
+
+def _interval(mean: float, parts: Sequence[tuple[float, int]], n: int, level: float) -> MeanCI:
+    """mean ± t · sqrt(sum of variances), with Welch-Satterthwaite degrees of freedom from (variance, dof) parts."""
+    var = sum(v for v, _ in parts)
+    dof_den = sum(v * v / d for v, d in parts if v > 0)
+    dof = var * var / dof_den if dof_den > 0 else float(min(d for _, d in parts))
+    half = t_quantile((1.0 + level) / 2.0, dof) * math.sqrt(var)
+    return MeanCI(mean, mean - half, mean + half, n, math.sqrt(var), level)
+
+
+def expected_gain(
+    before: Sequence[float], afters: Sequence[Sequence[float]], level: float = 0.95
+) -> tuple[MeanCI, MeanCI]:
+    """The expected gain of a training recipe over several runs (RL seeds), each evaluated after training on the
+    questions and sampling seeds of one shared `before` evaluation (`before[q]`, `afters[s][q]`: mean score per
+    question).
+
+    Returns (expected, one_run): the mean gain with an interval for the expected gain, and the same mean with an
+    interval for the gain of one new run. Both intervals add two variance components, with Welch-Satterthwaite
+    degrees of freedom: the spread between runs (seed gains g_s, s_g^2 / S; one new run: s_g^2 (1 + 1/S)) and the
+    spread between questions of the seed-averaged paired differences d_q (s_d^2 / Q), which holds the eval's own
+    sampling error of both "before" and "after". (Under a seed + question + noise model the noise term is counted
+    in both: the interval errs wide.) `std` of the result is its standard error."""
+    runs, questions = len(afters), len(before)
+    if runs < 2 or questions < 2:
+        raise ValueError(f"expected_gain: needs >= 2 runs and >= 2 questions, got {runs} runs, {questions} questions")
+    if any(len(a) != questions for a in afters):
+        raise ValueError(f"expected_gain: every run needs one 'after' value per question ({questions})")
+    gains = [mean_ci([a - b for a, b in zip(after, before, strict=True)]).mean for after in afters]
+    diffs = [sum(after[q] for after in afters) / runs - before[q] for q in range(questions)]
+    seeds, per_question = mean_ci(gains), mean_ci(diffs)
+    mean = seeds.mean
+    question_part = (per_question.std**2 / questions, questions - 1)
+    expected = _interval(mean, [(seeds.std**2 / runs, runs - 1), question_part], runs, level)
+    one_run = _interval(mean, [(seeds.std**2 * (1 + 1 / runs), runs - 1), question_part], runs, level)
+    return expected, one_run

@@ -54,6 +54,8 @@ class RunResult:
     steps_with_witness: float = 0.0  # steps where some group had a successful trajectory with a tool call
     train_call_attempts: float = 0.0  # tool-call attempts per training trajectory (malformed included), step mean
     train_valid_calls: float = 0.0  # calls that reached a tool (valid JSON, known tool) per training trajectory
+    # mean sampled score per eval question (eval order), paired with gates.json's; absent in runs before 2026-12-06
+    eval_question_scores: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -1,22 +1,22 @@
 """The demo's console: one line per stage with its time, progress bars for the long stages, and nothing else.
 
 Libraries write to stdout/stderr at will (transformers and DeepSpeed logs, FutureWarnings, OpenRLHF's argument
-dumps). For the run, `quiet_output(log_path)` points file descriptors 1 and 2 at a log file, so all of that lands
-there, and hands back a stream on the original terminal, on which `Console` writes its lines and tqdm bars.
+dumps). For the run, `quiet_output(log_path)` (utils/library_output.py) points file descriptors 1 and 2 at a log
+file, so all of that lands there, and hands back a stream on the original terminal, on which `Console` writes its
+lines and tqdm bars.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
+
+from openrlhf_tapo.utils.library_output import quiet_output  # noqa: F401 (the demo's and the study's)
 
 # `✨ Global step 3: {'rollout/reward_mean': 0.25, 'vllm_kl': np.float64(-7e-05), ...}`: the line OpenRLHF's
 # PPOTrainer.fit logs once per training step
@@ -74,27 +74,3 @@ class Console:
             bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{unit} [{elapsed}]{postfix}",
             mininterval=0,
         )
-
-
-@contextlib.contextmanager
-def quiet_output(log_path: Path) -> Iterator[TextIO]:
-    """Send fds 1 and 2 (Python's prints, logging and warnings included) to `log_path`; yield a stream on the old
-    stdout."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
-    with open(log_path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:  # Python's own streams too, wherever they point (e.g. a test's capture)
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield terminal
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            terminal.close()

@@ -5,10 +5,20 @@ Each gate is measured on rollouts of the real agent (our executor, the local ind
 
 - `well_formed_calls`: share of tool-call attempts at temperature 1 that parse and execute (no JSON, tag, name or
   argument error). Floor 0.9: a policy whose calls break cannot show what good calls are worth.
-- `tool_following`: the counterfactual check. The eval questions are re-run against a base whose home cities are
-  permuted (`KnowledgeBase.permuted`); of the answers that name either the permuted city (what the tools now say)
-  or the original one (what a memorised fact would say), the share that names the permuted city. Floor 0.8: the
-  tools, not memory, decide success.
+- The counterfactual checks. Questions are re-run against a base whose home cities are permuted
+  (`KnowledgeBase.permuted`: the permuted city is never the original nor the news city), on the same sampling
+  seeds; every answer is counted, and the number of answers is recorded:
+  - `follows_tools_heldout`: share of ALL answers on the held-out eval entities that name the permuted city (what
+    the tools now say). Floor 0.2, the `sampled_accuracy` floor: success must come from the tools.
+  - `follows_tools_train`: the same on TRAINING entities, the only ones whose facts a policy could have memorised
+    (the warm start and RL see them). Floor 0.2: a policy that answers training questions from memory names the
+    original city there and fails.
+  - `tool_following_train`: on the training entities, of the answers naming the permuted or the original city,
+    the share naming the permuted one. Floor 0.8: where memory could win, it does not.
+  - `tool_following` (not gated; kept for continuity with the records before 2026-12-06): the same ratio on the
+    held-out entities. There no fact can be memorised, so the "original city" answers are guesses at chance level
+    and the ratio fails only when fewer than ~7 % of all answers follow the tools (docs/results.md §3).
+  A rule-based memoriser fails all three gates and a reader passes them (tests/test_counterfactual.py).
 - `sampled_accuracy`: warm-start accuracy at temperature 1 on the eval split. Between 0.2 and 0.5: RL has room,
   and groups hold both successes and failures.
 - `correctable`: share of failing trajectories of GRPO groups (temperature 1, training questions) that TAPO's own
@@ -31,7 +41,9 @@ FORMAT_ERRORS = (protocol.BAD_JSON, protocol.BAD_CALL, protocol.UNCLOSED, "unkno
 # gate -> (lowest passing value, highest passing value or None)
 GATES: dict[str, tuple[float, float | None]] = {
     "well_formed_calls": (0.9, None),
-    "tool_following": (0.8, None),
+    "follows_tools_heldout": (0.2, None),
+    "follows_tools_train": (0.2, None),
+    "tool_following_train": (0.8, None),
     "sampled_accuracy": (0.2, 0.5),
     "correctable": (0.5, None),
 }
@@ -53,7 +65,8 @@ def final_answer(response: dict, tokenizer) -> str | None:
 
 
 def tool_following(answers: Sequence[str | None], tool_facts: Sequence[str], memory_facts: Sequence[str]) -> dict:
-    """Of the answers naming the tools' fact or the memorised one, the share naming the tools' fact."""
+    """How `answers` on the permuted base split between the tools' fact and the memorised one: the share of all
+    answers naming each, the ratio follow / (follow + recall) (0 when neither is named), and the number of answers."""
     follow = sum(a == t for a, t in zip(answers, tool_facts, strict=True))
     recall = sum(a == m for a, m in zip(answers, memory_facts, strict=True))
     n = len(answers)
@@ -61,7 +74,52 @@ def tool_following(answers: Sequence[str | None], tool_facts: Sequence[str], mem
         "tool_following": follow / (follow + recall) if follow + recall else 0.0,
         "answers_tool_fact": follow / n if n else 0.0,
         "answers_memorised_fact": recall / n if n else 0.0,
+        "answers": n,
     }
+
+
+@dataclasses.dataclass
+class CounterfactualRows:
+    """Questions to ask on the permuted base: prompt rows with each row's answer on the original base (what a
+    memorised fact says) and on the permuted base (what the tools say there)."""
+
+    rows: list[dict]
+    original: list[str]
+    permuted: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.rows) == len(self.original) == len(self.permuted):
+            raise ValueError(
+                f"CounterfactualRows: {len(self.rows)} rows, {len(self.original)} original and "
+                f"{len(self.permuted)} permuted answers; give one answer of each per row"
+            )
+
+
+def counterfactual_rows(task_root, task_config, split: str, rows: list[dict]) -> CounterfactualRows:
+    """The first `len(rows)` questions of `split` of the task at `task_root` (`rows` are that split's prompt rows,
+    in order) with their original and permuted answers."""
+    from openrlhf_tapo.task.prepare import counterfactual_answers, task_paths
+    from openrlhf_tapo.task.questions import read_questions
+
+    questions = read_questions(task_paths(task_root).questions[split])[: len(rows)]
+    permuted = counterfactual_answers(task_root, task_config, split)[: len(rows)]
+    return CounterfactualRows(rows, [q.answer for q in questions], permuted)
+
+
+def counterfactual_values(heldout: dict, train: dict) -> dict[str, float]:
+    """The counterfactual gate values from `tool_following` of the held-out and of the training answers."""
+    return {
+        "follows_tools_heldout": heldout["answers_tool_fact"],
+        "follows_tools_train": train["answers_tool_fact"],
+        "tool_following_train": train["tool_following"],
+    }
+
+
+def question_scores(responses: Sequence[dict], samples: int) -> list[float]:
+    """Mean score per question of rollouts in rollout order (`samples` consecutive trajectories per question): the
+    unit of a paired before/after comparison on the same questions and sampling seeds."""
+    scores = [float(r["scores"] or 0.0) for r in responses]
+    return [sum(scores[i : i + samples]) / samples for i in range(0, len(scores), samples)]
 
 
 def grpo_correctable(responses: Sequence[dict], group_size: int, config: TAPOConfig | None = None) -> dict:
@@ -97,8 +155,8 @@ def measure(
     executor,
     counterfactual_executor,
     eval_rows: list[dict],
-    answers: Sequence[str],
-    counterfactual_answers: Sequence[str],
+    heldout: CounterfactualRows,
+    trained: CounterfactualRows,
     train_rows: list[dict],
     group_size: int,
     samples: int,
@@ -109,28 +167,34 @@ def measure(
     seed: int,
 ) -> dict:
     """Every gate of a policy (its `engine`), from temperature-1 rollouts on fixed seeds: `samples` per eval row with
-    the task's agent (`executor`) and with the agent on the permuted base (`counterfactual_executor`; the same
-    seeds, so both ask with the same random numbers), and GRPO groups of `group_size` over `train_rows`.
+    the task's agent (`executor`); `samples` per row of `heldout` (the eval questions) and of `trained` (training
+    questions) with the agent on the permuted base (`counterfactual_executor`); GRPO groups of `group_size` over
+    `train_rows`. Every set starts at sampling seed `seed`, so the eval rollouts are those of an evaluation with
+    the same seed (the paired "before" of a before/after comparison).
 
-    `answers` / `counterfactual_answers`: each eval row's answer on the original and on the permuted base.
-    Returns {"values": gate values, "checked": `check(values)`, details, "eval_responses": the eval rollouts}."""
+    Returns {"values": gate values, "checked": `check(values)`, details, "eval_question_scores": mean score per
+    eval row, "eval_responses": the eval rollouts}."""
     from openrlhf_tapo.adapter.inprocess_rollout import evaluate
 
     def sampled(ex, rows, n):
         return evaluate(ex, rows, processor, engine, args, max_len, 1.0, n, seed)
 
+    def following(cf: CounterfactualRows) -> dict:
+        _, flipped = sampled(counterfactual_executor, cf.rows, samples)
+        return tool_following(
+            [final_answer(r, processor.tokenizer) for r in flipped],
+            [a for a in cf.permuted for _ in range(samples)],
+            [a for a in cf.original for _ in range(samples)],
+        )
+
     summary, responses = sampled(executor, eval_rows, samples)
-    _, flipped = sampled(counterfactual_executor, eval_rows, samples)
-    following = tool_following(
-        [final_answer(r, processor.tokenizer) for r in flipped],
-        [a for a in counterfactual_answers for _ in range(samples)],
-        [a for a in answers for _ in range(samples)],
-    )
+    following_heldout, following_train = following(heldout), following(trained)
     _, groups = sampled(executor, train_rows, group_size)
     correctable = grpo_correctable(groups, group_size)
     values = {
         "well_formed_calls": well_formed_rate(responses),
-        "tool_following": following["tool_following"],
+        **counterfactual_values(following_heldout, following_train),
+        "tool_following": following_heldout["tool_following"],  # not gated (module docstring)
         "sampled_accuracy": summary["accuracy"],
         "correctable": correctable["failing_traj_correctable_frac"],
     }
@@ -138,8 +202,12 @@ def measure(
         "values": values,
         "checked": check(values),
         "eval_tool_call_rate": summary["tool_call_rate"],
-        "tool_following": following,
+        "tool_following": following_heldout,
+        "tool_following_train": following_train,
         "correctable": correctable,
         "groups_accuracy": sum(float(r["scores"] or 0.0) for r in groups) / len(groups),
+        "seed": seed,
+        "eval_samples": samples,
+        "eval_question_scores": question_scores(responses, samples),
         "eval_responses": responses,
     }

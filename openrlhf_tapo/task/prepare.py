@@ -4,7 +4,7 @@ the questions, the agent configuration (YAML) and the tiny VLM with its tokenize
 Layout of a task directory::
 
     kb/                 text_corpus.jsonl, image_corpus.jsonl, images/, entities.json, questions/, index/
-    kb/questions_{train,eval}.jsonl   one `Question` per line (gold traces included)
+    kb/questions_{train,eval}.jsonl   one `Question` per line (gold traces included); _select too with num_select
     prompts_{train,eval}.jsonl        OpenRLHF prompt rows {"prompt", "label", "images", "datasource" (= kind)},
                                       written by the agent's converter (agent/data.py), images in prompts_*_images/
     agent.yaml                        the agent configuration (tools on the local index, limits, reward)
@@ -162,7 +162,7 @@ def task_paths(root: str | Path) -> TaskPaths:
     """The paths of a task directory `prepare_task` wrote (to reuse it without rebuilding)."""
     root = Path(root)
     kb = root / "kb"
-    splits = ("train", "eval")
+    splits = ("train", "eval", *(("select",) if (kb / "questions_select.jsonl").is_file() else ()))
     return TaskPaths(
         root,
         kb,

@@ -6,6 +6,10 @@ home city) and a news item (another city); the answer is the profile's city. Ent
 the eval split asks about entities that no training question, warm-start trace or RL step ever shows, and every
 entity is asked about once, so a policy succeeds by reading its observations, not by recalling facts.
 
+A third split, `select` (`num_select` entities, none by default), is held out like `eval` and kept apart from it:
+it is the one to choose settings on (warm start, RL steps, learning rate), so that the questions a result is
+reported on never chose the settings that produced it (docs/CONTRIBUTING.md, "Experiments").
+
 Credit misassignment is common by construction: a trajectory with both right calls fails when it reads the news
 item, and an answer without tools is right by chance (1 in 40 cities). GRPO then punishes the right calls of the
 first; TAPO finds the same calls in successful trajectories of the group and softens that penalty.
@@ -34,16 +38,19 @@ class QuestionSetConfig:
 
     num_eval: entities held out for evaluation (one question each); every other entity gets one training question.
     seed: the split is a function of the seed (independent of the knowledge-base seed).
+    num_select: entities held out for choosing settings (the `select` split), taken after the eval entities in the
+    seeded order; 0 (default) writes no select split and leaves the other two exactly as before it existed.
     """
 
     num_eval: int = 128
     seed: int = 0
+    num_select: int = 0
 
     def validate(self, num_entities: int) -> None:
-        if not 0 <= self.num_eval < num_entities:
+        if self.num_eval < 0 or self.num_select < 0 or self.num_eval + self.num_select >= num_entities:
             raise ValueError(
-                f"num_eval must be in [0, num_entities) = [0, {num_entities}) so training keeps an entity, "
-                f"got {self.num_eval}"
+                f"num_eval ({self.num_eval}) and num_select ({self.num_select}) must be >= 0 and leave training "
+                f"an entity: num_eval + num_select < num_entities = {num_entities}"
             )
 
 
@@ -90,15 +97,20 @@ def teacher_actions(question: Question, rng: random.Random, direct_share: float,
 
 
 def generate_questions(kb: KnowledgeBase, config: QuestionSetConfig, out_dir: str | Path) -> dict[str, list[Question]]:
-    """Both splits (one question per entity; `num_eval` entities held out), writing the question images (each the
-    entity's emblem, the image the index holds) under `out_dir/questions/`."""
+    """The splits (one question per entity; `num_eval` entities held out for eval, the next `num_select` for the
+    select split when > 0, the rest train), writing the question images (each the entity's emblem, the image the
+    index holds) under `out_dir/questions/`."""
     config.validate(len(kb.entities))
     out = Path(out_dir)
     (out / "questions").mkdir(parents=True, exist_ok=True)
     order = list(kb.entities)
     random.Random(config.seed).shuffle(order)
+    held_out = config.num_eval + config.num_select
+    parts = [("eval", order[: config.num_eval]), ("train", order[held_out:])]
+    if config.num_select:
+        parts.append(("select", order[config.num_eval : held_out]))
     splits: dict[str, list[Question]] = {}
-    for split, entities in (("eval", order[: config.num_eval]), ("train", order[config.num_eval :])):
+    for split, entities in parts:
         questions = []
         for i, entity in enumerate(entities):
             qid = f"{split}-{i:05d}"

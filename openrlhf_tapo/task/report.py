@@ -53,6 +53,20 @@ def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metri
     }
 
 
+def paired_gains(before: dict[str, list[dict]], after: dict[str, list[dict]], questions: int) -> dict[str, dict]:
+    """Per decoding mode: after - before on the same `questions` and sampling seeds, as the mean of the per-question
+    paired differences with its 95 % t interval over the questions (the eval's own sampling error)."""
+    from openrlhf_tapo.eval.stats import paired_ci
+    from openrlhf_tapo.task.gates import question_scores
+
+    gains = {}
+    for mode, responses in before.items():
+        samples = len(responses) // questions
+        ci = paired_ci(question_scores(responses, samples), question_scores(after[mode], samples))
+        gains[mode] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "questions": questions, "samples": samples}
+    return gains
+
+
 def _calls(responses: list[dict]) -> float:
     return sum(r["extra_logs"]["tool_calls"] for r in responses) / max(1, len(responses))
 
@@ -64,10 +78,15 @@ def format_summary(summary: dict) -> str:
     lines = []
     if "gates" in summary:
         lines += ["gates (warm start, before RL)"] + format_gates(summary["gates"])
-    lines.append(f"eval accuracy ({summary['eval_questions']} held-out questions)    before -> after   change")
+    gains = summary.get("eval_paired_gain", {})
+    lines.append(
+        f"eval accuracy ({summary['eval_questions']} held-out questions)    before -> after   change "
+        "[95 % CI, paired by question and sampling seed]"
+    )
     for mode in before:
         change = after.get(mode, float("nan")) - before[mode]
-        lines.append(f"  {mode:<34} {before[mode]:.3f} -> {after.get(mode, float('nan')):.3f}   {change:+.3f}")
+        ci = f" [{gains[mode]['low']:+.3f}, {gains[mode]['high']:+.3f}]" if mode in gains else ""
+        lines.append(f"  {mode:<34} {before[mode]:.3f} -> {after.get(mode, float('nan')):.3f}   {change:+.3f}{ci}")
     lines.append(
         f"eval tool-call rate        {summary['eval_tool_call_rate_before']:.3f} -> "
         f"{summary['eval_tool_call_rate_after']:.3f} (calls/traj {summary['eval_tool_calls_per_traj_before']:.2f} -> "
@@ -150,6 +169,7 @@ def write_report(
     `before` / `after` are the eval responses by decoding mode (`summarize`)."""
     run_dir = Path(run_dir)
     summary = {**summarize(before, after, metrics), **extra}
+    summary["eval_paired_gain"] = paired_gains(before, after, extra["eval_questions"])
     plots = plot_run(run_dir, summary, metrics) if metrics else []
     summary["plots"] = [str(p) for p in plots]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
