@@ -72,3 +72,27 @@ def test_demo_entry_point_sends_library_output_to_demo_log(tmp_path, monkeypatch
     assert "library noise" in (tmp_path / "run" / "demo.log").read_text()
     shown = capfd.readouterr().out
     assert "library noise" not in shown and "stage line" in shown
+
+
+def test_summary_shows_the_failure_taxonomy_before_and_after_rl():
+    """The eval responses' `failure/<kind>` logs become each kind's share of the first mode's trajectories, printed
+    before -> after (docs/step_credit.md)."""
+    from openrlhf_tapo.agent.failures import FAILURE_KINDS
+    from openrlhf_tapo.task.report import format_summary, summarize
+
+    def response(kind, score=0.0):
+        logs = {"tool_calls": 1.0, **{f"failure/{k}": float(k == kind) for k in FAILURE_KINDS}}
+        return {"scores": score, "extra_logs": logs}
+
+    before = {"sampled": [response("wrong_answer"), response("wrong_answer"), response("malformed_call"),
+                          response(None, 1.0)]}  # fmt: skip
+    after = {"sampled": [response("wrong_answer"), response(None, 1.0), response(None, 1.0), response(None, 1.0)]}
+    metrics = [{"rollout/reward_mean": 0.5}]
+    summary = summarize(before, after, metrics)
+    assert summary["eval_failures_before"] == {k: {"wrong_answer": 0.5, "malformed_call": 0.25}.get(k, 0.0)
+                                               for k in FAILURE_KINDS}  # fmt: skip
+    assert summary["eval_failures_after"]["wrong_answer"] == 0.25
+    summary.update(eval_questions=4, tapo_total_corrected_calls=0.0)
+    text = format_summary(summary)
+    assert "eval failures by first error" in text
+    assert "  wrong_answer                       0.500 -> 0.250" in text

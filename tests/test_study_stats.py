@@ -177,3 +177,39 @@ def test_tapo_counts_pool_over_steps_instead_of_averaging_fractions():
     assert c["failing_calls_corrected"] == pytest.approx(3 / 10)
     assert c["transferred_credit"] == pytest.approx((0.3 * 2 + 0.6 * 1) / 3)
     assert tapo_counts([])["failing_traj_correctable"] == 0.0
+
+
+def test_step_arms_are_paired_with_the_arm_without_their_last_estimator(tmp_path):
+    """GiGPO vs GRPO, GiGPO + TAPO vs GiGPO, the turn reward vs GRPO: each arm against itself minus its last
+    estimator, and the study builds each arm's run spec with its estimators (TAPO measuring at beta 0 elsewhere)."""
+    from types import SimpleNamespace
+
+    from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
+    from openrlhf_tapo.algorithms.turn_reward import TurnRewardConfig
+    from openrlhf_tapo.cli.study import rl_config
+    from openrlhf_tapo.eval.study import arm_label, arm_parts, comparison_table, plot_study, summary
+
+    accs = {"ppo": [0.2, 0.4], "ppo+gigpo": [0.3, 0.6], "ppo+gigpo+tapo": [0.4, 0.6], "ppo+turn_reward": [0.2, 0.3]}
+    results = [_run(arm, s, a) for arm, values in accs.items() for s, a in enumerate(values)]
+    table = comparison_table(results)
+    # differences 0.1, 0.2: mean 0.15, half width 12.706 * 0.0707 / sqrt(2) = 0.635
+    assert "| GRPO + GiGPO vs GRPO | final accuracy, sampled (T = 1) | 2 | +0.150 [-0.485, +0.785] |" in table
+    assert "| GRPO + GiGPO + TAPO vs GRPO + GiGPO | final accuracy, sampled (T = 1) | 2 |" in table
+    assert "| GRPO + turn reward vs GRPO |" in table and "TAPO vs GRPO |" not in table.replace("GiGPO + TAPO", "")
+    assert set(summary(results)["paired"]) == {
+        "ppo+gigpo - ppo",
+        "ppo+gigpo+tapo - ppo+gigpo",
+        "ppo+turn_reward - ppo",
+    }
+    assert len(plot_study(results, tmp_path)) >= 1
+    assert arm_parts("ppo+gigpo+tapo") == ("ppo", ("gigpo", "tapo")) and arm_label("sapo") == "SAPO"
+    with pytest.raises(ValueError, match="unknown part"):
+        arm_parts("ppo+gae")
+
+    args = SimpleNamespace(beta=0.8, theta=0.8, alpha_min=0.25, span="turn", steps=2, prompts_per_step=2, n_samples=4,
+                           updates_per_step=1, lr=5e-4)  # fmt: skip
+    both = rl_config("ppo+gigpo+tapo", 3, args)
+    assert both.step_credit == {"gigpo": GiGPOConfig()} and both.tapo.beta == 0.8 and both.seed == 3
+    turn = rl_config("ppo+turn_reward", 0, args)
+    assert turn.step_credit == {"turn_reward": TurnRewardConfig()} and turn.tapo.beta == 0.0 and turn.tapo_enable
+    assert rl_config("ppo", 0, args).step_credit == {}

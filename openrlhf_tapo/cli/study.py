@@ -46,7 +46,9 @@ if TYPE_CHECKING:  # modules that import torch and OpenRLHF are imported where u
     from openrlhf_tapo.agent.config import AgentConfig
     from openrlhf_tapo.task.prepare import TaskPaths
 
-ARMS = ("ppo", "ppo+tapo", "sapo", "sapo+tapo", "gspo_token", "gspo_token+tapo")
+ARMS = ("ppo", "ppo+tapo", "sapo", "sapo+tapo", "gspo_token", "gspo_token+tapo")  # the default study's
+# The step-level arms (docs/step_credit.md), run on request (`--arms`): GiGPO, GiGPO + TAPO, the turn reward.
+STEP_ARMS = ("ppo+gigpo", "ppo+gigpo+tapo", "ppo+turn_reward")
 # Sampling seeds of every run's final sampled eval (all arms draw the same random numbers) and of the gates, whose
 # eval rollouts are then the paired "before" of every run (gates.json eval_question_scores; studies measured before
 # 2026-12-06 drew their gates from seed 7_000_000, so their "before" is not paired).
@@ -82,7 +84,9 @@ def _default(flag: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/study", help="output directory (task, warm start, gates, runs, report)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list from {', '.join(ARMS)}")
+    p.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma list from {', '.join(ARMS + STEP_ARMS)} (default: the first 6)"
+    )
     p.add_argument("--seeds-grpo", type=int, default=10, help="paired seeds of the ppo and ppo+tapo arms")
     p.add_argument("--seeds-other", type=int, default=5, help="paired seeds of the SAPO and GSPO-token arms")
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
@@ -131,9 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in ARMS + STEP_ARMS]
     if unknown or not arms:
-        p.error(f"--arms {args.arms!r}: unknown {unknown}; choose from {', '.join(ARMS)}")
+        p.error(f"--arms {args.arms!r}: unknown {unknown}; choose from {', '.join(ARMS + STEP_ARMS)}")
     args.arms = arms
     counts = (args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers)
     if min(n for n in counts if n is not None) < 1:  # steps None: RLConfig's (resolve_defaults)
@@ -340,11 +344,13 @@ def ensure_gates(study: Study, args, log) -> None:
 
 def rl_config(arm: str, seed: int, args):
     from openrlhf_tapo.adapter.run_spec import RLConfig
+    from openrlhf_tapo.algorithms.estimators import ESTIMATORS
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
+    from openrlhf_tapo.eval.study import arm_parts
 
-    loss, _, tapo_on = arm.partition("+")
+    loss, mods = arm_parts(arm)
     tapo = TAPOConfig(
-        beta=args.beta if tapo_on else 0.0,  # base arms: the stage measures, beta 0 changes no advantage
+        beta=args.beta if "tapo" in mods else 0.0,  # arms without TAPO: the stage measures, beta 0 changes nothing
         theta=args.theta,
         alpha_min=args.alpha_min,
         span=args.span,
@@ -359,6 +365,7 @@ def rl_config(arm: str, seed: int, args):
         policy_loss_type=loss,
         tapo_enable=True,
         tapo=tapo,
+        step_credit={name: ESTIMATORS[name].config() for name in mods if name != "tapo"},
         seed=seed,
     )
 

@@ -110,9 +110,22 @@ def tapo_counts(metrics: Sequence[dict]) -> dict[str, float]:
     }
 
 
+# An arm is "<loss>[+<estimator>...]", the estimators in the registry's order (algorithms/estimators.py).
+MODIFIER_NAMES = {"gigpo": "GiGPO", "turn_reward": "turn reward", "tapo": "TAPO"}
+
+
+def arm_parts(arm: str) -> tuple[str, tuple[str, ...]]:
+    """(policy loss, the estimators the arm switches on) of an arm name such as "ppo+gigpo+tapo"."""
+    loss, *mods = arm.split("+")
+    unknown = [m for m in mods if m not in MODIFIER_NAMES]
+    if unknown:
+        raise ValueError(f"arm {arm!r}: unknown part(s) {unknown}; after the loss choose from {list(MODIFIER_NAMES)}")
+    return loss, tuple(mods)
+
+
 def arm_label(arm: str) -> str:
-    loss, _, tapo = arm.partition("+")
-    return LOSS_NAMES.get(loss, loss) + (" + TAPO" if tapo else "")
+    loss, mods = arm_parts(arm)
+    return " + ".join([LOSS_NAMES.get(loss, loss), *(MODIFIER_NAMES[m] for m in mods)])
 
 
 def _by_arm(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
@@ -122,30 +135,34 @@ def _by_arm(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     return out
 
 
-def _bases(results: Sequence[RunResult]) -> list[str]:
-    """Base arms that have their TAPO arm among `results`."""
+def _pairs(results: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """(arm, base) for every arm among `results` whose base (the same arm without its last estimator: ppo+tapo ->
+    ppo, ppo+gigpo+tapo -> ppo+gigpo) is among them too."""
     arms = _by_arm(results)
-    return [a for a in arms if "+" not in a and f"{a}+tapo" in arms]
+    return [(a, a.rpartition("+")[0]) for a in arms if "+" in a and a.rpartition("+")[0] in arms]
 
 
 @dataclass
 class PairComparison:
     base: str
-    tapo: str
+    arm: str
     metric: str
     paired: MeanCI | None  # mean over common seeds of (tapo - base), Student-t 95 % interval
     seeds: list[int]
 
 
-def paired_comparison(results: Sequence[RunResult], base: str, metric: str = "sampled_accuracy") -> PairComparison:
-    """TAPO minus base on the seeds both arms ran (same seed = same warm start, prompt order, sampling seeds)."""
+def paired_comparison(
+    results: Sequence[RunResult], base: str, metric: str = "sampled_accuracy", arm: str | None = None
+) -> PairComparison:
+    """`arm` (default: base + TAPO) minus base on the seeds both arms ran (same seed = same warm start, prompt order,
+    sampling seeds)."""
     arms = _by_arm(results)
-    tapo = f"{base}+tapo"
-    a = {r.seed: getattr(r, metric) for r in arms.get(tapo, [])}
+    arm = arm or f"{base}+tapo"
+    a = {r.seed: getattr(r, metric) for r in arms.get(arm, [])}
     b = {r.seed: getattr(r, metric) for r in arms.get(base, [])}
     seeds = sorted(set(a) & set(b))
     paired = mean_ci([a[s] - b[s] for s in seeds]) if seeds else None
-    return PairComparison(base, tapo, metric, paired, seeds)
+    return PairComparison(base, arm, metric, paired, seeds)
 
 
 def _ci(values: list[float]) -> str:
@@ -182,14 +199,14 @@ def results_table(results: Sequence[RunResult]) -> str:
 
 
 def comparison_table(results: Sequence[RunResult]) -> str:
-    """Per base algorithm and metric: TAPO minus base, paired over seeds (mean, 95 % t interval; bold when it
-    excludes 0)."""
-    lines = ["| comparison | metric | paired seeds | TAPO - base [95 % CI] |", "|---|---|---|---|"]
-    for base in _bases(results):
+    """Per arm and metric: the arm minus its base (the arm without its last estimator: TAPO minus base, GiGPO minus
+    GRPO, ...), paired over seeds (mean, 95 % t interval; bold when it excludes 0)."""
+    lines = ["| comparison | metric | paired seeds | arm - base [95 % CI] |", "|---|---|---|---|"]
+    for arm, base in _pairs(results):
         for metric, name in PAIRED_METRICS.items():
-            c = paired_comparison(results, base, metric)
+            c = paired_comparison(results, base, metric, arm)
             diff = signed(c.paired) if c.paired else "-"
-            lines.append(f"| {arm_label(c.tapo)} vs {arm_label(base)} | {name} | {len(c.seeds)} | {diff} |")
+            lines.append(f"| {arm_label(arm)} vs {arm_label(base)} | {name} | {len(c.seeds)} | {diff} |")
     return "\n".join(lines)
 
 
@@ -246,12 +263,12 @@ def summary(results: Sequence[RunResult]) -> dict:
             entry[metric] = vars(mean_ci([getattr(r, metric) for r in rows]))
         arms[arm] = entry
     paired = {
-        f"{base}+tapo - {base}": {
+        f"{arm} - {base}": {
             metric: {"seeds": c.seeds, **vars(c.paired)} if c.paired else None
             for metric in PAIRED_METRICS
-            for c in [paired_comparison(results, base, metric)]
+            for c in [paired_comparison(results, base, metric, arm)]
         }
-        for base in _bases(results)
+        for arm, base in _pairs(results)
     }
     return {"arms": arms, "paired": paired}
 
@@ -267,8 +284,8 @@ def _pyplot():
 
 def _style(arm: str) -> dict:
     colours = {"ppo": "tab:blue", "sapo": "tab:green", "gspo_token": "tab:red", "gspo": "tab:purple"}
-    loss, _, tapo = arm.partition("+")
-    return {"color": colours.get(loss, "tab:gray"), "ls": "-" if tapo else "--"}
+    loss, mods = arm_parts(arm)
+    return {"color": colours.get(loss, "tab:gray"), "ls": "-" if "tapo" in mods else ("-." if mods else "--")}
 
 
 def plot_curves(results: Sequence[RunResult], path: Path) -> Path:
@@ -297,8 +314,8 @@ def plot_differences(results: Sequence[RunResult], path: Path) -> Path:
     """Forest plot: TAPO minus base per base algorithm and metric, paired over seeds, 95 % t interval."""
     plt = _pyplot()
     rows = [
-        (c, name) for base in _bases(results) for metric, name in PAIRED_METRICS.items()
-        for c in [paired_comparison(results, base, metric)] if c.paired
+        (c, name) for arm, base in _pairs(results) for metric, name in PAIRED_METRICS.items()
+        for c in [paired_comparison(results, base, metric, arm)] if c.paired
     ]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2), dpi=70)
     for y, (c, _) in enumerate(rows):
@@ -306,7 +323,7 @@ def plot_differences(results: Sequence[RunResult], path: Path) -> Path:
         err = [[ci.mean - ci.low], [ci.high - ci.mean]] if ci.n > 1 else None
         ax.errorbar(ci.mean, -y, xerr=err, fmt="o", ms=3, color=_style(c.base)["color"])
     ax.axvline(0, color="k", lw=0.8)
-    labels = [f"{arm_label(c.tapo)} - {arm_label(c.base)}: {name} (n={len(c.seeds)})" for c, name in rows]
+    labels = [f"{arm_label(c.arm)} - {arm_label(c.base)}: {name} (n={len(c.seeds)})" for c, name in rows]
     ax.set_yticks([-y for y in range(len(rows))], labels, fontsize=6)
     ax.set_xlabel("TAPO minus base (paired over seeds, 95 % CI)", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)

@@ -1,4 +1,5 @@
-"""Summary of a demo run: accuracy before/after RL on the eval split, tool use, TAPO diagnostics, and plots (PNG).
+"""Summary of a demo run: accuracy before/after RL on the eval split, tool use, the failure taxonomy, TAPO
+diagnostics, and plots (PNG).
 
 Inputs are what the run wrote or returned: the eval responses before and after RL (agent-executor dicts), and the
 per-step metrics (`metrics.jsonl`, OpenRLHF's status keys: `rollout/reward_mean`, `policy_loss`, the agent's
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from openrlhf_tapo.agent.failures import FAILURE_KINDS
 
 TAPO_KEYS = (
     "tapo/failing_traj_correctable_frac",
@@ -29,6 +32,15 @@ def _tool_rate(responses: list[dict]) -> float:
     return sum(r["extra_logs"]["tool_calls"] > 0 for r in responses) / max(1, len(responses))
 
 
+def failure_shares(responses: list[dict]) -> dict[str, float]:
+    """Share of the responses whose first error is each kind (agent/failures.py; a success has none): which step a
+    credit estimator would have to reach (docs/step_credit.md)."""
+    count = max(1, len(responses))
+    return {
+        kind: sum(r["extra_logs"].get(f"failure/{kind}", 0.0) for r in responses) / count for kind in FAILURE_KINDS
+    }
+
+
 def _mean(metrics: list[dict], key: str) -> float:
     values = [m[key] for m in metrics if key in m]
     return sum(values) / len(values) if values else float("nan")
@@ -44,6 +56,8 @@ def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metri
         "eval_tool_call_rate_after": _tool_rate(first_after),
         "eval_tool_calls_per_traj_before": _calls(first_before),
         "eval_tool_calls_per_traj_after": _calls(first_after),
+        "eval_failures_before": failure_shares(first_before),
+        "eval_failures_after": failure_shares(first_after),
         "train_steps": len(metrics),
         "train_reward_first": metrics[0]["rollout/reward_mean"] if metrics else float("nan"),
         "train_reward_last": metrics[-1]["rollout/reward_mean"] if metrics else float("nan"),
@@ -92,6 +106,10 @@ def format_summary(summary: dict) -> str:
         f"{summary['eval_tool_call_rate_after']:.3f} (calls/traj {summary['eval_tool_calls_per_traj_before']:.2f} -> "
         f"{summary['eval_tool_calls_per_traj_after']:.2f})"
     )
+    if "eval_failures_before" in summary:
+        lines.append("eval failures by first error (share of the first mode's trajectories)   before -> after")
+        for kind, share in summary["eval_failures_before"].items():
+            lines.append(f"  {kind:<34} {share:.3f} -> {summary['eval_failures_after'].get(kind, float('nan')):.3f}")
     lines.append(
         f"train reward               step 1 {summary['train_reward_first']:.3f} -> step {summary['train_steps']} "
         f"{summary['train_reward_last']:.3f}"
