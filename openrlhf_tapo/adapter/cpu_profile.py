@@ -406,7 +406,8 @@ def vllm_model_impl(model_path: str | None) -> str:
 
     vLLM's own Qwen2-VL family modules import transformers' torchvision image processor, and PyPI's torchvision is
     a CUDA build that cannot load next to CPU torch. vLLM's Transformers backend runs the model's HF code with the
-    checkpoint's own (PIL-based) processor instead.
+    checkpoint's own (PIL-based) processor instead. It keeps only the pooled image features, so a model with deepstack
+    features (Qwen3-VL) is refused: its rollouts would not be the trained model's.
     """
     chosen = os.environ.get(MODEL_IMPL_ENV)
     if chosen:
@@ -414,7 +415,15 @@ def vllm_model_impl(model_path: str | None) -> str:
     if model_path and os.path.isdir(model_path):  # CPU runs use local folders; anything else: vLLM decides
         from transformers import AutoConfig
 
-        if getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=True), "vision_config", None) is not None:
+        vision = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=True), "vision_config", None)
+        if vision is not None:
+            if getattr(vision, "deepstack_visual_indexes", None):
+                raise ValueError(
+                    f"{model_path} feeds deepstack visual features into its language model (Qwen3-VL), which vLLM's "
+                    "Transformers backend on CPU drops (measured: docs/cpu_profile.md), so the rollout would sample "
+                    "from another model than the one trained. On CPU use a Qwen2.5-VL model; Qwen3-VL runs on a GPU "
+                    f"node with vLLM's own module (or set {MODEL_IMPL_ENV} to override on purpose)."
+                )
             return "transformers"
     return "auto"
 
