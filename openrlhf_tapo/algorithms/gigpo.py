@@ -36,7 +36,7 @@ from torch import Tensor
 
 from openrlhf_tapo.algorithms.config_fields import doc
 from openrlhf_tapo.algorithms.gc_pause import cyclic_gc_paused
-from openrlhf_tapo.algorithms.tapo import ToolCall
+from openrlhf_tapo.algorithms.tapo import ToolCall, advantage_shape, per_trajectory
 from openrlhf_tapo.algorithms.turns import MODES, Turn, add_on_turns, check_turns, group_normalised
 
 
@@ -171,17 +171,9 @@ def gigpo_advantages(
 
     `rewards` [B] are the outcome rewards the group advantages were computed from; `turns` every assistant turn of
     every trajectory (see the module docstring). The input is untouched."""
-    if advantages.dim() != 2 or action_mask.shape != advantages.shape:
-        raise ValueError(
-            f"advantages and action_mask must be [B, T] of one shape, got {tuple(advantages.shape)} "
-            f"and {tuple(action_mask.shape)}"
-        )
-    batch, width = advantages.shape
-    group_ids = group_ids.tolist() if isinstance(group_ids, Tensor) else list(group_ids)
-    rewards = rewards.tolist() if isinstance(rewards, Tensor) else [float(r) for r in rewards]
-    for name, values in (("group_ids", group_ids), ("rewards", rewards)):
-        if len(values) != batch:
-            raise ValueError(f"{name} has {len(values)} entries but the batch has {batch} trajectories")
+    batch, width = advantage_shape(advantages, action_mask)
+    group_ids = per_trajectory(group_ids, "group_ids", batch)
+    rewards = [float(r) for r in per_trajectory(rewards, "rewards", batch)]
     counts = check_turns(turns, batch, width)
 
     returns = [config.gamma ** (counts[t.traj] - 1 - t.turn) * rewards[t.traj] for t in turns]

@@ -366,11 +366,21 @@ class _Matcher:
         return None if best is None else _Match(*best)
 
 
-def _as_list(values: Sequence | Tensor, name: str, size: int) -> list:
+def per_trajectory(values: Sequence | Tensor, name: str, size: int) -> list:
     out = values.tolist() if isinstance(values, Tensor) else list(values)
     if len(out) != size:
         raise ValueError(f"{name} has {len(out)} entries but the batch has {size} trajectories")
     return out
+
+
+def advantage_shape(advantages: Tensor, action_mask: Tensor) -> tuple[int, int]:
+    """(B, T) of the per-token advantages; ValueError unless `action_mask` has the same 2-D shape."""
+    if advantages.dim() != 2 or action_mask.shape != advantages.shape:
+        raise ValueError(
+            f"advantages and action_mask must be [B, T] of one shape, got {tuple(advantages.shape)} "
+            f"and {tuple(action_mask.shape)}"
+        )
+    return advantages.shape[0], advantages.shape[1]
 
 
 def _check_calls(calls: Sequence[ToolCall], batch: int, width: int | None) -> None:
@@ -422,8 +432,8 @@ def correctable_rate(
     """
     config = config or TAPOConfig()
     config.validate()
-    group_ids = _as_list(group_ids, "group_ids", len(group_ids))
-    success = [bool(s) for s in _as_list(success, "success", len(group_ids))]
+    group_ids = per_trajectory(group_ids, "group_ids", len(group_ids))
+    success = [bool(s) for s in per_trajectory(success, "success", len(group_ids))]
     _check_calls(calls, len(group_ids), None)
     failing = [not s for s in success]
     _, failing_calls, matches = _match_failing_calls(calls, group_ids, success, failing, [0.0] * len(success), config)
@@ -450,14 +460,9 @@ def tapo_correct(
     `success` [B] the success flags; `calls` the tool calls with spans in the same columns. The input is untouched.
     """
     config.validate()
-    if advantages.dim() != 2 or action_mask.shape != advantages.shape:
-        raise ValueError(
-            f"advantages and action_mask must be [B, T] of one shape, got {tuple(advantages.shape)} "
-            f"and {tuple(action_mask.shape)}"
-        )
-    batch, width = advantages.shape
-    success = [bool(s) for s in _as_list(success, "success", batch)]
-    group_ids = _as_list(group_ids, "group_ids", batch)
+    batch, width = advantage_shape(advantages, action_mask)
+    success = [bool(s) for s in per_trajectory(success, "success", batch)]
+    group_ids = per_trajectory(group_ids, "group_ids", batch)
     _check_calls(calls, batch, width)
     mask = action_mask.bool()
     traj_adv = trajectory_advantages(advantages, mask).tolist()

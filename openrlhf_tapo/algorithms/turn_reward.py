@@ -32,6 +32,7 @@ from torch import Tensor
 
 from openrlhf_tapo.algorithms.config_fields import doc
 from openrlhf_tapo.algorithms.gc_pause import cyclic_gc_paused
+from openrlhf_tapo.algorithms.tapo import advantage_shape, per_trajectory
 from openrlhf_tapo.algorithms.turns import MODES, Turn, add_on_turns, check_turns, group_normalised
 
 
@@ -76,17 +77,9 @@ def turn_reward_advantages(
 ) -> tuple[Tensor, dict[str, float]]:
     """Copy of `advantages` [B, T] with lam * turn advantage on each trajectory's turns up to its first hit (every
     turn without a hit), and the statistics. The input is untouched."""
-    if advantages.dim() != 2 or action_mask.shape != advantages.shape:
-        raise ValueError(
-            f"advantages and action_mask must be [B, T] of one shape, got {tuple(advantages.shape)} "
-            f"and {tuple(action_mask.shape)}"
-        )
-    batch, width = advantages.shape
-    group_ids = group_ids.tolist() if isinstance(group_ids, Tensor) else list(group_ids)
-    first_hit = list(first_hit)
-    for name, values in (("group_ids", group_ids), ("first_hit", first_hit)):
-        if len(values) != batch:
-            raise ValueError(f"{name} has {len(values)} entries but the batch has {batch} trajectories")
+    batch, width = advantage_shape(advantages, action_mask)
+    group_ids = per_trajectory(group_ids, "group_ids", batch)
+    first_hit = per_trajectory(first_hit, "first_hit", batch)
     counts = check_turns(turns, batch, width)
     for i, hit in enumerate(first_hit):
         if hit is not None and not 0 <= hit < counts[i]:
