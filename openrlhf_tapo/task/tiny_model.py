@@ -182,36 +182,35 @@ def tiny_config(
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
+    # What both families share; each adds its own rope, vision-tower and tying settings below.
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=ids(ENDOFTEXT),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids(ENDOFTEXT),
+    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)}
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=hidden_size,
+        spatial_merge_size=MERGE_SIZE,
+        temporal_patch_size=2,
+    )
     if _family(family) == "qwen3_vl":
         return Qwen3VLConfig(
-            text_config=dict(
-                vocab_size=len(tokenizer),
-                hidden_size=hidden_size,
-                intermediate_size=2 * hidden_size,
-                num_hidden_layers=num_layers,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                head_dim=hidden_size // 4,
-                max_position_embeddings=4096,
-                rope_parameters={
-                    "rope_type": "default",
-                    "rope_theta": 10000.0,
-                    "mrope_section": list(mrope_section),
-                    "mrope_interleaved": True,
-                },
-                bos_token_id=ids(ENDOFTEXT),
-                eos_token_id=ids("<|im_end|>"),
-                pad_token_id=ids(ENDOFTEXT),
-            ),
+            text_config=dict(**text, head_dim=hidden_size // 4, rope_parameters={**rope, "mrope_interleaved": True}),
             vision_config=dict(
-                depth=2,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=hidden_size,
+                **vision,
                 patch_size=PATCH_SIZE["qwen3_vl"],
-                spatial_merge_size=MERGE_SIZE,
-                temporal_patch_size=2,
                 num_position_embeddings=256,  # a 16 x 16 grid of learned positions, interpolated per image
                 deepstack_visual_indexes=[0, 1],
             ),
@@ -219,31 +218,8 @@ def tiny_config(
             **special_ids,
         )
     return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)},
-            tie_word_embeddings=True,
-            bos_token_id=ids(ENDOFTEXT),
-            eos_token_id=ids("<|im_end|>"),
-            pad_token_id=ids(ENDOFTEXT),
-        ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=hidden_size,
-            fullatt_block_indexes=[1],
-            patch_size=PATCH_SIZE["qwen2_5_vl"],
-            spatial_merge_size=MERGE_SIZE,
-            temporal_patch_size=2,
-        ),
+        text_config=dict(**text, rope_parameters=rope, tie_word_embeddings=True),
+        vision_config=dict(**vision, fullatt_block_indexes=[1], patch_size=PATCH_SIZE["qwen2_5_vl"]),
         tie_word_embeddings=True,
         **special_ids,
     )
