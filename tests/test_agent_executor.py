@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from _agent_helpers import ScriptedEngine, make_index, picture, tiny_vlm_dir
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.utils.agent import AgentExecutorBase
@@ -457,6 +457,11 @@ TURN_FRAGMENTS = [
 
 
 @settings(max_examples=25, deadline=None)
+# An answer before a call ends the trajectory: the call never ran, and the TAPO stage must not record it (found here).
+@example(
+    turns=['<answer></answer><tool_call>{"name": "text_search", "arguments": {"query": "Eiffel Tower"}}</tool_call>'],
+    room=27,
+)
 @given(
     turns=st.lists(st.lists(st.sampled_from(TURN_FRAGMENTS), max_size=4).map("".join), min_size=1, max_size=6),
     room=st.integers(16, 500),

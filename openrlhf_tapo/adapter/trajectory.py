@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from openrlhf_tapo.agent.call_record import Decoder, turn_records
-from openrlhf_tapo.agent.protocol import parse_tool_calls
+from openrlhf_tapo.agent.protocol import ending_answer, parse_tool_calls
 from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.tools import ToolsConfig, canonicalizer
 
@@ -105,7 +105,7 @@ class ToolCallRecovery:
             valid = invalid = 0
             for turn, ((s, e), text) in enumerate(zip(spans, texts, strict=True)):
                 parsed = parse_tool_calls(text)
-                if not parsed:
+                if not parsed or ending_answer(text, parsed) is not None:  # an answer first: the calls never ran
                     continue
                 next_start = spans[turn + 1][0] + 1 if turn + 1 < len(spans) else length
                 records, bad = turn_records(

@@ -161,6 +161,18 @@ def parse_tool_calls(text: str) -> list[ParsedToolCall]:
         pos = end
 
 
+def ending_answer(text: str, calls: list[ParsedToolCall]) -> str | None:
+    """The answer that ends a turn (its first complete `<answer>...</answer>`, when it opens before the turn's first
+    tool call), or None: then the turn's calls are the ones run. The rollout ends a trajectory on it, and the TAPO
+    stage's call recovery leaves that turn's later calls out, as the rollout never ran them."""
+    answer_end = text.find(ANSWER_CLOSE)
+    if answer_end < 0:
+        return None
+    answer = parse_answer(text[: answer_end + len(ANSWER_CLOSE)])
+    answer_start = text.rfind(ANSWER_OPEN, 0, answer_end) if answer is not None else -1
+    return answer if answer is not None and (not calls or answer_start < calls[0].start) else None
+
+
 def parse_answer(text: str) -> str | None:
     """The content of the last complete `<answer>...</answer>` in `text`, stripped; None when there is none.
 

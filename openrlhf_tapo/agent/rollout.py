@@ -304,10 +304,8 @@ class AgentExecutor(AgentExecutorBase):
 
         text = traj.decoder.decode(action)  # exactly what the TAPO stage will parse
         calls = protocol.parse_tool_calls(text)
-        answer_end = text.find(protocol.ANSWER_CLOSE)
-        answer = protocol.parse_answer(text[: answer_end + len(protocol.ANSWER_CLOSE)]) if answer_end >= 0 else None
-        answer_start = text.rfind(protocol.ANSWER_OPEN, 0, answer_end) if answer is not None else -1
-        if answer is not None and (not calls or answer_start < calls[0].start):
+        answer = protocol.ending_answer(text, calls)
+        if answer is not None:
             traj.answer = answer
             return True
         if not calls:
