@@ -7,19 +7,19 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-STAMP   := $(VENV)/.stamp-$(shell cat requirements/constraints-cpu.txt requirements/cpu.txt setup.py | sha1sum | cut -c1-12)
+STAMP   := $(VENV)/.stamp-$(shell cat requirements/constraints-cpu.txt requirements/lock-cpu.txt requirements/cpu.txt setup.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint pytest demo demo-inprocess bench clean
+.PHONY: venv test test-fast lint pytest demo demo-inprocess bench clean lock
 
 venv: $(STAMP)
 
-$(STAMP): requirements/cpu.txt requirements/constraints-cpu.txt setup.py
+$(STAMP): requirements/cpu.txt requirements/constraints-cpu.txt requirements/lock-cpu.txt setup.py
 	@echo "== building $(VENV) (torch 2.13.0 CPU, OpenRLHF 0.11.2 --no-deps + its pure-Python requirements)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@start=$$(date +%s); \
 	quiet() { out=$$("$$@" 2>&1); rc=$$?; [ -z "$$out" ] || echo "$$out" | grep -v "is ignored"; return $$rc; }; \
-	DS_BUILD_OPS=0 quiet $(PIP) install -q -c requirements/constraints-cpu.txt -r requirements/cpu.txt && \
+	DS_BUILD_OPS=0 quiet $(PIP) install -q -c requirements/constraints-cpu.txt -c requirements/lock-cpu.txt -r requirements/cpu.txt && \
 	quiet $(PIP) install -q --no-deps openrlhf==0.11.2 && \
 	quiet $(PIP) install -q --no-deps -e . && \
 	rm -f $(VENV)/.stamp-* && touch $@ && \
@@ -52,6 +52,11 @@ demo-inprocess: venv
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# Rewrites requirements/lock-cpu.txt from the current .venv (after a deliberate upgrade; the header is kept).
+lock: venv
+	{ grep '^#' requirements/lock-cpu.txt; $(PIP) freeze | grep -v '^-e \|^openrlhf\|^torch==\|^#'; } > requirements/lock-cpu.txt.new
+	mv requirements/lock-cpu.txt.new requirements/lock-cpu.txt
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) .pytest_cache
