@@ -213,3 +213,27 @@ def test_step_arms_are_paired_with_the_arm_without_their_last_estimator(tmp_path
     turn = rl_config("ppo+turn_reward", 0, args)
     assert turn.step_credit == {"turn_reward": TurnRewardConfig()} and turn.tapo.beta == 0.0 and turn.tapo_enable
     assert rl_config("ppo", 0, args).step_credit == {}
+
+
+def test_failure_taxonomy_table_and_stacked_plot(tmp_path):
+    from PIL import Image
+
+    from openrlhf_tapo.eval.study import failures_table, plot_study
+
+    before = {"malformed_call": 0.10, "wrong_answer": 0.40, "no_call": 0.05}
+    results = []
+    for seed, (wrong, malformed) in enumerate([(0.20, 0.10), (0.30, 0.00)]):
+        run = _run("ppo+gigpo", seed, 0.5)
+        run.eval_failures = {"malformed_call": malformed, "wrong_answer": wrong, "no_call": 0.0}
+        results.append(run)
+    results.append(_run("ppo", 0, 0.5))  # a run recorded without the taxonomy: its arm gets no column
+    table = failures_table(results, before)
+    assert table.splitlines()[0] == "| first error | warm start | GRPO + GiGPO |"
+    # wrong_answer after RL: 0.2, 0.3 -> mean 0.25, half width 12.706 * 0.070711 / sqrt(2) = 0.635
+    assert "| wrong_answer | 0.400 | 0.250 ± 0.635 |" in table
+    assert "| malformed_call | 0.100 | 0.050 ± 0.635 |" in table
+    paths = plot_study(results, tmp_path, before)
+    assert [p.name for p in paths] == ["curves.png", "paired_differences.png", "failures.png"]
+    with Image.open(paths[-1]) as img:
+        assert img.format == "PNG"
+    assert [p.name for p in plot_study(results, tmp_path / "none")] == ["curves.png", "paired_differences.png"]

@@ -300,6 +300,7 @@ def measure_gates(study: Study, args, log) -> dict:
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
     from openrlhf_tapo.task import gates
+    from openrlhf_tapo.task.report import failure_shares
 
     actor = load_actor(str(study.warm_dir))
     oargs = study.openrlhf_args()
@@ -323,7 +324,7 @@ def measure_gates(study: Study, args, log) -> dict:
         oargs.data.max_len,
         EVAL_SEED,
     )
-    measured.pop("eval_responses")
+    measured["eval_failures"] = failure_shares(measured.pop("eval_responses"))
     return measured
 
 
@@ -376,6 +377,7 @@ def run_one(arm: str, seed: int, study: Study, args, log):
     from openrlhf_tapo.adapter.inprocess_rollout import evaluate
     from openrlhf_tapo.eval.study import RunResult, run_curves, tapo_counts
     from openrlhf_tapo.task.gates import question_scores
+    from openrlhf_tapo.task.report import failure_shares
 
     start = time.time()
     config = rl_config(arm, seed, args)
@@ -400,6 +402,7 @@ def run_one(arm: str, seed: int, study: Study, args, log):
         seconds=round(time.time() - start, 1),  # training and both evaluations
         curves=run_curves(metrics),
         eval_question_scores=question_scores(responses, args.eval_samples),
+        eval_failures=failure_shares(responses),
         **tapo_counts(metrics),
     )
 
@@ -423,7 +426,7 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
     """OUT/study.md and OUT/summary.json."""
     from openrlhf_tapo.eval import study as agg
 
-    plots = agg.plot_study(results, out)
+    plots = agg.plot_study(results, out, gates.get("eval_failures"))
     failed = [name for name, g in gates["checked"].items() if not g["passed"]]
     cmd = "python -m openrlhf_tapo.cli.study " + " ".join(sys.argv[1:])
     lines = [
@@ -464,6 +467,16 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
         "",
         agg.witness_table(results),
         "",
+        *(
+            [
+                "## Failure taxonomy of the eval (first error; share of all sampled trajectories)",
+                "",
+                agg.failures_table(results, gates["eval_failures"]),
+                "",
+            ]
+            if "eval_failures" in gates
+            else []
+        ),
         *[f"![{p.stem}]({p.name})" for p in plots],
     ]
     path = out / "study.md"

@@ -56,6 +56,9 @@ class RunResult:
     train_valid_calls: float = 0.0  # calls that reached a tool (valid JSON, known tool) per training trajectory
     # mean sampled score per eval question (eval order), paired with gates.json's; absent in runs before 2026-12-06
     eval_question_scores: list[float] = field(default_factory=list)
+    # eval split, sampled: share of trajectories whose first error is each kind (agent/failures.py); gates.json's
+    # `eval_failures` is the warm start's, on the same questions and seeds; absent in runs before 2026-12-06
+    eval_failures: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -273,6 +276,46 @@ def summary(results: Sequence[RunResult]) -> dict:
     return {"arms": arms, "paired": paired}
 
 
+def failures_table(results: Sequence[RunResult], before: dict[str, float]) -> str:
+    """The eval's failure taxonomy (share of all sampled trajectories whose first error is each kind): the warm start
+    (`before`, from gates.json) and per arm after RL (mean ± 95 % CI half width over seeds)."""
+    kinds = list(before) or sorted({k for r in results for k in r.eval_failures})
+    arms = {arm: rows for arm, rows in _by_arm(results).items() if all(r.eval_failures for r in rows)}
+    lines = [
+        "| first error | warm start | " + " | ".join(arm_label(a) for a in arms) + " |",
+        "|---|---|" + "---|" * len(arms),
+    ]
+    for kind in kinds:
+        after = [_ci([r.eval_failures.get(kind, 0.0) for r in rows]) for rows in arms.values()]
+        lines.append(f"| {kind} | {before.get(kind, float('nan')):.3f} | " + " | ".join(after) + " |")
+    return "\n".join(lines)
+
+
+def plot_failures(results: Sequence[RunResult], before: dict[str, float], path: Path) -> Path:
+    """Stacked bars: the eval's failure taxonomy of the warm start and of each arm after RL (mean over seeds); the
+    bar's height is the failure rate, each segment the share of trajectories whose first error is that kind."""
+    plt = _pyplot()
+    bars = {"warm start": before}
+    for arm, rows in _by_arm(results).items():
+        if all(r.eval_failures for r in rows):
+            bars[arm_label(arm)] = {k: sum(r.eval_failures.get(k, 0.0) for r in rows) / len(rows) for k in before}
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=70)
+    bottom = [0.0] * len(bars)
+    for kind in before:
+        heights = [shares.get(kind, 0.0) for shares in bars.values()]
+        ax.bar(range(len(bars)), heights, bottom=bottom, label=kind, width=0.6)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_xticks(range(len(bars)), list(bars), fontsize=6, rotation=15)
+    ax.set_ylabel("share of eval trajectories (T = 1)", fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=6, title="first error", title_fontsize=6)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -334,7 +377,11 @@ def plot_differences(results: Sequence[RunResult], path: Path) -> Path:
     return path
 
 
-def plot_study(results: Sequence[RunResult], out: Path) -> list[Path]:
-    """curves.png and paired_differences.png in `out`."""
+def plot_study(results: Sequence[RunResult], out: Path, failures_before: dict[str, float] | None = None) -> list[Path]:
+    """curves.png and paired_differences.png in `out`, and failures.png when the warm start's eval taxonomy
+    (`failures_before`) is given and some run has its own."""
     out.mkdir(parents=True, exist_ok=True)
-    return [plot_curves(results, out / "curves.png"), plot_differences(results, out / "paired_differences.png")]
+    paths = [plot_curves(results, out / "curves.png"), plot_differences(results, out / "paired_differences.png")]
+    if failures_before and any(r.eval_failures for r in results):
+        paths.append(plot_failures(results, failures_before, out / "failures.png"))
+    return paths
