@@ -137,7 +137,12 @@ def test_summary_numbers_by_hand():
     assert s["tool_errors"] == {"bad_json": 1} and s["tool_call_attempts_per_sample"] == 5 / 4
     assert s["tool_call_attempt_rate"] == 0.5
     assert s["cache_hits"] == 1 and s["cache_hit_rate"] == 0.25 and s["failed_samples"] == 1
+    assert s["failures"] == {}  # records without a first error (successes, or written before the field existed)
+    records[1].failure, records[3].failure = "malformed_call", "no_answer"
+    s = summarize_records(records)
+    assert s["failures"] == {"malformed_call": 0.25, "no_answer": 0.25}
     md = summary_markdown(s)
+    assert "| first error `malformed_call` (share of samples) | 0.2500 |" in md
     assert "| accuracy (exact_match) | 0.5000 |" in md and "| `text_search` calls | 3 (0.750 / sample) |" in md
 
 
@@ -204,6 +209,9 @@ def test_evaluate_scores_scripted_trajectories_through_the_real_agent(tiny_task)
     assert sorted(seen) == [0, 1, 2] and engine.turns == []
     s = summarize_records(records)
     assert s["accuracy"]["exact_match"] == pytest.approx(2 / 3) and s["tool_calls_per_sample"] == pytest.approx(1.0)
+    # the one failure: image search only (its observation is the name, not the city), then a wrong answer
+    assert [r.failure for r in records] == [None, "wrong_parameters", None]
+    assert s["failures"] == {"wrong_parameters": pytest.approx(1 / 3)}
 
 
 def test_cli_on_the_tiny_model_writes_records_and_summaries(tiny_task, tmp_path):

@@ -95,6 +95,7 @@ def record_from_response(sample: EvalSample, response: dict, tokenizer, elapsed:
         tool_errors={k.removeprefix("errors/"): int(v) for k, v in logs.items() if k.startswith("errors/") and v},
         cache_hits=int(logs.get("cache_hits", 0)),
         attempted_calls=int(logs.get("tool_calls", 0)),
+        failure=next((k.removeprefix("failure/") for k, v in logs.items() if k.startswith("failure/") and v), None),
         response=text,
         elapsed_s=round(elapsed, 3),
     )

@@ -24,6 +24,7 @@ class EvalRecord:
     attempted_calls: int = 0  # every <tool_call> the model wrote, malformed ones included
     cache_hits: int = 0
     error: str | None = None  # the sample itself failed (engine or agent exception); counted, never dropped
+    failure: str | None = None  # a failing trajectory's first error (agent/failures.py), None for a success
     response: str = ""
     elapsed_s: float = 0.0
 
@@ -77,6 +78,10 @@ def summarize_records(records: Sequence[EvalRecord]) -> dict:
         "failed_samples": sum(r.error is not None for r in records),
         "cache_hits": cache_hits,
         "cache_hit_rate": _rate(cache_hits, total_calls),
+        # share of ALL samples whose first error is each kind: which step a credit estimator must reach
+        "failures": {
+            kind: _rate(c, n) for kind, c in sorted(Counter(r.failure for r in records if r.failure).items())
+        },
     }
 
 
@@ -102,6 +107,8 @@ def summary_markdown(summary: dict, title: str = "Evaluation") -> str:
         f"| cache hits | {summary['cache_hits']} ({summary['cache_hit_rate']:.4f} of calls) |",
         f"| failed samples | {summary['failed_samples']} |",
     ]
+    for kind, share in summary.get("failures", {}).items():
+        lines.append(f"| first error `{kind}` (share of samples) | {share:.4f} |")
     if summary["accuracy_by_split"]:
         metrics = list(summary["accuracy"])
         lines += ["", "| split | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
