@@ -98,6 +98,9 @@ class InProcessRL:
             None, None, None, None, self.kl_ctl, self.strategy, processor, agent_config=agent_config
         )
         self._steps_done = 0
+        # the question kinds of the training rows when they have several (`train` sets them): every step then logs
+        # the accuracy and tool-call rate of each kind it drew (`kind/<kind>/...`), even when it drew only one
+        self.kinds: list[str] | None = None
         self.last_advantages: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
 
     def step(self, rows: list[dict], engine=None) -> dict[str, float]:
@@ -134,13 +137,15 @@ class InProcessRL:
         # metrics: ppo_train's status (every `info` entry: the agent's extra_logs, tapo/*) + the rollout's
         status.update(stats)
         status["policy/entropy"] = entropy
-        status.update(summarize_responses(responses))
+        status.update(summarize_responses(responses, self.kinds))
         status.update({"timing/rollout": t1 - t0, "timing/make_experience": t2 - t1, "timing/ppo_train": t3 - t2})
         return {k: float(v) for k, v in status.items() if isinstance(v, int | float)}
 
     def train(self, train_rows: list[dict], progress: Callable[[str], None] = print) -> RLResult:
         config = self.config
         rng = random.Random(config.seed)
+        kinds = sorted({str(row["datasource"]) for row in train_rows if row.get("datasource") is not None})
+        self.kinds = kinds if len(kinds) > 1 else None
         initial = [p.detach().clone() for p in self.actor.parameters()]
         logger = TensorboardLogger(self.args)
         metrics_path = self.run_dir / "metrics.jsonl"

@@ -8,6 +8,7 @@ rollout stage of the in-process loop (adapter/inprocess_loop.py), and the evalua
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from types import SimpleNamespace
 from unittest import mock
 
@@ -68,7 +69,9 @@ async def _rollouts(executor, rows, n: int, sp, max_len: int, processor, engine,
         for i, row in enumerate(rows)
         for j in range(n)
     ]  # fmt: skip
-    return list(await asyncio.gather(*tasks))
+    responses = await asyncio.gather(*tasks)
+    # each trajectory keeps its row's question kind, so summaries can split by kind (`by_kind`)
+    return [{**r, "datasource": rows[k // n].get("datasource")} for k, r in enumerate(responses)]
 
 
 def rollout(executor, rows, n, sp, max_len, processor, engine, seed: int | None = None) -> list[dict]:
@@ -81,8 +84,45 @@ def rollout(executor, rows, n, sp, max_len, processor, engine, seed: int | None 
     return asyncio.run(_rollouts(executor, rows, n, sp, max_len, processor, engine, seed))
 
 
-def summarize_responses(responses: list[dict]) -> dict[str, float]:
-    """Accuracy and tool use of a set of trajectories (means of the agent's `extra_logs` and scores)."""
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def kind_summary(responses: Sequence[dict]) -> dict[str, float]:
+    """Accuracy, reward and tool use of trajectories of one question kind: `trajectories`, `accuracy`, `reward`,
+    `tool_call_rate` (share with >= 1 tool-call attempt); `reward_called` / `accuracy_called` over the trajectories
+    that called (absent when none did) and `accuracy_direct` over those that did not (absent when all called)."""
+    called = [r for r in responses if r["extra_logs"]["tool_calls"] > 0]
+    direct = [r for r in responses if r["extra_logs"]["tool_calls"] == 0]
+    out = {
+        "trajectories": float(len(responses)),
+        "accuracy": _mean([float(r["scores"] or 0.0) for r in responses]),
+        "reward": _mean([float(r["reward"] or 0.0) for r in responses]),
+        "tool_call_rate": len(called) / len(responses),
+    }
+    if called:
+        out["reward_called"] = _mean([float(r["reward"] or 0.0) for r in called])
+        out["accuracy_called"] = _mean([float(r["scores"] or 0.0) for r in called])
+    if direct:
+        out["accuracy_direct"] = _mean([float(r["scores"] or 0.0) for r in direct])
+    return out
+
+
+def by_kind(responses: Sequence[dict], kinds: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """`kind_summary` per question kind (the rows' `datasource`, which `rollout` keeps on each trajectory), for each
+    of `kinds` the responses hold; `kinds` None: the responses' own kinds when there are two or more. A task of one
+    kind (the default task's rows are all "city") gets {}, so its summaries keep the keys they always had."""
+    if kinds is None:
+        kinds = sorted({str(r.get("datasource")) for r in responses if r.get("datasource") is not None})
+        if len(kinds) < 2:
+            return {}
+    groups = {kind: [r for r in responses if r.get("datasource") == kind] for kind in kinds}
+    return {kind: kind_summary(group) for kind, group in groups.items() if group}
+
+
+def summarize_responses(responses: list[dict], kinds: Sequence[str] | None = None) -> dict[str, float]:
+    """Accuracy and tool use of a set of trajectories (means of the agent's `extra_logs` and scores), and the same
+    per question kind as `kind/<kind>/<name>` (`by_kind(responses, kinds)`)."""
     if not responses:
         return {}
     keys = responses[0]["extra_logs"].keys()
@@ -90,14 +130,17 @@ def summarize_responses(responses: list[dict]) -> dict[str, float]:
     out["accuracy"] = sum(float(r["scores"] or 0.0) for r in responses) / len(responses)
     out["reward"] = sum(float(r["reward"] or 0.0) for r in responses) / len(responses)
     out["tool_call_rate"] = sum(r["extra_logs"]["tool_calls"] > 0 for r in responses) / len(responses)
+    for kind, summary in by_kind(responses, kinds).items():
+        out.update({f"kind/{kind}/{name}": value for name, value in summary.items()})
     return out
 
 
 def evaluate(
     executor, rows, processor, engine, args, max_len: int, temperature: float = 0.0, samples: int = 1, seed=None
 ) -> tuple[dict[str, float], list[dict]]:
-    """`samples` rollouts of every row at `temperature` (default: one greedy); returns the summary and the responses.
-    With `seed` the sampling seeds are fixed (`rollout`), so policies compared on them draw the same random numbers."""
+    """`samples` rollouts of every row at `temperature` (default: one greedy); returns the summary (split by question
+    kind when the rows have several: `summarize_responses`) and the responses. With `seed` the sampling seeds are
+    fixed (`rollout`), so policies compared on them draw the same random numbers."""
     sp = sampling_params(args, temperature=temperature)
     responses = rollout(executor, rows, samples, sp, max_len, processor, engine, seed=seed)
     return summarize_responses(responses), responses

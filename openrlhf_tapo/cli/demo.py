@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on the embedded default task, on one CPU machine, in one command.
 
-    python -m openrlhf_tapo.cli.demo [--run-dir runs/demo] [--steps N] [--seed S] [--quick]
+    python -m openrlhf_tapo.cli.demo [--run-dir runs/demo] [--steps N] [--seed S] [--quick] [--task-preset NAME]
 
 1. builds the synthetic visual knowledge base (seeded), its local search index and the questions;
 2. builds a tiny Qwen2.5-VL + BPE tokenizer offline;
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 # modules that import them are imported inside the functions, after `main` has sent such output to demo.log.
 from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
+from openrlhf_tapo.task.presets import TASK_PRESETS, preset_variant
 
 DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
 EVAL_SAMPLES = 2  # temperature-1 samples per eval question
@@ -87,12 +88,14 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
     from openrlhf_tapo.task.questions import QuestionSetConfig
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
+    variant = preset_variant(getattr(args, "task_preset", "default"))
     if args.quick:
         # The CI tests' sizes (tests/test_demo_pipeline.py, tests/test_demo_ray.py): a smoke run of every stage.
         task = TaskConfig(
             kb=KnowledgeBaseConfig(num_entities=24, seed=args.seed),
             questions=QuestionSetConfig(num_eval=8, seed=args.seed),
             model_seed=args.seed,
+            recall_cost=variant,
         )
         # whole turns from the start (no content phase): enough for a smoke run to write calls that reach the tools
         warm = WarmStartConfig(
@@ -104,6 +107,7 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
             kb=KnowledgeBaseConfig(seed=args.seed),
             questions=QuestionSetConfig(num_eval=DEMO_EVAL_QUESTIONS, seed=args.seed),
             model_seed=args.seed,
+            recall_cost=variant,
         )
         # 100 content steps fewer than the study's warm start (the reading is learned by ~step 270), which pays for
         # 4 more RL steps in the demo's 8 minutes. Chosen on the eval questions (docs/demo.md, "Choosing the RL
@@ -235,7 +239,7 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.task.gates import counterfactual_rows, measure
-    from openrlhf_tapo.task.prepare import prepare_task, read_prompt_rows
+    from openrlhf_tapo.task.prepare import held_out_recall, prepare_task, read_prompt_rows
     from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.report import accuracy, format_summary, write_report
     from openrlhf_tapo.task.warm_start import train_warm_start
@@ -282,7 +286,7 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
 
             warm = train_warm_start(
                 actor, rl.executor, train_rows, questions, processor, sampling_params(rl.args), max_len, warm_config,
-                on_step,
+                on_step, held_out_recall(paths),
             )  # fmt: skip
         warm_losses = warm["losses"]
         log(f"  warm start: {warm['traces']} traces, loss {warm_losses[0]:.3f} -> {warm_losses[-1]:.3f}")
@@ -423,6 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the knowledge base, questions, model and run")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
+    parser.add_argument(
+        "--task-preset",
+        default="default",
+        choices=tuple(TASK_PRESETS),
+        help="the bundled task (task/presets.py): default, or recall_cost (known organisations answered "
+        "from memory, a search penalty in the reward; eval and gates split by question kind)",
+    )
     parser.add_argument(
         "--engine",
         choices=("inprocess", "ray"),

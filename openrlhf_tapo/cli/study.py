@@ -2,6 +2,9 @@
 
     python -m openrlhf_tapo.cli.study --out runs/study [--workers 2] [--arms ppo,ppo+tapo,...] [--seeds-grpo 10]
         [--seeds-other 5] [--budget-min 170] [--seed-list 0,1] [--report-only]
+        [--task-preset recall_cost [--known-share F] [--search-penalty F] [--known-search-share F]]
+    python -m openrlhf_tapo.cli.study --task-preset recall_cost --collapse-gate-only --seeds-grpo 3 --steps 10 \
+        --out OUT
 
 1. Builds the bundled task once (`task.prepare`; `--entities`, `--num-eval` size it) and warm-starts the tiny model
    once on the weak teacher's traces (`task.warm_start`): the shared initial policy of every run.
@@ -23,6 +26,13 @@ and paired. `--workers N` runs N runs at a time in N processes (each `--threads`
 still taking them in seed-major order. `--seed-list`/`--arms` split a study over separate commands writing into one
 OUT (start one first, so the task, warm start and gates exist before the others start); `--budget-min` stops
 starting runs; `--report-only` only rewrites the report.
+
+`--task-preset recall_cost` runs all of it on the task variant where some answers can be recalled and search costs
+reward (task/prepare.py `RecallCostConfig`): its gates add `recall_share` (gates.json) and, once GRPO (`ppo`) runs
+have finished, the collapse gate (OUT/collapse_gate.json, `task.gates.collapse_gate`, from their per-step metrics),
+and the report splits the eval by question kind. `--collapse-gate-only` runs just the GRPO seeds the collapse gate
+needs (`--seeds-grpo`, `--steps`): the same runs, in the same OUT, as the study's `ppo` arm, so a study started on
+that OUT afterwards reuses them.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openrlhf_tapo.task.presets import TASK_PRESETS, preset_variant  # torch-free
+
 if TYPE_CHECKING:  # modules that import torch and OpenRLHF are imported where used: they print, and take seconds
     from openrlhf_tapo.agent.config import AgentConfig
     from openrlhf_tapo.task.prepare import TaskPaths
@@ -55,9 +67,10 @@ STEP_ARMS = ("ppo+gigpo", "ppo+gigpo+tapo", "ppo+turn_reward")
 EVAL_SEED = 9_000_000
 # flags that may differ between calls on one OUT: they choose which runs run (more seeds extend a study), not how
 SCHEDULE_FLAGS = ("out", "arms", "seeds_grpo", "seeds_other", "seed_list", "budget_min", "report_only")
-SCHEDULE_FLAGS += ("workers", "threads")
+SCHEDULE_FLAGS += ("workers", "threads", "collapse_gate_only")
 # flags added after studies were started: an OUT/config.json without one was run at this value
-ADDED_FLAGS = {"updates_per_step": 1, "num_select": 0, "eval_split": "eval"}
+ADDED_FLAGS = {"updates_per_step": 1, "num_select": 0, "eval_split": "eval", "task_preset": "default"}
+ADDED_FLAGS |= {"known_share": None, "search_penalty": None, "known_search_share": None}  # recall_cost's knobs
 
 
 # flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
@@ -125,6 +138,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--direct-share", type=float, help="teacher traces without tools" + _default("direct_share"))
     p.add_argument("--misread-share", type=float, help="searched traces misread" + _default("misread_share"))
+    p.add_argument(
+        "--task-preset",
+        default=ADDED_FLAGS["task_preset"],
+        choices=tuple(TASK_PRESETS),
+        help="the bundled task (task/presets.py): default, or recall_cost (known organisations answered "
+        "from memory, a search penalty; its gates add recall_share and the collapse gate)",
+    )
+    p.add_argument("--known-share", type=float, help="recall_cost: share of organisations known (RecallCostConfig)")
+    p.add_argument("--search-penalty", type=float, help="recall_cost: reward charge of a search (RecallCostConfig)")
+    p.add_argument(
+        "--known-search-share",
+        type=float,
+        help="recall_cost: teacher traces on known organisations that search anyway (WarmStartConfig)",
+    )
+    p.add_argument(
+        "--collapse-gate-only",
+        action="store_true",
+        help="recall_cost: run only the GRPO (ppo) seeds of the collapse gate and write OUT/collapse_gate.json",
+    )
     p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (base arms: 0)" + _default("beta"))
     p.add_argument("--theta", type=float, help="TAPO similarity threshold" + _default("theta"))
     p.add_argument("--alpha-min", type=float, help="TAPO confidence gate" + _default("alpha_min"))
@@ -139,6 +171,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not arms:
         p.error(f"--arms {args.arms!r}: unknown {unknown}; choose from {', '.join(ARMS + STEP_ARMS)}")
     args.arms = arms
+    try:
+        preset_variant(args.task_preset, known_share=args.known_share, search_penalty=args.search_penalty)
+    except ValueError as err:
+        p.error(str(err))
+    if args.task_preset == "default" and args.known_search_share is not None:
+        p.error("--known-search-share: only the recall_cost preset has this knob; add --task-preset recall_cost")
+    if args.collapse_gate_only:
+        if args.task_preset != "recall_cost":
+            p.error("--collapse-gate-only measures the recall_cost preset's gate: add --task-preset recall_cost")
+        args.arms = ["ppo"]
     counts = (args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers)
     if min(n for n in counts if n is not None) < 1:  # steps None: RLConfig's (resolve_defaults)
         p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples, --gate-prompts and --workers must be >= 1")
@@ -159,6 +201,11 @@ def resolve_defaults(args) -> None:
     for flag, (cls, name) in DEFAULTS_FROM.items():
         if getattr(args, flag) is None:
             setattr(args, flag, getattr(configs[cls], name))
+    variant = preset_variant(args.task_preset, known_share=args.known_share, search_penalty=args.search_penalty)
+    if variant is not None:  # the default task keeps them None: they do not apply to it
+        args.known_share, args.search_penalty = variant.known_share, variant.search_penalty
+        if args.known_search_share is None:
+            args.known_search_share = configs["WarmStartConfig"].known_search_share
 
 
 def seeds_of(arm: str, args) -> int:
@@ -231,13 +278,16 @@ def task_config(args):
     from openrlhf_tapo.task.questions import QuestionSetConfig
 
     questions = QuestionSetConfig(args.num_eval, num_select=args.num_select)
-    return TaskConfig(kb=KnowledgeBaseConfig(num_entities=args.entities), questions=questions)
+    variant = preset_variant(args.task_preset, known_share=args.known_share, search_penalty=args.search_penalty)
+    return TaskConfig(kb=KnowledgeBaseConfig(num_entities=args.entities), questions=questions, recall_cost=variant)
 
 
 def warm_config(args):
     from openrlhf_tapo.task.warm_start import WarmStartConfig
 
+    known = {} if args.known_search_share is None else {"known_search_share": args.known_search_share}
     return WarmStartConfig(
+        **known,
         direct_share=args.direct_share,
         misread_share=args.misread_share,
         steps=args.warm_steps,
@@ -255,7 +305,7 @@ def prepare(args, out: Path, log) -> Study:
     from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
-    from openrlhf_tapo.task.prepare import prepare_task, task_paths
+    from openrlhf_tapo.task.prepare import held_out_recall, prepare_task, task_paths
     from openrlhf_tapo.task.questions import read_questions
     from openrlhf_tapo.task.warm_start import train_warm_start
 
@@ -264,7 +314,7 @@ def prepare(args, out: Path, log) -> Study:
     if done.is_file():
         paths = task_paths(root)
     else:
-        log(f"task: {args.entities} entities, {args.num_eval} held out for evaluation")
+        log(f"task ({args.task_preset}): {args.entities} entities, {args.num_eval} held out for evaluation")
         paths = prepare_task(root, task_config(args), progress=log)
         done.touch()
     processor = get_tokenizer(str(paths.model_dir), None, "left")
@@ -286,7 +336,7 @@ def prepare(args, out: Path, log) -> Study:
     executor = AgentExecutor(study.agent_config)
     sp = sampling_params(oargs)
     train_warm_start(actor, executor, study.rows("train"), questions, study.processor, sp, oargs.data.max_len, config,
-                     progress)  # fmt: skip
+                     progress, held_out_recall(paths))  # fmt: skip
     actor.model.save_pretrained(study.warm_dir)
     study.processor.save_pretrained(study.warm_dir)
     marker.write_text(json.dumps(dataclasses.asdict(config), indent=1))
@@ -374,7 +424,7 @@ def rl_config(arm: str, seed: int, args):
 def run_one(arm: str, seed: int, study: Study, args, log):
     from openrlhf_tapo.adapter.inprocess import load_actor
     from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
-    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
+    from openrlhf_tapo.adapter.inprocess_rollout import by_kind, evaluate
     from openrlhf_tapo.eval.study import RunResult, run_curves, tapo_counts
     from openrlhf_tapo.task.gates import question_scores
     from openrlhf_tapo.task.report import failure_shares
@@ -403,6 +453,7 @@ def run_one(arm: str, seed: int, study: Study, args, log):
         curves=run_curves(metrics),
         eval_question_scores=question_scores(responses, args.eval_samples),
         eval_failures=failure_shares(responses),
+        by_kind=by_kind(responses),
         **tapo_counts(metrics),
     )
 
@@ -422,13 +473,48 @@ def read_results(out: Path) -> list:
     return list(rows.values())
 
 
-def write_report(results, gates: dict, args, out: Path, planned: int, stopped: str) -> Path:
-    """OUT/study.md and OUT/summary.json."""
+def collapse_gate(out: Path, log) -> dict | None:
+    """The collapse gate of the recall_cost preset (`task.gates.collapse_gate`) from the per-step metrics of the GRPO
+    (`ppo`) runs OUT has finished, from the warm start's needs_tool call rate on training questions (gates.json),
+    written to OUT/collapse_gate.json and printed; None when OUT's task has one kind or no GRPO run has finished."""
+    from openrlhf_tapo.task import gates
+    from openrlhf_tapo.task.questions import NEEDS_TOOL
+
+    measured = json.loads((out / "gates.json").read_text())
+    seeds = sorted(r.seed for r in read_results(out) if r.arm == "ppo")
+    if "train_by_kind" not in measured or not seeds:
+        return None
+    runs = {}
+    for seed in seeds:
+        lines = (run_dir_of(out, "ppo", seed) / "metrics.jsonl").read_text().splitlines()
+        runs[seed] = [json.loads(line) for line in lines if line.strip()]
+    start = measured["train_by_kind"].get(NEEDS_TOOL, {}).get("tool_call_rate")
+    gate = gates.collapse_gate(runs, start)
+    (out / "collapse_gate.json").write_text(json.dumps(gate, indent=1))
+    log(f"COLLAPSE GATE over {len(seeds)} GRPO seed(s): {'PASS' if gate['passed'] else 'FAIL'}")
+    advantage = gate["calling_advantage"]
+    log(f"  mean drop of the needs_tool call rate {gate['value']:.3f} (needs >= {gate['range'][0]}; per seed "
+        f"{', '.join(f'{d:.3f}' for d in gate['drops'])}), calling advantage "
+        f"{'-' if advantage is None else f'{advantage:.3f}'} (needs > 0)")  # fmt: skip
+    for reason in gate["failed_because"]:
+        log(f"  {reason}")
+    return gate
+
+
+def write_report(
+    results, gates: dict, args, out: Path, planned: int, stopped: str, collapse: dict | None = None
+) -> Path:
+    """OUT/study.md and OUT/summary.json; `collapse`: the collapse gate (`collapse_gate`), shown with the others."""
     from openrlhf_tapo.eval import study as agg
 
     plots = agg.plot_study(results, out, gates.get("eval_failures"))
-    failed = [name for name, g in gates["checked"].items() if not g["passed"]]
+    checked = {**gates["checked"], **({"collapse": collapse} if collapse else {})}
+    failed = [name for name, g in checked.items() if not g["passed"]]
     cmd = "python -m openrlhf_tapo.cli.study " + " ".join(sys.argv[1:])
+    variant = known = ""
+    if args.task_preset == "recall_cost":
+        variant = f" (recall_cost: known share {args.known_share}, search penalty {args.search_penalty})"
+        known = f", searched share on known organisations {args.known_search_share}"
     lines = [
         "# CPU study on the bundled task: base vs base + TAPO",
         "",
@@ -441,12 +527,13 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
         if failed
         else "All gates pass.",
         "",
-        agg.gates_table(gates["checked"]),
+        agg.gates_table(checked),
         "",
-        f"Task: {args.entities} entities, {args.num_eval} held out for evaluation. Warm start: {args.warm_steps} "
-        f"steps x {args.warm_batch} traces, lr {args.warm_lr}, teacher direct share {args.direct_share}, misread "
-        f"share {args.misread_share}. Per run: {args.steps} RL steps x {args.prompts_per_step} prompts x "
-        f"{args.n_samples} rollouts, {args.updates_per_step} optimizer step(s) each, lr {args.lr}; TAPO beta "
+        f"Task: {args.entities} entities, {args.num_eval} held out for evaluation{variant}. Warm start: "
+        f"{args.warm_steps} steps x {args.warm_batch} traces, lr {args.warm_lr}, teacher direct share "
+        f"{args.direct_share}, misread share {args.misread_share}{known}. Per run: {args.steps} RL steps x "
+        f"{args.prompts_per_step} prompts x {args.n_samples} rollouts, {args.updates_per_step} optimizer step(s) "
+        f"each, lr {args.lr}; TAPO beta "
         f"{args.beta} on the "
         "+TAPO arms (base arms run the stage with beta 0: measure only). Final eval: the eval split at T = 1 with "
         f"{args.eval_samples} samples per question on fixed sampling seeds (the same for every arm), and greedy.",
@@ -455,6 +542,7 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
         "",
         agg.results_table(results),
         "",
+        *(["## Per question kind", "", agg.kinds_table(results), ""] if agg.kinds_table(results) else []),
         "## TAPO minus base, paired by seed (95 % t interval; bold: excludes 0)",
         "",
         agg.comparison_table(results),
@@ -482,7 +570,7 @@ def write_report(results, gates: dict, args, out: Path, planned: int, stopped: s
     path = out / "study.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {
-        "gates": gates["checked"],
+        "gates": {name: {k: g[k] for k in ("value", "range", "passed")} for name, g in checked.items()},
         "gate_details": {k: v for k, v in gates.items() if k != "checked"},
         **agg.summary(results),
         "runs_finished": len(results),
@@ -621,11 +709,12 @@ def main(argv: list[str] | None = None) -> int:
             study = prepare(args, out, log)
             ensure_gates(study, args, log)
             stopped = run_all(study, args, planned, start, log, terminal)
+        collapse = collapse_gate(out, log)
     results = [r for r in read_results(out) if (r.arm, r.seed) in set(planned)]
     if len(results) < len(planned) and stopped.startswith("All"):
         stopped = "Partial: the remaining (arm, seed) runs have not run yet."
     gates = json.loads((out / "gates.json").read_text())
-    report = write_report(results, gates, args, out, len(planned), stopped)
+    report = write_report(results, gates, args, out, len(planned), stopped, collapse)
     print(report.read_text())
     return 0
 

@@ -59,6 +59,8 @@ class RunResult:
     # eval split, sampled: share of trajectories whose first error is each kind (agent/failures.py); gates.json's
     # `eval_failures` is the warm start's, on the same questions and seeds; absent in runs before 2026-12-06
     eval_failures: dict[str, float] = field(default_factory=dict)
+    # a task with several question kinds (recall_cost preset): the sampled eval per kind (inprocess_rollout.by_kind)
+    by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -66,12 +68,18 @@ class RunResult:
 
 def run_curves(metrics: Sequence[dict]) -> dict[str, list[float | None]]:
     """The per-step curves of a run from its metrics.jsonl rows; the correctable rate is None at steps without a
-    failing trajectory (a 0 there would read as "nothing correctable")."""
+    failing trajectory (a 0 there would read as "nothing correctable"). With question kinds (the loop's
+    `kind/<kind>/...` keys) also `<kind>/accuracy` and `<kind>/tool_call_rate`, None at steps that drew no such
+    question."""
     curves = {name: [m.get(key, 0.0) for m in metrics] for name, (key, _) in CURVES.items() if name != "correctable"}
     curves["correctable"] = [
         m.get("tapo/failing_traj_correctable_frac") if m.get("tapo/failing_trajectories", 0.0) > 0 else None
         for m in metrics
     ]
+    kinds = sorted({key.split("/")[1] for m in metrics for key in m if key.startswith("kind/")})
+    for kind in kinds:
+        for name in ("accuracy", "tool_call_rate"):
+            curves[f"{kind}/{name}"] = [m.get(f"kind/{kind}/{name}") for m in metrics]
     return curves
 
 
@@ -198,6 +206,29 @@ def results_table(results: Sequence[RunResult]) -> str:
             f"| {_ci([r.failing_calls_corrected for r in rows])} "
             f"| {sum(r.seconds for r in rows) / len(rows) / 60:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def kinds_table(results: Sequence[RunResult]) -> str:
+    """Per arm and question kind (mean ± 95 % CI half width over seeds): the final sampled eval's accuracy and
+    tool-call rate, and the training tool-call rate of the run's last step that drew the kind; "" when no run has
+    kinds (the default task)."""
+    kinds = sorted({kind for r in results for kind in r.by_kind})
+    if not kinds:
+        return ""
+    lines = [
+        "| arm | question kind | seeds | eval accuracy | eval tool-call rate | training tool-call rate, last step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, rows in _by_arm(results).items():
+        for kind in kinds:
+            have = [r for r in rows if kind in r.by_kind]
+            curves = [[v for v in r.curves.get(f"{kind}/tool_call_rate", []) if v is not None] for r in have]
+            last = [curve[-1] for curve in curves if curve]
+            lines.append(
+                f"| {arm_label(arm)} | {kind} | {len(have)} | {_ci([r.by_kind[kind]['accuracy'] for r in have])} "
+                f"| {_ci([r.by_kind[kind]['tool_call_rate'] for r in have])} | {_ci(last)} |"
+            )
     return "\n".join(lines)
 
 

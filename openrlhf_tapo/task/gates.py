@@ -25,15 +25,32 @@ Each gate is measured on rollouts of the real agent (our executor, the local ind
   rule (`algorithms.tapo.correctable_rate`) finds correctable: a call with the same parameters made by a
   successful trajectory of the group. Floor 0.5, the paper's "over half". RL runs also log it every step
   (`tapo/failing_traj_correctable_frac`, computed with beta 0 in the GRPO arms).
+
+The recall_cost preset (task/prepare.py `RecallCostConfig`) adds two gates, for the regime where GRPO can suppress
+a useful tool; both must pass before a GRPO-vs-TAPO comparison on it means anything:
+- `recall_share` (in gates.json with the others): on the eval split's RECALL questions, of the answers given without
+  any tool call, the share that are right (`recall_share`). Floor 0.5: the warm start knows the cities it was taught,
+  so a direct answer is a choice, not a guess. 0 when no recall question was answered directly.
+- `collapse` (collapse_gate.json, from the per-step metrics of >= 3 GRPO runs: `collapse_gate`): on the NEEDS_TOOL
+  training questions the tool-call rate falls by at least 0.15 within the first 10 RL steps, while calling would
+  score higher there than the policy does. Per run, the drop is the warm start's rate (measured on training
+  questions at T = 1 with the gates; else the run's step-1 rollout, which the warm start samples) minus the rate
+  pooled over the last 3 steps up to step 10: one step's rate rests on ~30 trajectories (standard error ~0.09), so
+  the lowest of 10 steps would pass on noise. "Calling scores higher" is the calling advantage, pooled over the same
+  last steps: the mean reward of the trajectories that called minus the mean reward of all of them (the policy's
+  score), on needs_tool questions. The reward is what GRPO maximises (it charges the search penalty), so a positive
+  advantage says the policy would gain by calling on every such question: the tool it drops is useful. The gate
+  passes when the mean drop over seeds is >= 0.15 and the mean calling advantage is > 0, with >= 3 seeds measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, correctable_rate
+from openrlhf_tapo.task.questions import NEEDS_TOOL, RECALL
 
 # Error kinds that mean the model wrote a broken call (not that a working call met a failing backend).
 FORMAT_ERRORS = (protocol.BAD_JSON, protocol.BAD_CALL, protocol.UNCLOSED, "unknown_tool", "bad_arguments", "image_ref")
@@ -46,7 +63,11 @@ GATES: dict[str, tuple[float, float | None]] = {
     "tool_following_train": (0.8, None),
     "sampled_accuracy": (0.2, 0.5),
     "correctable": (0.5, None),
+    "recall_share": (0.5, None),  # recall_cost preset only
 }
+# the collapse gate (recall_cost preset): the smallest mean drop of the needs_tool call rate, within how many RL
+# steps, pooled over how many last steps, over at least how many GRPO seeds (module docstring)
+COLLAPSE_MIN_DROP, COLLAPSE_WITHIN, COLLAPSE_WINDOW, COLLAPSE_SEEDS = 0.15, 10, 3, 3
 
 
 def well_formed_rate(responses: Sequence[dict]) -> float:
@@ -54,6 +75,103 @@ def well_formed_rate(responses: Sequence[dict]) -> float:
     attempts = sum(r["extra_logs"]["tool_calls"] for r in responses)
     broken = sum(r["extra_logs"][f"errors/{kind}"] for r in responses for kind in FORMAT_ERRORS)
     return 1.0 - broken / attempts if attempts else 0.0
+
+
+def recall_share(responses: Sequence[dict]) -> dict:
+    """Of the RECALL trajectories (`datasource`) that answered without any tool-call attempt, the share that are
+    right (score 1): {"recall_share", "direct_answers", "recall_trajectories"}; the share is 0 when none did."""
+    recall = [r for r in responses if r.get("datasource") == RECALL]
+    direct = [r for r in recall if r["extra_logs"]["tool_calls"] == 0]
+    right = sum(float(r["scores"] or 0.0) >= 1.0 for r in direct)
+    return {
+        "recall_share": right / len(direct) if direct else 0.0,
+        "direct_answers": len(direct),
+        "recall_trajectories": len(recall),
+    }
+
+
+def _pooled(values: Sequence[float], weights: Sequence[float]) -> float | None:
+    """The weighted mean of `values`; None when the weights sum to 0."""
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else None
+
+
+def collapse_run(
+    metrics: Sequence[dict],
+    start_rate: float | None = None,
+    kind: str = NEEDS_TOOL,
+    within: int = COLLAPSE_WITHIN,
+    window: int = COLLAPSE_WINDOW,
+) -> dict:
+    """One GRPO run's side of the collapse gate, from its per-step records (metrics.jsonl: `step` and the loop's
+    `kind/<kind>/{trajectories,tool_call_rate,reward,reward_called}`): the call rate at the start (`start_rate`, else
+    the run's step-1 rate), at the end (pooled over the last `window` steps up to step `within` that drew the kind),
+    their difference `drop`, and the `calling_advantage` over the same end steps (module docstring). Values that
+    cannot be measured (no step drew the kind; no call at the end) are None."""
+    p = f"kind/{kind}/"
+    steps = [m for m in metrics if m["step"] <= within and m.get(p + "trajectories", 0) > 0]
+    step1 = next((m[p + "tool_call_rate"] for m in steps if m["step"] == 1), None)
+    start = start_rate if start_rate is not None else step1
+    end = steps[-window:]
+    trajectories = [m[p + "trajectories"] for m in end]
+    rates = [m[p + "tool_call_rate"] for m in end]
+    called = [n * rate for n, rate in zip(trajectories, rates, strict=True)]
+    end_rate, reward = _pooled(rates, trajectories), _pooled([m[p + "reward"] for m in end], trajectories)
+    reward_called = _pooled([m.get(p + "reward_called", 0.0) for m in end], called)  # absent in a step with no call
+    return {
+        "start_rate": start,
+        "step1_rate": step1,
+        "end_rate": end_rate,
+        "end_steps": [m["step"] for m in end],
+        "drop": start - end_rate if start is not None and end_rate is not None else None,
+        "reward": reward,
+        "reward_called": reward_called,
+        "calling_advantage": reward_called - reward if reward_called is not None and reward is not None else None,
+        "rate_per_step": {m["step"]: m[p + "tool_call_rate"] for m in steps},
+    }
+
+
+def collapse_gate(
+    runs: Mapping[int, Sequence[dict]],
+    start_rate: float | None = None,
+    kind: str = NEEDS_TOOL,
+    within: int = COLLAPSE_WITHIN,
+    window: int = COLLAPSE_WINDOW,
+    min_drop: float = COLLAPSE_MIN_DROP,
+    min_seeds: int = COLLAPSE_SEEDS,
+) -> dict:
+    """The collapse gate over GRPO runs (`runs`: seed -> per-step records), each measured by `collapse_run`: passes
+    when >= `min_seeds` runs were measured, their mean drop is >= `min_drop` and their mean calling advantage is
+    > 0. Returns `check`'s fields ("value" = the mean drop, NaN when none was measured; "range"; "passed"), the
+    reasons it failed, the mean calling advantage, every seed's measures and the settings."""
+    seeds = {seed: collapse_run(metrics, start_rate, kind, within, window) for seed, metrics in sorted(runs.items())}
+    drops = [s["drop"] for s in seeds.values() if s["drop"] is not None]
+    advantages = [s["calling_advantage"] for s in seeds.values() if s["calling_advantage"] is not None]
+    mean_drop = sum(drops) / len(drops) if drops else None
+    advantage = sum(advantages) / len(advantages) if advantages else None
+    failed = []
+    if len(drops) < min_seeds:
+        failed.append(f"{len(drops)} run(s) measured; the gate needs >= {min_seeds} GRPO seeds")
+    if mean_drop is None or mean_drop < min_drop:
+        drop = "not measured" if mean_drop is None else f"{mean_drop:.3f}"
+        failed.append(f"the mean drop of the {kind} call rate ({drop}) is not >= {min_drop}")
+    if advantage is None or advantage <= 0:
+        value = "not measured: no call at the end" if advantage is None else f"{advantage:.3f}"
+        failed.append(f"the calling advantage ({value}) is not > 0: calling would not score higher than the policy")
+    return {
+        "value": mean_drop if mean_drop is not None else float("nan"),
+        "range": [min_drop, None],
+        "passed": not failed,
+        "failed_because": failed,
+        "drops": drops,
+        "calling_advantage": advantage,
+        "seeds": seeds,
+        "start_rate": start_rate,
+        "kind": kind,
+        "within": within,
+        "window": window,
+        "min_seeds": min_seeds,
+    }
 
 
 def final_answer(response: dict, tokenizer) -> str | None:
@@ -174,7 +292,7 @@ def measure(
 
     Returns {"values": gate values, "checked": `check(values)`, details, "eval_question_scores": mean score per
     eval row, "eval_responses": the eval rollouts}."""
-    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
+    from openrlhf_tapo.adapter.inprocess_rollout import by_kind, evaluate
 
     def sampled(ex, rows, n):
         return evaluate(ex, rows, processor, engine, args, max_len, 1.0, n, seed)
@@ -198,6 +316,11 @@ def measure(
         "sampled_accuracy": summary["accuracy"],
         "correctable": correctable["failing_traj_correctable_frac"],
     }
+    kinds = {}  # a task of several question kinds (the recall_cost preset): each kind's eval and training summary
+    if by_kind(responses):
+        recall = recall_share(responses)
+        kinds = {"eval_by_kind": by_kind(responses), "train_by_kind": by_kind(groups), "recall": recall}
+        values["recall_share"] = recall["recall_share"]
     return {
         "values": values,
         "checked": check(values),
@@ -210,4 +333,5 @@ def measure(
         "eval_samples": samples,
         "eval_question_scores": question_scores(responses, samples),
         "eval_responses": responses,
+        **kinds,
     }

@@ -5,7 +5,8 @@ Layout of a task directory::
 
     kb/                 text_corpus.jsonl, image_corpus.jsonl, images/, entities.json, questions/, index/
     kb/questions_{train,eval}.jsonl   one `Question` per line (gold traces included); _select too with num_select
-    prompts_{train,eval}.jsonl        OpenRLHF prompt rows {"prompt", "label", "images", "datasource" (= kind)},
+    prompts_{train,eval}.jsonl        OpenRLHF prompt rows {"prompt", "label", "images", "datasource" (the question
+                                      kind: "city" in the default task, "recall" / "needs_tool" in recall_cost),
                                       written by the agent's converter (agent/data.py), images in prompts_*_images/
     agent.yaml                        the agent configuration (tools on the local index, limits, reward)
     kb_permuted/, agent_counterfactual.yaml   the same with every home city permuted (the counterfactual check)
@@ -25,8 +26,9 @@ from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.data import write_openrlhf_jsonl
 from openrlhf_tapo.agent.datasets import AgentSample
 from openrlhf_tapo.task.knowledge_base import CITIES, SYLLABLES, KnowledgeBase, KnowledgeBaseConfig
+from openrlhf_tapo.task.presets import RecallCostConfig
 from openrlhf_tapo.task.questions import (
-    QUESTION,
+    RECALL,
     Question,
     QuestionSetConfig,
     generate_questions,
@@ -55,6 +57,12 @@ class TaskConfig:
     in-process and Ray demos and the study train one model; its warm start passes the gates where hidden 64's failed
     two (docs/results.md). model_family: Qwen2.5-VL (the default, what every run so far trained) or Qwen3-VL.
     The reward: exact match of the city (reward = score, in 0-1; no format term, no search penalty).
+    recall_cost: None (the default task), or the recall_cost variant (task/presets.py): named questions of two
+    kinds and a search penalty in the reward.
+
+    The variant keeps the default's system prompt (`INSTRUCTIONS`, which names both searches): the tiny model learns
+    what to do from its warm-start traces, not from the instructions, and one prompt keeps the two tasks' sequences
+    alike but for the question.
     """
 
     kb: KnowledgeBaseConfig = field(default_factory=KnowledgeBaseConfig)
@@ -68,6 +76,11 @@ class TaskConfig:
     model_hidden_size: int = 128
     model_mrope_section: tuple[int, ...] = (4, 6, 6)
     model_family: str = "qwen2_5_vl"  # or "qwen3_vl" (task/tiny_model.py: FAMILIES)
+    recall_cost: RecallCostConfig | None = None
+
+    @property
+    def preset(self) -> str:
+        return "default" if self.recall_cost is None else "recall_cost"
 
 
 @dataclass
@@ -96,20 +109,23 @@ def agent_config_data(index_dir: Path, config: TaskConfig) -> dict:
             "image_search": {"top_k": config.image_top_k},
             "backend": {"kind": "local", "index_dir": str(index_dir.resolve())},
         },
-        "reward": {"preset": "exact_match"},
+        # the default's agent.yaml has no search_penalty key (the preset's 0): its file stays as it was
+        "reward": {"preset": "exact_match"}
+        | ({"search_penalty": config.recall_cost.search_penalty} if config.recall_cost else {}),
     }
 
 
 def agent_sample(question: Question, kb_dir: Path, index: int) -> AgentSample:
-    """The question as the agent's dataset sample."""
+    """The question as the agent's dataset sample; its `data_source` (the rows' `datasource`) is the question kind."""
     image = (kb_dir / question.image).read_bytes()
-    return AgentSample(question.question, question.answer, [image], data_source="city", index=index)
+    return AgentSample(question.question, question.answer, [image], data_source=question.kind or "city", index=index)
 
 
 def tokenizer_corpus(kb: KnowledgeBase, questions: list[Question]) -> list[str]:
     """Texts the tiny model's BPE is trained on, weighted like its sequences: the prompt, the calls and the tool
     responses of many traces. (Cities and name syllables are added tokens, `build_tokenizer(words=...)`.)"""
-    traces = [protocol.build_prompt(QUESTION, 1, [], INSTRUCTIONS) + "".join(q.gold_actions) for q in questions[:200]]
+    prompts = [protocol.build_prompt(q.question, 1, [], INSTRUCTIONS) for q in questions[:200]]
+    traces = [prompt + "".join(q.gold_actions) for prompt, q in zip(prompts, questions, strict=False)]
     texts = [doc["title"] + "\n" + doc["text"] for doc in kb.text_documents()[:400]]
     texts += [
         f"<tool_response>\nImage search results for img_0:\n1. [img_1] {e.name}\n</tool_response>"
@@ -128,7 +144,10 @@ def prepare_task(
     kb = KnowledgeBase.generate(config.kb)
     index_dir = kb.build_index(kb_dir)
     progress(f"  knowledge base: {len(kb.entities)} entities, {2 * len(kb.entities)} passages, index at {index_dir}")
-    splits = generate_questions(kb, config.questions, kb_dir)
+    if config.recall_cost is not None:
+        config.recall_cost.validate()
+    known_share = config.recall_cost.known_share if config.recall_cost else None
+    splits = generate_questions(kb, config.questions, kb_dir, known_share)
     questions = write_questions(splits, kb_dir)
     prompts = {}
     for split, items in splits.items():
@@ -136,6 +155,10 @@ def prepare_task(
         prompts[split] = write_openrlhf_jsonl(samples, root / f"prompts_{split}.jsonl")
     counts = ", ".join(f"{split} {len(items)}" for split, items in splits.items())
     progress(f"  questions: {counts} (one entity each; eval entities held out)")
+    if known_share is not None:
+        known = sum(q.kind == RECALL for items in splits.values() for q in items)
+        progress(f"  recall_cost: {known} recall questions (known share {known_share}), search penalty "
+                 f"{config.recall_cost.search_penalty}")  # fmt: skip
     agent_path = root / "agent.yaml"
     agent_path.write_text(yaml.safe_dump({"agent": agent_config_data(index_dir, config)}, sort_keys=False))
     permuted_index = kb.permuted(COUNTERFACTUAL_SEED).build_index(root / "kb_permuted")
@@ -179,6 +202,21 @@ def counterfactual_answers(root: str | Path, config: TaskConfig, split: str = "e
     """The home city the permuted base gives each question of `split`, in question order."""
     permuted = KnowledgeBase.generate(config.kb).permuted(COUNTERFACTUAL_SEED)
     return [permuted.by_id[q.entity_id].city for q in read_questions(task_paths(root).questions[split])]
+
+
+def held_out_recall(paths: TaskPaths) -> tuple[list[dict], list[Question]]:
+    """The RECALL questions of the held-out splits (eval, select) with their prompt rows: the warm start teaches
+    their cities (the policy's "pre-training knowledge"), RL never sees them. Empty for the default task."""
+    rows, questions = [], []
+    for split in paths.questions:
+        if split == "train":
+            continue
+        pairs = zip(read_prompt_rows(paths.prompts[split]), read_questions(paths.questions[split]), strict=True)
+        for row, question in pairs:
+            if question.kind == RECALL:
+                rows.append(row)
+                questions.append(question)
+    return rows, questions
 
 
 def read_prompt_rows(path: str | Path) -> list[dict]:

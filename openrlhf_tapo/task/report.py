@@ -47,8 +47,15 @@ def _mean(metrics: list[dict], key: str) -> float:
 
 
 def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metrics: list[dict]) -> dict:
-    """`before` / `after`: eval responses by decoding mode ("sampled", "greedy"); tool use is read from the first."""
+    """`before` / `after`: eval responses by decoding mode ("sampled", "greedy"); tool use is read from the first,
+    and so is the split by question kind (`eval_by_kind_before/after`: accuracy, tool-call rate, ... of each kind)
+    of a task with several kinds (the recall_cost preset; absent for the default task)."""
+    from openrlhf_tapo.adapter.inprocess_rollout import by_kind
+
     first_before, first_after = next(iter(before.values())), next(iter(after.values()))
+    kinds = {}
+    if by_kind(first_before):
+        kinds = {"eval_by_kind_before": by_kind(first_before), "eval_by_kind_after": by_kind(first_after)}
     return {
         "eval_accuracy_before": {mode: accuracy(rs) for mode, rs in before.items()},
         "eval_accuracy_after": {mode: accuracy(rs) for mode, rs in after.items()},
@@ -64,6 +71,7 @@ def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metri
         "train_tool_calls_per_traj": _mean(metrics, "agent/tool_calls"),
         "tapo": {key: _mean(metrics, key) for key in TAPO_KEYS},
         "tapo_total_corrected_calls": sum(m.get("tapo/corrected_calls", 0.0) for m in metrics),
+        **kinds,
     }
 
 
@@ -106,6 +114,12 @@ def format_summary(summary: dict) -> str:
         f"{summary['eval_tool_call_rate_after']:.3f} (calls/traj {summary['eval_tool_calls_per_traj_before']:.2f} -> "
         f"{summary['eval_tool_calls_per_traj_after']:.2f})"
     )
+    for kind, was in summary.get("eval_by_kind_before", {}).items():
+        now = summary["eval_by_kind_after"].get(kind, {})
+        lines.append(
+            f"  {kind + ' questions':<26} accuracy {was['accuracy']:.3f} -> {now.get('accuracy', float('nan')):.3f}, "
+            f"tool-call rate {was['tool_call_rate']:.3f} -> {now.get('tool_call_rate', float('nan')):.3f}"
+        )
     if "eval_failures_before" in summary:
         lines.append("eval failures by first error (share of the first mode's trajectories)   before -> after")
         for kind, share in summary["eval_failures_before"].items():

@@ -43,6 +43,9 @@ class WarmStartConfig:
     direct_share / misread_share: the weak teacher (`questions.teacher_actions`): the share of traces that answer
     without tools, and of searched traces that answer the news item's city. They put the warm start's sampled
     accuracy in the range where RL has room (set once from the gates; docs/results.md).
+    known_search_share: on RECALL questions (the recall_cost preset only; no effect on the default task), the share
+    of the teacher's traces that search before answering the known city; the rest answer directly. Searching on
+    known entities is the over-use of the tool that RL under a search penalty can take away.
     steps / batch_size: optimizer steps and traces per step. lr: AdamW peak, reached after `warmup_steps` and
     decayed along a cosine to `min_lr_ratio` of it. seed: trace sampling and batch order.
     content_steps: the first steps train on the content tokens alone (`content_spans`: call argument values and
@@ -58,6 +61,7 @@ class WarmStartConfig:
     content_steps: int = 400
     direct_share: float = 0.2
     misread_share: float = 0.45
+    known_search_share: float = 0.5
     steps: int = 500
     batch_size: int = 32
     lr: float = 2e-3
@@ -67,7 +71,7 @@ class WarmStartConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("direct_share", "misread_share"):
+        for name in ("direct_share", "misread_share", "known_search_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"warm start {name} must be in [0, 1], got {getattr(self, name)}")
         if min(self.traces, self.steps, self.batch_size) < 1 or self.content_steps < 0:
@@ -129,13 +133,16 @@ def train_warm_start(
     max_len: int,
     config: WarmStartConfig,
     progress: Callable[[int, float], None] = lambda step, loss: None,
+    held_out: tuple[list[dict], list] = ([], []),
 ) -> dict:
     """The whole warm start of the bundled task: teacher and gold traces of the first `config.traces` questions
-    (`rows` are their prompt rows) through the real agent, then `warm_start`. Returns the losses and the teacher's
-    accuracy on its traces."""
+    (`rows` are their prompt rows) and of every `held_out` question (rows, questions: the held-out splits' RECALL
+    questions, `prepare.held_out_recall`, in the recall_cost preset) through the real agent, then `warm_start`.
+    Returns the losses and the teacher's accuracy on its traces."""
     config.validate()
     questions = list(questions)[: config.traces]
-    rows = rows[: len(questions)]
+    rows = rows[: len(questions)] + list(held_out[0])
+    questions += list(held_out[1])
     turns = teacher_turns(questions, config)
     traces = scripted_traces(executor, rows, turns, processor, sampling_params, max_len)
     gold_turns = [list(q.gold_actions) for q in questions]
@@ -149,7 +156,10 @@ def train_warm_start(
 def teacher_turns(questions, config: WarmStartConfig) -> list[list[str]]:
     """The weak teacher's assistant turns for each question (seeded by `config.seed`)."""
     rng = random.Random(config.seed)
-    return [teacher_actions(q, rng, config.direct_share, config.misread_share) for q in questions]
+    return [
+        teacher_actions(q, rng, config.direct_share, config.misread_share, config.known_search_share)
+        for q in questions
+    ]
 
 
 def content_spans(turn: str) -> list[tuple[int, int]]:
