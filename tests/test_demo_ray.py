@@ -25,7 +25,7 @@ from openrlhf_tapo.cli.train_ppo_ray import resolve_args
 from openrlhf_tapo.task.prepare import TaskConfig, agent_config_data
 from openrlhf_tapo.task.tiny_model import tiny_config
 
-PROFILE_PREFIX = ["-m", "openrlhf_tapo.adapter.cpu_profile", "openrlhf_tapo.cli.train_ppo_ray"]
+PROFILE_PREFIX = ["-m", "openrlhf_tapo.adapter.seam.cpu_profile", "openrlhf_tapo.cli.train_ppo_ray"]
 
 
 def fake_python(tmp_path: Path) -> Path:

@@ -3,7 +3,7 @@ CPU launch script with a runtime env, as docs/cluster.md submits the GPU scripts
 
 - A head with the 2 GPUs the script needs: the job finishes its two RL steps (OpenRLHF's tensorboard has both); and
   with `--train.colocate_all` (actor and vLLM engine on one GPU) the same on a 1-GPU head.
-- A head with 1 GPU: the launcher refuses the job at once, naming both numbers (adapter/placement.py), where Ray
+- A head with 1 GPU: the launcher refuses the job at once, naming both numbers (adapter/checks/placement.py), where Ray
   would otherwise leave it pending for ever ("Pending Demands", measured 2026-12-06).
 
 Runs in `.venv-ray` like tests/test_demo_ray_pipeline.py: `make test` sets OPENRLHF_TAPO_REQUIRE_RAY, so there it

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from openrlhf_tapo.adapter.advantages import openrlhf_group_advantages
+from openrlhf_tapo.adapter.stage.advantages import openrlhf_group_advantages
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, tapo_correct
 from openrlhf_tapo.sim import env
 from openrlhf_tapo.sim.env import REGIMES, Batch, Policy, Regime, expected_accuracy, rollout, tool_calls

@@ -150,8 +150,8 @@ def test_updates_per_step_reaches_the_run_and_old_outs_count_as_one(tmp_path):
 @pytest.mark.slow
 def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(tiny_study):
     """Arms are compared on fixed sampling seeds: the same policy evaluated twice gives the same trajectories."""
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import evaluate
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 

