@@ -6,7 +6,8 @@ import sys
 import torch
 
 from openrlhf_tapo.cli import demo
-from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
+from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output
+from openrlhf_tapo.utils.step_line import step_line
 
 # as OpenRLHF's PPOTrainer.fit logs it (numpy scalars print as np.float64(...) under numpy 2)
 STEP_LINE = (
@@ -21,7 +22,10 @@ def test_global_step_lines_are_parsed():
     assert status["step"] == 3 and status["rollout/reward_mean"] == 0.375 and status["score"] == 0.25
     assert status["vllm_kl"] == -7.2e-05 and status["tapo/corrected_calls"] == 2.0 and status["entropy"] != 0
     assert parse_global_step("(LLMRayActor pid=9) INFO vLLM is ready\n") is None
-    assert step_postfix(status) == "reward 0.38, acc 0.25, tool calls 1.50, TAPO corrected 2, vllm_kl -7.2e-05"
+    shown = "reward 0.38, acc 0.25, tool calls 1.50, TAPO corrected 2, loss -0.0123, vllm_kl -7.2e-05"
+    assert step_line(status) == shown  # the Ray run's bare names read as the in-process loop's
+    ours = {"rollout/reward_mean": 0.375, "accuracy": 0.25, "agent/tool_calls": 1.5, "tapo/corrected_calls": 2.0}
+    assert step_line({**ours, "policy_loss": -0.0123, "vllm_kl": -7.2e-05}) == shown
 
 
 def test_quiet_output_keeps_library_noise_in_the_log(tmp_path, capfd):

@@ -6,6 +6,8 @@ docs/design.md's table says which part may import which; `MAY_IMPORT` is that ta
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,15 @@ def test_dependencies_point_one_way():
 def test_every_part_is_in_the_table():
     parts = {part_of(m) for m in import_graph()} - {"", "cli", "adapter"}
     assert parts == set(MAY_IMPORT)
+
+
+def test_importing_the_task_installs_no_import_stub():
+    """The CUDA stubs are installed by the entry points that need them (utils/cuda_stubs.py), not by an import."""
+    code = "import sys, openrlhf_tapo.task; print(sorted({'vllm', 'flash_attn'} & set(sys.modules)))"
+    shown = subprocess.run(
+        [sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "[]"
 
 
 @pytest.fixture

@@ -179,6 +179,18 @@ def test_tapo_counts_pool_over_steps_instead_of_averaging_fractions():
     assert tapo_counts([])["failing_traj_correctable"] == 0.0
 
 
+def test_a_shares_count_is_a_whole_number_and_a_missing_statistic_counts_zero():
+    """The one rebuild of counts from TAPO's shares (the study's pooling and the simulation's step statistics)."""
+    from openrlhf_tapo.eval.tapo_counts import stat_counts
+
+    step = {"failing_traj_correctable_frac": 1 / 49, "failing_trajectories": 49.0, "corrected_calls": 3.0}
+    assert (1 / 49) * 49 != 1  # the share times its denominator is not the count in floating point
+    counts = stat_counts(step)
+    assert counts["correctable_trajectories"] == 1 and counts["failing_trajectories"] == 49.0
+    assert counts["corrected_calls"] == 3.0 and counts["failing_calls"] == counts["correctable_calls"] == 0
+    assert stat_counts({f"tapo/{k}": v for k, v in step.items()}, "tapo/") == counts
+
+
 def test_step_arms_are_paired_with_the_arm_without_their_last_estimator(tmp_path):
     """GiGPO vs GRPO, GiGPO + TAPO vs GiGPO, the turn reward vs GRPO: each arm against itself minus its last
     estimator, and the study builds each arm's run spec with its estimators (TAPO measuring at beta 0 elsewhere)."""

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 # torch, transformers and DeepSpeed print when imported (a pynvml FutureWarning, the accelerator line), so the
 # modules that import them are imported inside the functions, after `main` has sent such output to demo.log.
 from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE
-from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
+from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output
+from openrlhf_tapo.utils.step_line import step_line
 
 DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
 EVAL_SAMPLES = 2  # temperature-1 samples per eval question
@@ -319,7 +320,7 @@ def run_demo(args, console: Console, log: Callable[[str], None] = print) -> dict
                     warm_dir,
                     run_dir,
                     len(train_rows),
-                    lambda status: advance(bar, step_postfix(status)),
+                    lambda status: advance(bar, step_line(status)),
                 )
             else:
                 result = rl.train(train_rows, lambda line: advance(bar, line.split(": ", 1)[-1]))
@@ -376,7 +377,7 @@ def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_
     import torch
     from transformers.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
-    from openrlhf_tapo.adapter.inprocess.loop import RLResult
+    from openrlhf_tapo.adapter.inprocess.loop import RLResult, weight_change
 
     python = ray_python(getattr(args, "ray_python", None))
     argv, env = ray_command(config, task_dir, warm_dir, run_dir, num_train_prompts, python)
@@ -391,23 +392,14 @@ def train_with_ray(args, rl, config: RLConfig, task_dir, warm_dir, run_dir, num_
     initial = [p.detach().clone() for p in rl.actor.parameters()]
     trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
     rl.actor.model.load_state_dict(trained.state_dict())
-    change = torch.sqrt(
-        sum(((p.detach() - q) ** 2).sum() for p, q in zip(rl.actor.parameters(), initial, strict=True))
-    )
     metrics = ray_metrics(run_dir / "tensorboard" / RAY_RUN_NAME)
     with (run_dir / "metrics.jsonl").open("w") as f:
         for status in metrics:
             f.write(json.dumps(status) + "\n")
     for m in metrics:
-        print(
-            f"  step {m['step']}: reward {m.get('rollout/reward_mean', float('nan')):.2f} "
-            f"acc {m.get('accuracy', float('nan')):.2f} tool calls/traj {m.get('agent/tool_calls', float('nan')):.2f} "
-            f"TAPO corrected {m.get('tapo/corrected_calls', 0):.0f} calls, "
-            f"loss {m.get('policy_loss', float('nan')):.4f}, vllm_kl {m.get('vllm_kl', float('nan')):.2e} "
-            f"(weight sync check), step {m.get('timing/step_total', float('nan')):.1f} s"
-        )
+        print(f"  step {m['step']}: {step_line(m)}, step {m.get('timing/step_total', float('nan')):.1f} s")
     print(f"  Ray run: {len(metrics)} steps logged, {seconds:.0f} s wall clock (start-up included)")
-    return RLResult(len(metrics), metrics, float(change), checkpoint, seconds)
+    return RLResult(len(metrics), metrics, weight_change(rl.actor.parameters(), initial), checkpoint, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet_output(log_path) as terminal:
             import torch
+
+            from openrlhf_tapo.utils import cuda_stubs
+
+            cuda_stubs.install()  # before OpenRLHF's trainer modules import (a no-op where vllm / flash_attn import)
 
             if args.threads is not None:
                 torch.set_num_threads(args.threads)

@@ -591,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     stopped = "All planned runs finished."
     # everything the libraries print goes to OUT/study.log; the terminal gets the study's lines and its bar
     with quiet_output(out / "study.log") as terminal:
+        cuda_stubs.install()  # before OpenRLHF's trainer modules are imported (no-op where vllm / flash_attn import)
         resolve_defaults(args)  # imports torch and OpenRLHF, which print
         check_config(args, out)
         from tqdm import tqdm
@@ -601,7 +602,6 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(line, file=terminal)
 
         if not args.report_only:
-            cuda_stubs.install()
             import torch
 
             torch.set_num_threads(args.threads)

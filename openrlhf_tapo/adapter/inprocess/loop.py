@@ -41,6 +41,7 @@ from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 from openrlhf_tapo.algorithms.estimators import ESTIMATORS
+from openrlhf_tapo.utils.step_line import step_line
 
 RUN_NAME = "rl"  # --logger.wandb.run_name: OpenRLHF's TensorboardLogger writes to run_dir/tensorboard/rl
 
@@ -62,6 +63,11 @@ def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
         on = name in config.step_credit
         setattr(args, name, estimator_namespace(on, config.step_credit[name] if on else ESTIMATORS[name].config()))
     return args
+
+
+def weight_change(parameters, initial: list[torch.Tensor]) -> float:
+    """L2 norm of (`parameters` now - `initial`, their detached copies from before training)."""
+    return float(torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(parameters, initial, strict=True))))
 
 
 @dataclass
@@ -161,17 +167,10 @@ class InProcessRL:
                 f.write(json.dumps(status) + "\n")
                 f.flush()
                 metrics.append(status)
-                progress(
-                    f"  step {step}/{config.steps}: reward {status['rollout/reward_mean']:.2f} "
-                    f"acc {status['accuracy']:.2f} tool calls/traj {status['agent/tool_calls']:.2f} "
-                    f"TAPO corrected {status.get('tapo/corrected_calls', 0):.0f} calls, "
-                    f"loss {status.get('policy_loss', float('nan')):.4f} ({time.time() - start:.0f} s)"
-                )
+                progress(f"  step {step}/{config.steps}: {step_line(status)} ({time.time() - start:.0f} s)")
         logger.close()
-        change = torch.sqrt(
-            sum(((p.detach() - q) ** 2).sum() for p, q in zip(self.actor.parameters(), initial, strict=True))
-        )
+        change = weight_change(self.actor.parameters(), initial)
         checkpoint = self.run_dir / "checkpoint"
         self.actor.model.save_pretrained(checkpoint)
         self.processor.save_pretrained(checkpoint)
-        return RLResult(config.steps, metrics, float(change), checkpoint, time.time() - start)
+        return RLResult(config.steps, metrics, change, checkpoint, time.time() - start)
