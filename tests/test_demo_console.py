@@ -6,6 +6,7 @@ import sys
 import torch
 
 from openrlhf_tapo.cli import demo
+from openrlhf_tapo.runners import demo_stages, ray_subprocess
 from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output
 from openrlhf_tapo.utils.step_line import step_line
 
@@ -57,7 +58,7 @@ def test_ray_output_goes_to_its_log_and_steps_to_the_callback(tmp_path):
         f'echo "{STEP_LINE.strip().replace("step 3", f"step {n}")}"; ' for n in (1, 2)
     )
     steps = []
-    demo.run_ray(["bash", "-c", script], dict(os.environ), tmp_path / "ray_train.log", steps.append)
+    ray_subprocess.run_ray(["bash", "-c", script], dict(os.environ), tmp_path / "ray_train.log", steps.append)
     assert [s["step"] for s in steps] == [1, 2] and steps[0]["vllm_kl"] == -7.2e-05
     assert "lots of Ray chatter" in (tmp_path / "ray_train.log").read_text()
 
@@ -70,7 +71,7 @@ def test_demo_entry_point_sends_library_output_to_demo_log(tmp_path, monkeypatch
         console.line("stage line")
         seen["args"] = args
 
-    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(demo_stages, "run_demo", fake_run_demo)
     threads = torch.get_num_threads()
     assert demo.main(["--run-dir", str(tmp_path / "run"), "--threads", str(threads)]) == 0
     assert "library noise" in (tmp_path / "run" / "demo.log").read_text()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from openrlhf_tapo.adapter.run_spec import output_flags
-from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV, ray_metrics
+from openrlhf_tapo.runners.ray_subprocess import RAY_PYTHON_ENV, ray_metrics
 from openrlhf_tapo.utils.ray_head import ray_head
 
 pytestmark = pytest.mark.slow  # a Ray head and jobs / the GPU smoke script in a subprocess

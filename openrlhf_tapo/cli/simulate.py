@@ -4,7 +4,7 @@
     python -m openrlhf_tapo.cli.simulate --out runs/sim_quick --quick
     python -m openrlhf_tapo.cli.simulate --grid multicall --out runs/sim_multicall   # part 2 (also with --quick)
 
-Each grid cell (regime x group size x lr x arm; part 1: openrlhf_tapo/sim/study.py, part 2:
+Each grid cell (regime x group size x lr x arm; part 1: openrlhf_tapo/sim/mechanism_study.py, part 2:
 openrlhf_tapo/sim/multicall_study.py) trains one tabular policy per seed (openrlhf_tapo/sim/train.py) with
 OpenRLHF's own group_norm advantages and the project's tapo_correct, and is saved as OUT/runs/<cell>.json (part 2:
 OUT/cells/<cell>.json): every run's curves and final metrics, TAPO's per-step statistics, the configuration. A
@@ -32,7 +32,7 @@ def _design(grid: str):
         from openrlhf_tapo.sim import multicall_study as design
 
         return design.REGIMES, design.ARMS, (design.GROUP_SIZE,), design.SEEDS
-    from openrlhf_tapo.sim import study as design
+    from openrlhf_tapo.sim import mechanism_study as design
     from openrlhf_tapo.sim.env import REGIMES
 
     return REGIMES, design.ARMS, design.GROUP_SIZES, design.SEEDS
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cells = grid(args.regimes, args.group_sizes, args.arms)
         else:
-            from openrlhf_tapo.sim.study import grid
+            from openrlhf_tapo.sim.mechanism_study import grid
 
             cells = grid(args.regimes, args.group_sizes, args.arms, sensitivity=not args.no_sensitivity)
         todo = [c for c in cells if not _finished(runs_dir / f"{c.name}.json", args)]
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid == "multicall":
         from openrlhf_tapo.sim import multicall_report as report
     else:
-        from openrlhf_tapo.sim import report
+        from openrlhf_tapo.sim import mechanism_report as report
     cells = report.load_cells(runs_dir)
     if not cells:
         raise SystemExit(f"no finished cells in {runs_dir}")
