@@ -65,6 +65,13 @@ def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
     return args
 
 
+def sampled_entropy(experiences) -> float:
+    """Entropy estimate of the rollout policy: mean -log p of the sampled action tokens (one sample per position, no
+    full softmax)."""
+    tokens = sum(float(e.action_mask.sum()) for e in experiences)
+    return -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)
+
+
 def weight_change(parameters, initial: list[torch.Tensor]) -> float:
     """L2 norm of (`parameters` now - `initial`, their detached copies from before training)."""
     return float(torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(parameters, initial, strict=True))))
@@ -125,11 +132,9 @@ class InProcessRL:
         experiences = self.maker.split_rollout_samples(responses_to_experiences(responses, args.data.max_len))
         # 3. log-probs: PolicyModelActor.forward per micro-batch (no reference model, no critic: zero KL)
         attach_log_probs(self.actor, experiences, temperature=args.rollout.temperature)
-        # entropy estimate: mean -log p of the sampled action tokens (a single-sample estimate, no full softmax)
-        tokens = sum(float(e.action_mask.sum()) for e in experiences)
-        entropy = -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)
+        entropy = sampled_entropy(experiences)
         # 4 + 5. advantages, then TAPO: the one call the Ray trainer makes, TAPOExperienceMaker's
-        # compute_advantages_and_returns = OpenRLHF's (group_norm over the whole batch) followed by `apply_tapo`
+        # compute_advantages_and_returns = OpenRLHF's (group_norm over the whole batch), then `apply_credit`
         experiences = self.maker.compute_advantages_and_returns(experiences)
         self.last_advantages = [(list(e.index), e.advantages.clone(), e.action_mask.clone()) for e in experiences]
         stats = rollout_stats(experiences)
