@@ -24,7 +24,7 @@ ARMS = {"gigpo": ("gigpo",), "turn_reward": ("turn_reward",), "tapo": ("tapo",),
 
 
 def run_size(maker, prompts: int, micro: int, reps: int) -> dict:
-    from openrlhf_tapo.adapter.trajectory import rows_turn_spans
+    from openrlhf_tapo.adapter.stage.trajectory import rows_turn_spans
     from openrlhf_tapo.algorithms.estimators import ESTIMATORS, CreditInputs, apply_estimators
     from openrlhf_tapo.algorithms.gigpo import search_turns
 

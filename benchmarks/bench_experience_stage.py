@@ -29,9 +29,9 @@ cuda_stubs.install()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' rollout builder
 from _tapo_rollouts import call, experiences, response, tokenizer  # noqa: E402
 
-from openrlhf_tapo.adapter.config import estimator_namespace  # noqa: E402
-from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker, apply_credit, success_flags  # noqa: E402
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args  # noqa: E402
+from openrlhf_tapo.adapter.stage.credit_args import estimator_namespace  # noqa: E402
+from openrlhf_tapo.adapter.stage.experience_stage import TAPOExperienceMaker, apply_credit, success_flags  # noqa: E402
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args  # noqa: E402
 from openrlhf_tapo.algorithms import estimators as estimators_module  # noqa: E402
 from openrlhf_tapo.algorithms.tapo import TAPOConfig  # noqa: E402
 

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     cuda_stubs.install()
     from openrlhf.models.loss import PolicyLoss as OpenRLHFPolicyLoss
 
-    from openrlhf_tapo.adapter.policy_loss import PolicyLoss
+    from openrlhf_tapo.adapter.stage.openrlhf_loss import PolicyLoss
 
     common = dict(is_correction_level=args.is_correction)
     gspo_clip = dict(clip_eps_low=3e-4, clip_eps_high=4e-4)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _agent_helpers import tiny_vlm_dir  # noqa: E402
 
-from openrlhf_tapo.adapter import preflight  # noqa: E402
+from openrlhf_tapo.adapter.checks import preflight  # noqa: E402
 
 
 def main() -> None:

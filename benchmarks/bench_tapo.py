@@ -44,7 +44,7 @@ def _openrlhf_maker(micro_batch: int):
     cuda_stubs.install()
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
-    from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+    from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 
     args = parse_openrlhf_args(
         [

@@ -74,10 +74,10 @@ def check_cuda() -> list[str]:
 
 
 def check_injection() -> list[str]:
-    """Run the hook Ray runs in every worker (adapter/ray_workers.py, applying adapter/inject.py), then import the
-    modules it patches."""
+    """Run the hook Ray runs in every worker (adapter/seam/worker_hook.py, applying adapter/seam/inject.py), then
+    import the modules it patches."""
     try:
-        from openrlhf_tapo.adapter import inject, ray_workers
+        from openrlhf_tapo.adapter.seam import inject, ray_workers
 
         module, _, name = ray_workers.SETUP_HOOK.rpartition(".")
         getattr(importlib.import_module(module), name)()

@@ -324,7 +324,7 @@ class MemorySampler(threading.Thread):
 
 def ray_job(report: Report, family: str, paths, work: Path, timeout_s: int) -> None:
     """Two RL steps of train_tapo_ray.sh on a Ray head with 1 GPU, submitted by the script itself."""
-    from openrlhf_tapo.cli.demo import ray_metrics
+    from openrlhf_tapo.runners.ray_subprocess import ray_metrics
     from openrlhf_tapo.utils.ray_head import ray_head
 
     data = work / "train.jsonl"  # two prompts, one per step (ROLLOUT_BATCH 1)

@@ -41,7 +41,7 @@ def _tiny_qwen2(path: str) -> None:
 
 def _strategy_args(tmp: str):
     """The argument tree DeepspeedStrategy reads, as OpenRLHF's own parser builds it (toy sizes)."""
-    from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+    from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 
     return parse_openrlhf_args(
         [
@@ -211,7 +211,7 @@ def probe_worker_wrap(result: dict) -> None:
     import torch
     from openrlhf.trainer.ray.vllm_worker_wrap import WorkerWrap
 
-    from openrlhf_tapo.adapter import cpu_profile
+    from openrlhf_tapo.adapter.seam import cpu_profile
 
     dispatch_calls = []
     utils = _vllm_layer_utils(dispatch_calls)
@@ -256,7 +256,7 @@ def probe_worker_wrap(result: dict) -> None:
 def main() -> None:
     import ray
 
-    from openrlhf_tapo.adapter.cpu_profile import CPU_PROFILE_ENV, apply_cpu_profile
+    from openrlhf_tapo.adapter.seam.cpu_profile import CPU_PROFILE_ENV, apply_cpu_profile
 
     ray_init_calls = []
     ray.init = lambda *args, **kwargs: ray_init_calls.append([list(args), kwargs])  # what the profile wraps

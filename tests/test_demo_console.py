@@ -6,7 +6,9 @@ import sys
 import torch
 
 from openrlhf_tapo.cli import demo
-from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output, step_postfix
+from openrlhf_tapo.runners import demo_stages, ray_subprocess
+from openrlhf_tapo.task.console import Console, parse_global_step, quiet_output
+from openrlhf_tapo.utils.step_line import step_line
 
 # as OpenRLHF's PPOTrainer.fit logs it (numpy scalars print as np.float64(...) under numpy 2)
 STEP_LINE = (
@@ -21,7 +23,10 @@ def test_global_step_lines_are_parsed():
     assert status["step"] == 3 and status["rollout/reward_mean"] == 0.375 and status["score"] == 0.25
     assert status["vllm_kl"] == -7.2e-05 and status["tapo/corrected_calls"] == 2.0 and status["entropy"] != 0
     assert parse_global_step("(LLMRayActor pid=9) INFO vLLM is ready\n") is None
-    assert step_postfix(status) == "reward 0.38, acc 0.25, tool calls 1.50, TAPO corrected 2, vllm_kl -7.2e-05"
+    shown = "reward 0.38, acc 0.25, tool calls 1.50, TAPO corrected 2, loss -0.0123, vllm_kl -7.2e-05"
+    assert step_line(status) == shown  # the Ray run's bare names read as the in-process loop's
+    ours = {"rollout/reward_mean": 0.375, "accuracy": 0.25, "agent/tool_calls": 1.5, "tapo/corrected_calls": 2.0}
+    assert step_line({**ours, "policy_loss": -0.0123, "vllm_kl": -7.2e-05}) == shown
 
 
 def test_quiet_output_keeps_library_noise_in_the_log(tmp_path, capfd):
@@ -53,7 +58,7 @@ def test_ray_output_goes_to_its_log_and_steps_to_the_callback(tmp_path):
         f'echo "{STEP_LINE.strip().replace("step 3", f"step {n}")}"; ' for n in (1, 2)
     )
     steps = []
-    demo.run_ray(["bash", "-c", script], dict(os.environ), tmp_path / "ray_train.log", steps.append)
+    ray_subprocess.run_ray(["bash", "-c", script], dict(os.environ), tmp_path / "ray_train.log", steps.append)
     assert [s["step"] for s in steps] == [1, 2] and steps[0]["vllm_kl"] == -7.2e-05
     assert "lots of Ray chatter" in (tmp_path / "ray_train.log").read_text()
 
@@ -66,7 +71,7 @@ def test_demo_entry_point_sends_library_output_to_demo_log(tmp_path, monkeypatch
         console.line("stage line")
         seen["args"] = args
 
-    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(demo_stages, "run_demo", fake_run_demo)
     threads = torch.get_num_threads()
     assert demo.main(["--run-dir", str(tmp_path / "run"), "--threads", str(threads)]) == 0
     assert "library noise" in (tmp_path / "run" / "demo.log").read_text()

@@ -29,9 +29,9 @@ pytestmark = pytest.mark.slow
 def run(tmp_path_factory):
     from openrlhf.utils import get_tokenizer
 
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
-    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import sampling_params
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.config import load_agent_config
 
     threads = torch.get_num_threads()
@@ -111,8 +111,8 @@ def scripted(request, tmp_path_factory):
         return request.getfixturevalue("run")
     from openrlhf.utils import get_tokenizer
 
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.config import load_agent_config
 
     root = tmp_path_factory.mktemp(request.param)
@@ -157,7 +157,7 @@ def test_scripted_step_tapo_corrects_failing_tool_turns_by_hand_computed_credit(
     beta = rl.config.tapo.beta
     assert status["tapo/corrected_calls"] == 8  # 2 groups x 2 failing trajectories x 2 calls
     assert status["tapo/failing_traj_correctable_frac"] == 1.0
-    from openrlhf_tapo.adapter.trajectory import turn_spans
+    from openrlhf_tapo.adapter.stage.trajectory import turn_spans
 
     rows_seen = 0
     for index, advantages, action_mask in rl.last_advantages:
@@ -179,7 +179,7 @@ def test_scripted_step_gigpo_then_tapo_by_hand_computed_credit(run):
     maker: every trajectory of a group makes the same two calls and reads the same observations, so each turn's step
     group is its whole prompt group, the step return is the reward and A_step = r - 1/2 on every turn. TAPO then
     corrects the failing call turns from -(a + 1/2) to -(1 - beta)(a + 1/2)."""
-    from openrlhf_tapo.adapter.trajectory import turn_spans
+    from openrlhf_tapo.adapter.stage.trajectory import turn_spans
     from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
 
     rl, questions, rows = run["rl"], run["questions"], run["rows"]
@@ -214,7 +214,7 @@ def test_scripted_step_gigpo_then_tapo_by_hand_computed_credit(run):
 
 
 def test_run_args_come_from_openrlhfs_parser_with_our_tapo_and_loss(run):
-    from openrlhf_tapo.adapter.policy_loss import PolicyLoss
+    from openrlhf_tapo.adapter.stage.openrlhf_loss import PolicyLoss
 
     rl = run["rl"]
     args = rl.args

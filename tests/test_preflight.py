@@ -8,7 +8,7 @@ import ray
 import yaml
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter import preflight
+from openrlhf_tapo.adapter.checks import preflight
 from openrlhf_tapo.cli import train_ppo_ray as cli
 
 LAYOUT = ["--data.input_key", "prompt", "--data.label_key", "label", "--data.image_key", "images"]

@@ -11,7 +11,7 @@ from _launch_inputs import launch_inputs
 from PIL import Image
 from transformers import AutoTokenizer
 
-from openrlhf_tapo.adapter import mm_budget, preflight
+from openrlhf_tapo.adapter.checks import mm_budget, preflight
 from openrlhf_tapo.cli import train_ppo_ray as cli
 from openrlhf_tapo.tools.config import ToolsConfig
 

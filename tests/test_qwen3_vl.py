@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessorPil, Qwen3VLConfig
 
 from openrlhf_tapo.agent import protocol
-from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV
+from openrlhf_tapo.runners.ray_subprocess import RAY_PYTHON_ENV
 from openrlhf_tapo.task.tiny_model import FAMILIES, MERGE_SIZE, PATCH_SIZE, build_tiny_vlm, load_processor
 from openrlhf_tapo.tools.config import ToolsConfig
 from openrlhf_tapo.tools.image_fit import fit_image

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from openrlhf_tapo.adapter import inject, ray_workers
+from openrlhf_tapo.adapter.seam import inject, ray_workers
 from openrlhf_tapo.cli.train_ppo_ray import resolve_args
 
 ray = pytest.importorskip("ray")
@@ -103,9 +103,9 @@ def test_injection_reaches_actor_processes(session):
     probe = ray.remote(num_cpus=0)(TrainerProbe).remote()
     seen = ray.get(probe.report.remote(args), timeout=300)
     assert seen["patched"] == ["openrlhf.trainer.ppo_trainer", "openrlhf.trainer.ray.ppo_actor"]
-    assert seen["maker"] == "openrlhf_tapo.adapter.experience_stage.TAPOExperienceMaker"
+    assert seen["maker"] == "openrlhf_tapo.adapter.stage.experience_stage.TAPOExperienceMaker"
     assert seen["beta"] == 0.5
-    assert seen["loss"] == "openrlhf_tapo.adapter.policy_loss.PolicyLoss"
+    assert seen["loss"] == "openrlhf_tapo.adapter.stage.openrlhf_loss.PolicyLoss"
     assert seen["loss_type"] == "sapo"
     assert seen["loss_value"] == pytest.approx((-2 * 1.0 / 2.0 + 2 * 1.0 / 1.05) / 2)
     assert seen["agent_config"] == args.agent.config

@@ -3,7 +3,7 @@ CPU launch script with a runtime env, as docs/cluster.md submits the GPU scripts
 
 - A head with the 2 GPUs the script needs: the job finishes its two RL steps (OpenRLHF's tensorboard has both); and
   with `--train.colocate_all` (actor and vLLM engine on one GPU) the same on a 1-GPU head.
-- A head with 1 GPU: the launcher refuses the job at once, naming both numbers (adapter/placement.py), where Ray
+- A head with 1 GPU: the launcher refuses the job at once, naming both numbers (adapter/checks/placement.py), where Ray
   would otherwise leave it pending for ever ("Pending Demands", measured 2026-12-06).
 
 Runs in `.venv-ray` like tests/test_demo_ray_pipeline.py: `make test` sets OPENRLHF_TAPO_REQUIRE_RAY, so there it
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from openrlhf_tapo.adapter.run_spec import output_flags
-from openrlhf_tapo.cli.demo import RAY_PYTHON_ENV, ray_metrics
+from openrlhf_tapo.runners.ray_subprocess import RAY_PYTHON_ENV, ray_metrics
 from openrlhf_tapo.utils.ray_head import ray_head
 
 pytestmark = pytest.mark.slow  # a Ray head and jobs / the GPU smoke script in a subprocess

@@ -1,11 +1,18 @@
-"""The one worker setup hook and the one `ray.init` wrapper (openrlhf_tapo/adapter/ray_workers.py), without a cluster:
-what the hook applies in a worker, and what `ray.init` receives while patch sets are requested."""
+"""The one worker setup hook (adapter/seam/worker_hook.py) and the one `ray.init` wrapper (seam/ray_workers.py),
+without a cluster: what the hook applies in a worker, and what `ray.init` receives while patch sets are requested."""
+
+import importlib
 
 import pytest
 
-from openrlhf_tapo.adapter import cpu_profile, inject, ray_workers
+from openrlhf_tapo.adapter.seam import cpu_profile, inject, ray_workers, worker_hook
 
 ray = pytest.importorskip("ray")
+
+
+def test_the_hook_ray_is_told_to_call_is_the_hook():
+    module, _, name = ray_workers.SETUP_HOOK.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is worker_hook.setup_worker
 
 
 @pytest.fixture
@@ -29,14 +36,14 @@ def test_the_hook_applies_the_requested_sets_in_order(monkeypatch, applied, sets
         monkeypatch.delenv(ray_workers.PATCH_SETS_ENV, raising=False)
     else:
         monkeypatch.setenv(ray_workers.PATCH_SETS_ENV, sets)
-    ray_workers.setup_worker()
+    worker_hook.setup_worker()
     assert applied == expected
 
 
 def test_the_hook_refuses_an_unknown_set(monkeypatch, applied):
     monkeypatch.setenv(ray_workers.PATCH_SETS_ENV, "injection,cuda_profile")
     with pytest.raises(ValueError, match="unknown patch set.*cuda_profile"):
-        ray_workers.setup_worker()
+        worker_hook.setup_worker()
     assert applied == []
 
 

@@ -11,11 +11,11 @@ import random
 
 import pytest
 
-from openrlhf_tapo.adapter.inprocess_rollout import by_kind, summarize_responses
+from openrlhf_tapo.adapter.inprocess.agent_rollouts import by_kind, summarize_responses
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import load_agent_config
 from openrlhf_tapo.agent.reward import Label, compute_reward
-from openrlhf_tapo.eval.study import RunResult, kinds_table, run_curves
+from openrlhf_tapo.eval.study_stats import RunResult, kinds_table, run_curves
 from openrlhf_tapo.task import gates
 from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
 from openrlhf_tapo.task.prepare import TaskConfig, held_out_recall, prepare_task, read_prompt_rows
@@ -276,6 +276,8 @@ def test_the_collapse_gate_driver_runs_grpo_seeds_and_writes_both_gates(tmp_path
     import torch
 
     from openrlhf_tapo.cli import study
+    from openrlhf_tapo.runners.study_plan import run_dir_of
+    from openrlhf_tapo.runners.study_runs import read_results
 
     argv = [
         "--out", str(tmp_path), "--task-preset", "recall_cost", "--collapse-gate-only", "--entities", "24",
@@ -287,10 +289,10 @@ def test_the_collapse_gate_driver_runs_grpo_seeds_and_writes_both_gates(tmp_path
         assert study.main(argv) == 0
         measured = json.loads((tmp_path / "gates.json").read_text())
         assert "recall_share" in measured["checked"] and set(measured["eval_by_kind"]) == {RECALL, NEEDS_TOOL}
-        results = study.read_results(tmp_path)
+        results = read_results(tmp_path)
         assert sorted((r.arm, r.seed) for r in results) == [("ppo", 0), ("ppo", 1)]
         assert all(set(r.by_kind) == {RECALL, NEEDS_TOOL} for r in results)
-        lines = (study.run_dir_of(tmp_path, "ppo", 0) / "metrics.jsonl").read_text().splitlines()
+        lines = (run_dir_of(tmp_path, "ppo", 0) / "metrics.jsonl").read_text().splitlines()
         assert all(any(k.startswith("kind/") for k in json.loads(line)) for line in lines) and len(lines) == 2
         gate = json.loads((tmp_path / "collapse_gate.json").read_text())
         assert set(gate["seeds"]) == {"0", "1"} and not gate["passed"]  # 2 seeds: the gate needs 3

@@ -16,7 +16,7 @@ from openrlhf_tapo.eval.regime import (
     signals,
     trend,
 )
-from openrlhf_tapo.eval.regime_check import RegimeCheckConfig, RegimeCheckError, mixed_group_share, read_rows
+from openrlhf_tapo.runners.regime_run import RegimeCheckConfig, RegimeCheckError, mixed_group_share, read_rows
 
 
 def test_trend_by_hand():
@@ -137,7 +137,7 @@ def _png(tmp_path):
 
 
 def test_bad_agent_or_model_names_the_flag(tmp_path):
-    from openrlhf_tapo.eval.regime_check import check_inputs
+    from openrlhf_tapo.runners.regime_run import check_inputs
 
     model = tmp_path / "model"
     model.mkdir()

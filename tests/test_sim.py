@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from openrlhf_tapo.adapter.advantages import openrlhf_group_advantages
+from openrlhf_tapo.adapter.stage.advantages import openrlhf_group_advantages
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, tapo_correct
 from openrlhf_tapo.sim import env
 from openrlhf_tapo.sim.env import REGIMES, Batch, Policy, Regime, expected_accuracy, rollout, tool_calls
-from openrlhf_tapo.sim.study import ARMS, base_of
+from openrlhf_tapo.sim.mechanism_study import ARMS, base_of
 from openrlhf_tapo.sim.train import Arm, TrainConfig, train
 
 SURE = 40.0  # a logit gap that makes a choice certain in float64

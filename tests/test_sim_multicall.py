@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from openrlhf_tapo.adapter.advantages import openrlhf_group_advantages
+from openrlhf_tapo.adapter.stage.advantages import openrlhf_group_advantages
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, tapo_correct
 from openrlhf_tapo.sim import multicall
 from openrlhf_tapo.sim.multicall import REGIMES, MultiCallRegime

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from openrlhf_tapo.cli import study
+from openrlhf_tapo.runners import study_plan, study_pool, study_runs
 
 TINY = [
     "--entities", "24", "--num-eval", "8", "--warm-steps", "5", "--warm-batch", "8", "--steps", "1",
@@ -20,7 +21,7 @@ def tiny_study(tmp_path_factory):
     """The study run twice on one OUT (the second call must find everything done), counting the runs each ran."""
     out = tmp_path_factory.mktemp("study")
     calls: list[list[tuple[str, int]]] = []
-    real_run_one = study.run_one
+    real_run_one = study_pool.run_one
 
     def counting(arm, seed, *rest):
         calls[-1].append((arm, seed))
@@ -28,7 +29,7 @@ def tiny_study(tmp_path_factory):
 
     threads = torch.get_num_threads()
     mp = pytest.MonkeyPatch()
-    mp.setattr(study, "run_one", counting)
+    mp.setattr(study_pool, "run_one", counting)
     try:
         for _ in range(2):
             calls.append([])
@@ -81,7 +82,7 @@ def test_the_gates_eval_is_the_paired_before_of_every_run(tiny_study):
     out, _ = tiny_study
     gates = json.loads((out / "gates.json").read_text())
     before = gates["eval_question_scores"]
-    assert gates["seed"] == study.EVAL_SEED and len(before) == 8  # the runs' eval seeds, one score per question
+    assert gates["seed"] == study_runs.EVAL_SEED and len(before) == 8  # the runs' eval seeds, one score per question
     assert sum(before) / 8 == pytest.approx(gates["values"]["sampled_accuracy"])
     for line in (out / "results.jsonl").read_text().splitlines():
         run = json.loads(line)
@@ -116,12 +117,12 @@ def test_budget_stops_before_the_next_run_and_a_changed_size_is_refused(tiny_stu
 
 def test_planned_runs_are_seed_major_with_per_family_seed_counts():
     args = study.parse_args(["--seeds-grpo", "3", "--seeds-other", "1", "--arms", "ppo,ppo+tapo,sapo,sapo+tapo"])
-    assert study.planned_runs(args) == [
+    assert study_plan.planned_runs(args) == [
         ("ppo", 0), ("ppo+tapo", 0), ("sapo", 0), ("sapo+tapo", 0),
         ("ppo", 1), ("ppo+tapo", 1), ("ppo", 2), ("ppo+tapo", 2),
     ]  # fmt: skip
     args.seed_list = "2,0"
-    assert study.planned_runs(args) == [("ppo", 0), ("ppo+tapo", 0), ("sapo", 0), ("sapo+tapo", 0)] + [
+    assert study_plan.planned_runs(args) == [("ppo", 0), ("ppo+tapo", 0), ("sapo", 0), ("sapo+tapo", 0)] + [
         ("ppo", 2),
         ("ppo+tapo", 2),
     ]
@@ -129,36 +130,36 @@ def test_planned_runs_are_seed_major_with_per_family_seed_counts():
 
 def test_base_arms_measure_with_beta_zero():
     args = study.parse_args(["--beta", "0.5"])
-    assert study.rl_config("sapo", 3, args).tapo.beta == 0.0
-    tapo = study.rl_config("sapo+tapo", 3, args)
+    assert study_plan.rl_config("sapo", 3, args).tapo.beta == 0.0
+    tapo = study_plan.rl_config("sapo+tapo", 3, args)
     assert (tapo.tapo.beta, tapo.tapo_enable, tapo.policy_loss_type, tapo.seed) == (0.5, True, "sapo", 3)
 
 
 def test_updates_per_step_reaches_the_run_and_old_outs_count_as_one(tmp_path):
     args = study.parse_args(["--updates-per-step", "2"])
-    study.resolve_defaults(args)
-    assert study.rl_config("sapo", 0, args).train_batch_size() == 32  # 8 prompts x 8 rollouts in 2 updates
+    study_plan.resolve_defaults(args)
+    assert study_plan.rl_config("sapo", 0, args).train_batch_size() == 32  # 8 prompts x 8 rollouts in 2 updates
     old = study.parse_args([])
-    study.resolve_defaults(old)
-    saved = {k: v for k, v in vars(old).items() if k not in study.SCHEDULE_FLAGS and k != "updates_per_step"}
+    study_plan.resolve_defaults(old)
+    saved = {k: v for k, v in vars(old).items() if k not in study_plan.SCHEDULE_FLAGS and k != "updates_per_step"}
     (tmp_path / "config.json").write_text(json.dumps(saved))  # a study started before the flag existed
-    study.check_config(old, tmp_path)  # ran with one update per step: the same settings
+    study_plan.check_config(old, tmp_path)  # ran with one update per step: the same settings
     with pytest.raises(SystemExit, match=r"other settings \(saved, now\): \{'updates_per_step': \(None, 2\)\}"):
-        study.check_config(args, tmp_path)
+        study_plan.check_config(args, tmp_path)
 
 
 @pytest.mark.slow
 def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(tiny_study):
     """Arms are compared on fixed sampling seeds: the same policy evaluated twice gives the same trajectories."""
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_rollout import evaluate
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import evaluate
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.agent.executor import AgentExecutor
     from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 
     out, _ = tiny_study
     args = study.parse_args(["--out", str(out), *TINY])
-    study.resolve_defaults(args)
-    s = study.prepare(args, out, print)  # reuses the task and the warm start
+    study_plan.resolve_defaults(args)
+    s = study_runs.prepare(args, out, print)  # reuses the task and the warm start
     actor = load_actor(str(s.warm_dir))
     ev = (AgentExecutor(s.agent_config), s.rows("eval")[:2], s.processor, HFGenerationEngine(actor.model, s.processor))
     ev += (s.openrlhf_args(), 1536, 1.0, 1)
@@ -166,9 +167,9 @@ def test_the_final_sampled_eval_draws_the_same_random_numbers_for_every_policy(t
     def tokens(seed):
         return [r["observation_tokens"] for r in evaluate(*ev, seed=seed)[1]]
 
-    first = tokens(study.EVAL_SEED)
-    assert tokens(study.EVAL_SEED) == first
-    assert tokens(study.EVAL_SEED + 1) != first
+    first = tokens(study_runs.EVAL_SEED)
+    assert tokens(study_runs.EVAL_SEED) == first
+    assert tokens(study_runs.EVAL_SEED + 1) != first
 
 
 def test_the_select_split_must_exist_to_be_evaluated(capsys):
@@ -176,4 +177,4 @@ def test_the_select_split_must_exist_to_be_evaluated(capsys):
         study.parse_args(["--eval-split", "select"])
     assert "--num-select" in capsys.readouterr().err
     args = study.parse_args(["--num-select", "64", "--eval-split", "select"])
-    assert study.task_config(args).questions.num_select == 64
+    assert study_plan.task_config(args).questions.num_select == 64

@@ -70,7 +70,7 @@ def test_mean_ci_degenerate_cases():
 
 
 def _run(arm, seed, acc, correctable=0.0, corrected=0.0, curve=(0.1, 0.2)):
-    from openrlhf_tapo.eval.study import RunResult
+    from openrlhf_tapo.eval.study_stats import RunResult
 
     return RunResult(
         arm,
@@ -95,7 +95,7 @@ def _run(arm, seed, acc, correctable=0.0, corrected=0.0, curve=(0.1, 0.2)):
 
 
 def test_paired_comparison_uses_common_seeds_only():
-    from openrlhf_tapo.eval.study import paired_comparison
+    from openrlhf_tapo.eval.study_stats import paired_comparison
 
     results = [_run("ppo", s, a) for s, a in enumerate([0.2, 0.3, 0.4])]
     results += [_run("ppo+tapo", s, a) for s, a in enumerate([0.3, 0.3, 0.6, 0.9])]  # seed 3 has no base run
@@ -110,7 +110,7 @@ def test_paired_comparison_uses_common_seeds_only():
 def test_study_tables_summary_and_plots(tmp_path):
     from PIL import Image
 
-    from openrlhf_tapo.eval.study import comparison_table, correctable_table, plot_study, results_table, summary
+    from openrlhf_tapo.eval.study_stats import comparison_table, correctable_table, plot_study, results_table, summary
 
     results = [_run("ppo", s, a, correctable=c) for s, (a, c) in enumerate([(0.2, 0.5), (0.4, 0.7)])]
     results += [_run("ppo+tapo", s, a, corrected=0.3) for s, a in enumerate([0.3, 0.5])]
@@ -136,7 +136,7 @@ def test_study_tables_summary_and_plots(tmp_path):
 
 
 def test_run_curves_mark_steps_without_failing_trajectories():
-    from openrlhf_tapo.eval.study import run_curves
+    from openrlhf_tapo.eval.study_stats import run_curves
 
     steps = [
         {"accuracy": 0.25, "tool_call_rate": 1.0, "policy/entropy": 1.5, "tapo/failing_trajectories": 0.0},
@@ -165,7 +165,7 @@ def test_signed_and_band():
 
 
 def test_tapo_counts_pool_over_steps_instead_of_averaging_fractions():
-    from openrlhf_tapo.eval.study import tapo_counts
+    from openrlhf_tapo.eval.study_stats import tapo_counts
 
     keys = ("failing_trajectories", "failing_traj_correctable_frac", "failing_calls")
     keys += ("failing_calls_correctable_frac", "corrected_calls", "mean_transferred_credit")
@@ -179,6 +179,18 @@ def test_tapo_counts_pool_over_steps_instead_of_averaging_fractions():
     assert tapo_counts([])["failing_traj_correctable"] == 0.0
 
 
+def test_a_shares_count_is_a_whole_number_and_a_missing_statistic_counts_zero():
+    """The one rebuild of counts from TAPO's shares (the study's pooling and the simulation's step statistics)."""
+    from openrlhf_tapo.eval.tapo_counts import stat_counts
+
+    step = {"failing_traj_correctable_frac": 1 / 49, "failing_trajectories": 49.0, "corrected_calls": 3.0}
+    assert (1 / 49) * 49 != 1  # the share times its denominator is not the count in floating point
+    counts = stat_counts(step)
+    assert counts["correctable_trajectories"] == 1 and counts["failing_trajectories"] == 49.0
+    assert counts["corrected_calls"] == 3.0 and counts["failing_calls"] == counts["correctable_calls"] == 0
+    assert stat_counts({f"tapo/{k}": v for k, v in step.items()}, "tapo/") == counts
+
+
 def test_step_arms_are_paired_with_the_arm_without_their_last_estimator(tmp_path):
     """GiGPO vs GRPO, GiGPO + TAPO vs GiGPO, the turn reward vs GRPO: each arm against itself minus its last
     estimator, and the study builds each arm's run spec with its estimators (TAPO measuring at beta 0 elsewhere)."""
@@ -186,8 +198,8 @@ def test_step_arms_are_paired_with_the_arm_without_their_last_estimator(tmp_path
 
     from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
     from openrlhf_tapo.algorithms.turn_reward import TurnRewardConfig
-    from openrlhf_tapo.cli.study import rl_config
-    from openrlhf_tapo.eval.study import arm_label, arm_parts, comparison_table, plot_study, summary
+    from openrlhf_tapo.eval.study_stats import arm_label, arm_parts, comparison_table, plot_study, summary
+    from openrlhf_tapo.runners.study_plan import rl_config
 
     accs = {"ppo": [0.2, 0.4], "ppo+gigpo": [0.3, 0.6], "ppo+gigpo+tapo": [0.4, 0.6], "ppo+turn_reward": [0.2, 0.3]}
     results = [_run(arm, s, a) for arm, values in accs.items() for s, a in enumerate(values)]
@@ -218,7 +230,7 @@ def test_step_arms_are_paired_with_the_arm_without_their_last_estimator(tmp_path
 def test_failure_taxonomy_table_and_stacked_plot(tmp_path):
     from PIL import Image
 
-    from openrlhf_tapo.eval.study import failures_table, plot_study
+    from openrlhf_tapo.eval.study_stats import failures_table, plot_study
 
     before = {"malformed_call": 0.10, "wrong_answer": 0.40, "no_call": 0.05}
     results = []

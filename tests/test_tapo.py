@@ -344,7 +344,7 @@ def test_real_openrlhf_group_norm_advantages_then_tapo():
     from openrlhf.trainer.ppo_utils.experience import Experience
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
-    from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+    from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 
     args = parse_openrlhf_args(
         [

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from openrlhf_tapo.adapter.inprocess import InProcessStrategy
+from openrlhf_tapo.adapter.inprocess.trainer import InProcessStrategy
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.config import AgentConfig
 from openrlhf_tapo.agent.data import openrlhf_rows

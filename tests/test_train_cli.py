@@ -8,8 +8,8 @@ import pytest
 import ray
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter import inject, ray_workers
-from openrlhf_tapo.adapter.config import LOSS_FLAG_FIELDS
+from openrlhf_tapo.adapter.seam import inject, ray_workers
+from openrlhf_tapo.adapter.stage.credit_args import LOSS_FLAG_FIELDS
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli import train_ppo_ray as cli
@@ -270,9 +270,9 @@ def test_launch_runs_openrlhf_train_with_our_runtime_env(monkeypatch, agent_yaml
 
 
 def test_launcher_and_in_process_driver_parse_each_loss_as_the_same_openrlhf_type(tmp_path, monkeypatch):
-    from openrlhf_tapo.adapter import inprocess_loop
-    from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
+    from openrlhf_tapo.adapter.inprocess import loop as inprocess_loop
     from openrlhf_tapo.adapter.run_spec import RLConfig
+    from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
     from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES
 
     handed = []
@@ -324,7 +324,7 @@ def test_bad_step_estimator_flags_are_named(capsys, no_launch, extra, expected):
 
 
 def test_step_estimator_flags_have_help_and_types_from_their_fields():
-    from openrlhf_tapo.adapter.config import STEP_ESTIMATORS
+    from openrlhf_tapo.adapter.stage.credit_args import STEP_ESTIMATORS
     from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 
     actions = {a.option_strings[0]: a for a in cli.build_parser()._actions if a.option_strings}
@@ -342,7 +342,7 @@ def test_step_estimator_flags_have_help_and_types_from_their_fields():
 def test_agent_tensors_follow_the_trainer_dtype_cpu_profile_included(monkeypatch):
     import openrlhf.utils.utils as openrlhf_utils
 
-    from openrlhf_tapo.adapter import cpu_profile
+    from openrlhf_tapo.adapter.seam import cpu_profile
 
     args = SimpleNamespace(ds=SimpleNamespace(param_dtype="bf16"))
     assert inject.trainer_compute_dtype(args) == "bfloat16"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _tapo_rollouts import call, decode_columns, experiences, response, rows, tokenizer
 
-from openrlhf_tapo.adapter.trajectory import ToolCallRecovery, turn_spans
+from openrlhf_tapo.adapter.stage.trajectory import ToolCallRecovery, turn_spans
 from openrlhf_tapo.agent.call_record import Decoder, TokenText, observation_text
 
 EIFFEL = call("text_search", '{"query": "Eiffel  tower height"}')

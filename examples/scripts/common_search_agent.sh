@@ -103,7 +103,7 @@ ALGO_ARGS=(
 # only with an IS correction on. Mode clip with the band [1, 1] sets every token's correction weight to exactly 1,
 # so the loss is the uncorrected one and nothing is masked (is_filter_ratio then reads ~1 by construction; ignore
 # it). Per-token losses only (ppo, sapo): GSPO's sequence ratio would be taken against vLLM's log-probs instead
-# (adapter/policy_loss.py), which its 3e-4 clip band cannot absorb, so train_tapo_gspo_ray.sh leaves it off.
+# (adapter/stage/openrlhf_loss.py), which its 3e-4 clip band cannot absorb, so train_tapo_gspo_ray.sh leaves it off.
 VLLM_KL_ARGS=(
    --algo.advantage.is_correction_level token
    --algo.advantage.is_correction_mode clip

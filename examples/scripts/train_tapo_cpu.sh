@@ -16,7 +16,7 @@ SAVE_PATH="${SAVE_PATH:-${WORK_DIR}/runs/cpu_profile}"
 PYTHON="${PYTHON:-python}"
 
 # apply the CPU profile, then run our CLI as if from the command line (its flags are OpenRLHF's + ours)
-exec "${PYTHON}" -m openrlhf_tapo.adapter.cpu_profile openrlhf_tapo.cli.train_ppo_ray \
+exec "${PYTHON}" -m openrlhf_tapo.adapter.seam.cpu_profile openrlhf_tapo.cli.train_ppo_ray \
    --actor.model_name_or_path "${MODEL_PATH}" \
    --agent.config "${TASK_DIR}/agent.yaml" \
    --tapo.enable \

@@ -2,9 +2,9 @@
 
 Every engine trains from the same rendering, `RLConfig.openrlhf_flags()` and `RLConfig.tapo_flags()` (TAPO's and the
 other estimators' flags):
-- the in-process loop (adapter/inprocess_loop.py) parses OpenRLHF's, plus where the run writes, with OpenRLHF's own
+- the in-process loop (adapter/inprocess/loop.py) parses OpenRLHF's, plus where the run writes, with OpenRLHF's own
   parser, and sets `args.tapo` (and `args.<estimator>`) from the same fields our CLI parses `tapo_flags` into;
-- the Ray demo (cli/demo.py) appends both, plus `episode_flags` and where the run writes, to
+- the Ray demo (runners/ray_subprocess.py) appends both, plus `episode_flags` and where the run writes, to
   examples/scripts/train_tapo_cpu.sh (our CLI; argparse: a later flag wins);
 - the script's own flags, run without any, resolve to the rendering of the script's run for every key the rendering
   sets (tests/test_launch_scripts.py: `test_cpu_script_is_the_run_spec`).
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openrlhf_tapo.adapter.config import STEP_ESTIMATORS
+from openrlhf_tapo.adapter.stage.credit_args import STEP_ESTIMATORS
 from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 

@@ -1,7 +1,7 @@
 """One tool-call record from rollout to TAPO: a call's `ToolCall`, built by the same code on both sides.
 
 The rollout executor (rollout.py) builds the records of a turn while it runs it, from the turn's tokens, the calls
-it parsed and the tool response it appended; the TAPO stage (adapter/trajectory.py) rebuilds them from OpenRLHF's
+it parsed and the tool response it appended; the TAPO stage (adapter/stage/trajectory.py) rebuilds them from OpenRLHF's
 token tensors, where the turn is a run of the action mask and the response the masked tokens after it. Both go
 through `turn_records`, so both:
 

@@ -18,7 +18,7 @@ from openrlhf_tapo.tools.config import ToolsConfig
 from openrlhf_tapo.utils.config_files import check_keys, load_yaml_mapping
 
 CONFIG_ENV = "OPENRLHF_TAPO_AGENT_CONFIG"
-# The dtype the trainer computes in, exported by our launcher to every Ray worker (adapter/inject.py): the agent's
+# The dtype the trainer computes in, exported by our launcher to every Ray worker (adapter/seam/inject.py): the agent's
 # default `mm_dtype`.
 MM_DTYPE_ENV = "OPENRLHF_TAPO_MM_DTYPE"
 MM_DTYPES = ("bfloat16", "float16", "float32")

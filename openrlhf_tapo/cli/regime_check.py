@@ -5,7 +5,7 @@
 
 ROWS: any format `cli.evaluate` reads (MMSearch-R1 parquet, OpenRLHF prompt rows, mmsearch / infoseek / agent
 jsonl) with labels holding the answer. MODEL: a local Hugging Face folder (nothing is downloaded). The steps run in
-this process on CPU (OpenRLHF's own trainer classes, adapter/inprocess_loop.py), with the TAPO stage measuring at
+this process on CPU (OpenRLHF's own trainer classes, adapter/inprocess/loop.py), with the TAPO stage measuring at
 beta 0. Writes OUT/regime.json and OUT/metrics.jsonl and prints the reading; thresholds and rules:
 openrlhf_tapo/eval/regime.py, docs/evaluation.md ("Regime check").
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from openrlhf_tapo.eval.benchmarks import FORMATS
-from openrlhf_tapo.eval.regime_check import RegimeCheckConfig
+from openrlhf_tapo.runners.regime_run import RegimeCheckConfig
 
 
 def parse_args(argv: list[str] | None = None) -> RegimeCheckConfig:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch's pynvml FutureWarning and the like go to OUT/regime_check.log; the console shows the bar and the reading
     library_output.quiet_imports(Path(config.out) / "regime_check.log", ("torch", "transformers"))
     cuda_stubs.install()  # OpenRLHF's RL modules import vllm; a real install is never replaced
-    from openrlhf_tapo.eval.regime_check import RegimeCheckError, format_reading, run_regime_check
+    from openrlhf_tapo.runners.regime_run import RegimeCheckError, format_reading, run_regime_check
 
     try:
         command = " ".join(["python -m openrlhf_tapo.cli.regime_check", *(sys.argv[1:] if argv is None else argv)])

@@ -1,7 +1,7 @@
 """`python -m openrlhf_tapo.cli.train_ppo_ray`: OpenRLHF 0.11.2's Ray PPO launcher with TAPO, our losses and our agent.
 
 Every OpenRLHF flag is accepted unchanged and parsed + validated by OpenRLHF's own parser
-(`adapter.openrlhf_args.parse_openrlhf_args`); training is OpenRLHF's own `train(args)`. Ours sit beside them in the
+(`adapter/stage/openrlhf_args.py`); training is OpenRLHF's own `train(args)`. Ours sit beside them in the
 same dotted style:
 
     --tapo.enable / --tapo.disable        TAPO stage on/off (default off)
@@ -18,7 +18,7 @@ same dotted style:
     --actor.sapo_tau_pos/--actor.sapo_tau_neg   SAPO gate temperatures (sapo only)
     --dry-run                             run every check, print the resolved configuration (JSON) and exit
 
-All flags are checked before any Ray work starts, and so are the inputs (adapter/preflight.py: prompt data, the
+All flags are checked before any Ray work starts, and so are the inputs (adapter/checks/preflight.py: prompt data, the
 agent's tools, model, save paths); a bad one ends the program with a message naming it and the fix (exit 2).
 Our --tapo.* / --agent.* flags need --tapo.enable (or --tapo.disable, to run them without TAPO on purpose); --agent.*
 flags may also come with --gigpo.enable or --turn_reward.enable, and each estimator's own flags need its enable.
@@ -38,7 +38,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from openrlhf_tapo.adapter.config import (
+from openrlhf_tapo.adapter.run_spec import EXECUTOR_PATH
+from openrlhf_tapo.adapter.stage.credit_args import (
     LOSS_FLAG_FIELDS,
     STEP_ESTIMATORS,
     TAPO_FIELDS,
@@ -47,8 +48,7 @@ from openrlhf_tapo.adapter.config import (
     estimator_namespace,
     yaml_sections,
 )
-from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE
-from openrlhf_tapo.adapter.run_spec import EXECUTOR_PATH
+from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 from openrlhf_tapo.algorithms.policy_loss import POLICY_LOSSES, PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
@@ -362,8 +362,8 @@ def resolve_args(argv: list[str]):
     Raises LaunchError / TAPOConfigError naming the bad flag, SystemExit for what OpenRLHF's own parser rejects.
     """
     ours = split_flags(argv)  # before importing OpenRLHF, so that -h and our own flag errors come at once
-    from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
-    from openrlhf_tapo.adapter.policy_loss import build_policy_loss
+    from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
+    from openrlhf_tapo.adapter.stage.openrlhf_loss import build_policy_loss
 
     try:
         args = parse_openrlhf_args(_openrlhf_flags(ours))
@@ -418,7 +418,7 @@ def _redacted(value, name: str = ""):
 
 def describe(args) -> str:
     """The resolved configuration as JSON: OpenRLHF's args with ours, and what the Ray workers will get."""
-    from openrlhf_tapo.adapter import inject, ray_workers
+    from openrlhf_tapo.adapter.seam import inject, ray_workers
 
     resolved = _redacted(_plain(args))
     resolved.pop("dry_run", None)
@@ -432,7 +432,7 @@ def launch(args) -> None:
     import ray
     from openrlhf.cli.train_ppo_ray import train
 
-    from openrlhf_tapo.adapter import inject, ray_workers
+    from openrlhf_tapo.adapter.seam import inject, ray_workers
 
     inject.verify()  # before Ray starts: an OpenRLHF our patches were not written for stops here, not in a worker
     env_vars = inject.launcher_env_vars(args)
@@ -477,7 +477,7 @@ def _stdout_to_stderr():
 
 
 def main(argv: list[str] | None = None) -> None:
-    from openrlhf_tapo.adapter.preflight import PreflightError, preflight
+    from openrlhf_tapo.adapter.checks.preflight import PreflightError, preflight
     from openrlhf_tapo.utils import cuda_stubs
 
     cuda_stubs.install()  # no-op where vllm / flash_attn import (GPU nodes); lets a CPU machine parse and dry-run
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(describe(args), flush=True)
         return
-    from openrlhf_tapo.adapter.placement import ClusterTooSmall, refuse_if_cluster_too_small
+    from openrlhf_tapo.adapter.checks.placement import ClusterTooSmall, refuse_if_cluster_too_small
 
     try:  # a running cluster without the job's free GPUs: refuse now, instead of Ray's demands pending for ever
         refuse_if_cluster_too_small(args)

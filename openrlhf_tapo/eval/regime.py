@@ -15,7 +15,7 @@ The mechanism study (docs/results.md §1, parts 1 and 2) found what predicts TAP
 
 `signals` turns the per-step metrics of a GRPO run (with the TAPO stage at beta 0: it measures and corrects nothing)
 into those numbers, and `read_regime` reads them with the thresholds below, each taken from the study. Both are pure
-functions of numbers (no model, no files); eval/regime_check.py runs the steps.
+functions of numbers (no model, no files); runners/regime_run.py runs the steps.
 """
 
 from __future__ import annotations

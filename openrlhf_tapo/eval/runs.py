@@ -43,7 +43,7 @@ class Metric:
 # (`reward`, `score` = the agent's correctness, `response_length`, and the agent's `extra_logs`: `tool_calls`,
 # `exact_match`, `turns`, `calls/<tool>`, `errors/<kind>`, ...) plus `entropy_loss` when `--actor.entropy_coef` is set;
 # the TensorboardLogger prefixes all of them with `train/`. Our TAPO stage adds `tapo/<stat>` info entries
-# (adapter/experience_stage.py); our in-process loop (adapter/inprocess_loop.py) also logs `accuracy`,
+# (adapter/stage/experience_stage.py); our in-process loop (adapter/inprocess/loop.py) also logs `accuracy`,
 # `tool_call_rate` and `agent/<extra_log>` means.
 METRICS: tuple[Metric, ...] = (
     Metric("reward", "reward", ("rollout/reward_mean", "reward", "reward_mean")),

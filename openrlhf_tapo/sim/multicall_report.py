@@ -1,7 +1,7 @@
 """Aggregation, markdown report and plots of part 2 of the mechanism study (one JSON per cell, cli/simulate.py
 --grid multicall).
 
-Paired by seed, as part 1 (sim/report.py, whose helpers this uses): a TAPO arm against the base arm of its
+Paired by seed, as part 1 (sim/mechanism_report.py, whose helpers this uses): a TAPO arm against the base arm of its
 optimizer at the same lr, and each safety option against full TAPO. The spurious-credit share is the environment's
 truth: of the calls whose turn TAPO changed, those that brought nothing in their own trajectory (pooled over steps
 and seeds).
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from openrlhf_tapo.eval.stats import band, signed
+from openrlhf_tapo.sim.mechanism_report import _pyplot, _save, load_cells, metric_ci, paired_difference
+from openrlhf_tapo.sim.mechanism_study import STUDY_LR, Cell
 from openrlhf_tapo.sim.multicall_study import ADAPTIVE_LRS, GROUP_SIZE, REGIMES, SAFETY_ARMS, base_of
-from openrlhf_tapo.sim.report import _pyplot, _save, load_cells, metric_ci, paired_difference
-from openrlhf_tapo.sim.study import STUDY_LR, Cell
 
 __all__ = ["TITLE", "load_cells", "markdown", "plot_all", "summary"]
 TITLE = "TAPO mechanism study, part 2: two calls per trajectory, state-dependent value, adaptive optimisers"

@@ -17,8 +17,8 @@ from dataclasses import replace
 from openrlhf_tapo.algorithms.gigpo import GiGPOConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.sim.env import REGIMES as PART1_REGIMES
+from openrlhf_tapo.sim.mechanism_study import STUDY_LR, Cell
 from openrlhf_tapo.sim.multicall import REGIMES as MULTICALL_REGIMES
-from openrlhf_tapo.sim.study import STUDY_LR, Cell
 from openrlhf_tapo.sim.train import Arm
 
 _TAPO = TAPOConfig()

@@ -27,6 +27,7 @@ from openrlhf_tapo.algorithms.estimators import CreditInputs, apply_estimators
 from openrlhf_tapo.algorithms.gigpo import GiGPOConfig, search_turns
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig, get_policy_loss
 from openrlhf_tapo.algorithms.tapo import TAPOConfig, ToolCall
+from openrlhf_tapo.eval.tapo_counts import stat_counts
 
 # rewards [N] (consecutive groups of n) and n -> one advantage per trajectory [N]
 AdvantageFn = Callable[[Tensor, int], Tensor]
@@ -92,16 +93,6 @@ class TrainConfig:
             )
 
 
-# TAPO statistics of one step: name in the result -> (fraction key, its denominator key) or a count key.
-_TAPO_COUNTS = {
-    "failing_trajectories": "failing_trajectories",
-    "correctable_trajectories": ("failing_traj_correctable_frac", "failing_trajectories"),
-    "failing_calls": "failing_calls",
-    "correctable_calls": ("failing_calls_correctable_frac", "failing_calls"),
-    "corrected_calls": "corrected_calls",
-}
-
-
 def train(
     regime: Environment,
     arm: Arm,
@@ -157,7 +148,7 @@ def train(
         corrected, stats = apply_estimators(token_advantages, batch.mask, inputs, configs)
         if arm.gigpo is not None:  # what TAPO received: the credited calls below are TAPO's alone
             token_advantages, _ = apply_estimators(token_advantages, batch.mask, inputs, {"gigpo": arm.gigpo})
-        step_stats = {name: _count(stats["tapo"], spec) for name, spec in _TAPO_COUNTS.items()}
+        step_stats = stat_counts(stats["tapo"])
         if arm.gigpo is not None:
             step_stats["gigpo_singleton_share"] = stats["gigpo"]["singleton_share"]
         if isinstance(regime, KnowsCallValue):
@@ -201,13 +192,6 @@ def _credited_by_value(informative: list[bool], calls, before: Tensor, after: Te
             credited += 1
             spurious += not useful
     return {"credited_calls": credited, "credited_uninformative_calls": spurious}
-
-
-def _count(stats: dict[str, float], spec) -> float:
-    if isinstance(spec, str):
-        return stats[spec]
-    frac, denominator = spec
-    return round(stats[frac] * stats[denominator])
 
 
 def _result(r: int, seed: int, arm: Arm, config: TrainConfig, curves) -> dict:

@@ -34,19 +34,6 @@ def parse_global_step(line: str) -> dict[str, float] | None:
     return status
 
 
-def step_postfix(status: dict) -> str:
-    """A training step in a few numbers: reward, accuracy, tool calls, TAPO-corrected calls, vllm_kl when present."""
-    parts = [
-        f"reward {status.get('rollout/reward_mean', float('nan')):.2f}",
-        f"acc {status.get('accuracy', status.get('score', float('nan'))):.2f}",
-        f"tool calls {status.get('agent/tool_calls', status.get('tool_calls', float('nan'))):.2f}",
-        f"TAPO corrected {status.get('tapo/corrected_calls', 0):.0f}",
-    ]
-    if "vllm_kl" in status:
-        parts.append(f"vllm_kl {status['vllm_kl']:.1e}")
-    return ", ".join(parts)
-
-
 class Console:
     """Stage lines (`name ... 12.3 s  detail`) and progress bars, on `stream` (the terminal)."""
 

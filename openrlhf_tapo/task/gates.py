@@ -292,7 +292,7 @@ def measure(
 
     Returns {"values": gate values, "checked": `check(values)`, details, "eval_question_scores": mean score per
     eval row, "eval_responses": the eval rollouts}."""
-    from openrlhf_tapo.adapter.inprocess_rollout import by_kind, evaluate
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import by_kind, evaluate
 
     def sampled(ex, rows, n):
         return evaluate(ex, rows, processor, engine, args, max_len, 1.0, n, seed)

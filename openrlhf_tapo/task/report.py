@@ -50,7 +50,7 @@ def summarize(before: dict[str, list[dict]], after: dict[str, list[dict]], metri
     """`before` / `after`: eval responses by decoding mode ("sampled", "greedy"); tool use is read from the first,
     and so is the split by question kind (`eval_by_kind_before/after`: accuracy, tool-call rate, ... of each kind)
     of a task with several kinds (the recall_cost preset; absent for the default task)."""
-    from openrlhf_tapo.adapter.inprocess_rollout import by_kind
+    from openrlhf_tapo.adapter.inprocess.agent_rollouts import by_kind
 
     first_before, first_after = next(iter(before.values())), next(iter(after.values()))
     kinds = {}

@@ -29,7 +29,7 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.utils.vlm_utils import merge_mm_train_inputs
 from transformers import get_scheduler
 
-from openrlhf_tapo.adapter.inprocess import Actor, responses_to_experiences
+from openrlhf_tapo.adapter.inprocess.trainer import Actor, responses_to_experiences
 from openrlhf_tapo.agent import protocol
 from openrlhf_tapo.agent.hf_engine import CompletionOutput, RequestOutput
 from openrlhf_tapo.task.questions import teacher_actions

@@ -11,7 +11,7 @@ they print on import lands in the log, and later imports of them are silent.
     python -m openrlhf_tapo.utils.library_output MODULE FLAGS...   # MODULE's __main__ after quiet_imports
 
 runs an entry point that imports them at module level (the launch scripts' dry runs: `cli.train_ppo_ray`), with
-the log beside its checkpoint (`launch_log_path`); `adapter/cpu_profile.py` does the same before its patches.
+the log beside its checkpoint (`launch_log_path`); `adapter/seam/cpu_profile.py` does the same before its patches.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The seam: every name of OpenRLHF, DeepSpeed, vLLM, Ray or torch that we replace at run time or otherwise rely on,
 declared as data.
 
-`adapter/inject.py` (TAPO into OpenRLHF's Ray workers), `adapter/cpu_profile.py` (OpenRLHF on a CPU machine) and
-`adapter/ray_workers.py` (the one `ray.init` wrapper that puts the one worker setup hook into every worker) make the
+`seam/inject.py` (TAPO into OpenRLHF's Ray workers), `seam/cpu_profile.py` (OpenRLHF on a CPU machine) and
+`seam/ray_workers.py` (the one `ray.init` wrapper that puts the one worker setup hook into every worker) make the
 replacements; each of their steps runs through `apply(step, install, applied)`, which first `verify`s the
 step's declarations: the installed OpenRLHF is the version they were written for, and every fingerprinted target's
 source is the one they were written against. An OpenRLHF upgrade that changes a replaced function then stops the run
@@ -11,9 +11,9 @@ with the target, the fingerprint found and the one expected, instead of training
 A fingerprint is the sha256 of the target's source (`inspect.getsource`, line endings normalised) in OpenRLHF
 OPENRLHF_VERSION. Targets outside OpenRLHF (torch, DeepSpeed, Ray, vLLM) carry None: their versions move with the
 user's CUDA stack, and what we assume of them is stated in `why`. After checking a new OpenRLHF release against each
-`why`, `python -m openrlhf_tapo.adapter.patches` prints the fingerprints to record here.
+`why`, `python -m openrlhf_tapo.adapter.seam.patches` prints the fingerprints to record here.
 
-The in-process driver (adapter/inprocess*.py) replaces nothing process-wide, but it relies on OpenRLHF internals all
+The in-process driver (adapter/inprocess/) replaces nothing process-wide, but it relies on OpenRLHF internals all
 the same: methods called with a stand-in `self`, constructors called with stand-in arguments, names mocked for a
 scope, and rules it has to reproduce because OpenRLHF applies them only inside a DeepSpeed engine. Each is declared
 in INPROCESS (`Borrowed`), fingerprinted the same way, and `verify`d by `InProcessRL` before it builds anything.
@@ -76,7 +76,7 @@ INJECTION = (
     Patch(
         "openrlhf.trainer.ppo_trainer",
         "openrlhf.trainer.ppo_trainer:RemoteExperienceMaker",
-        "openrlhf_tapo.adapter.experience_stage.TAPOExperienceMaker",
+        "openrlhf_tapo.adapter.stage.experience_stage.TAPOExperienceMaker",
         "BasePPOTrainer.__init__ builds its experience maker from this module global; ours is OpenRLHF's subclass "
         "with the TAPO stage, the same constructor and make_experience_batch",
         "f379454c55a82f691350989bf469b76530415ee0537a0bba98cd8029ec372b2a",
@@ -95,7 +95,7 @@ RAY = (
     Patch(
         "ray_init",
         "ray:init",
-        "ray.init with the requested patch sets merged in (adapter/ray_workers.py): our worker setup hook and the "
+        "ray.init with the requested patch sets merged in (seam/ray_workers.py): our worker setup hook and the "
         "sets' env_vars in the caller's runtime_env, and, for a node this process starts, their resources",
         "OpenRLHF's train() initialises Ray with its own runtime_env; every worker must run our one setup hook, and "
         "a CPU node needs fake GPUs for OpenRLHF's {GPU: 1, CPU: 1} bundles",
@@ -170,14 +170,14 @@ CPU_PROFILE = (
     Patch(
         "gloo_weight_sync",
         "openrlhf.trainer.ray.ppo_actor:stateless_init_process_group",
-        "openrlhf_tapo.adapter.cpu_profile.gloo_stateless_init_process_group",
+        "openrlhf_tapo.adapter.seam.cpu_profile.gloo_stateless_init_process_group",
         "the trainer's end of the weight sync: vLLM's PyNccl communicator is CUDA only; same arguments, broadcast",
         "38c247412bdf7891ac9e64073b5c3cbf0bbbaa64721c1ada483e76a61ae54d64",
     ),
     Patch(
         "gloo_weight_sync",
         "openrlhf.utils.distributed_util:stateless_init_process_group",
-        "openrlhf_tapo.adapter.cpu_profile.gloo_stateless_init_process_group",
+        "openrlhf_tapo.adapter.seam.cpu_profile.gloo_stateless_init_process_group",
         "the vLLM end (WorkerWrap.init_process_group imports it at call time), also in vLLM's own worker process",
         "38c247412bdf7891ac9e64073b5c3cbf0bbbaa64721c1ada483e76a61ae54d64",
     ),
@@ -233,7 +233,7 @@ _GENERATOR = "openrlhf.trainer.ppo_utils.samples_generator"
 _DEEPSPEED = "openrlhf.utils.deepspeed.deepspeed:DeepspeedStrategy"
 
 INPROCESS = (
-    # the run's args (adapter/openrlhf_args.py) and the rollout's sampling parameters (adapter/inprocess_rollout.py)
+    # the run's args (stage/openrlhf_args.py) and the rollout's sampling parameters (inprocess/agent_rollouts.py)
     Borrowed(
         "openrlhf.cli.train_ppo_ray:train",
         "parse_openrlhf_args runs the CLI's __main__ into train(); generate_kwargs copies its generate kwargs",
@@ -266,7 +266,7 @@ INPROCESS = (
         "it reads nothing of self",
         "f99fc0dd86a8ebb55dee357d85485fc77ca4d54865100bbfd22b8597b1c139f0",
     ),
-    # log-probs and experiences (adapter/inprocess.py, adapter/experience_stage.py)
+    # log-probs and experiences (adapter/inprocess/trainer.py, adapter/stage/experience_stage.py)
     Borrowed(
         "openrlhf.models.actor:Actor.__init__",
         "load_actor builds the actor from a HF folder (sdpa, bf16, then cast to float32)",
@@ -317,7 +317,7 @@ INPROCESS = (
         "it reads nothing of self",
         "a8a5c6f3eb23818f204ca1902462b8fc3deb64c5a2268d18a44ea24272a124cf",
     ),
-    # the update (adapter/inprocess.py, adapter/policy_loss.py)
+    # the update (adapter/inprocess/trainer.py, adapter/stage/openrlhf_loss.py)
     Borrowed(
         f"{_PPO_ACTOR}:ActorPPOTrainer.__init__",
         "built by its own __init__ with vllm_engines=None and InProcessStrategy, then actor_loss_fn set to ours",
@@ -465,8 +465,8 @@ def verify(patches: tuple[Patch | Borrowed, ...], what: str = "run-time replacem
         + "\nInstall openrlhf=="
         + OPENRLHF_VERSION
         + ", or check "
-        "each one against the new code and record its fingerprint in openrlhf_tapo/adapter/patches.py "
-        f"(python -m openrlhf_tapo.adapter.patches prints them). To run anyway, at your own risk: "
+        "each one against the new code and record its fingerprint in openrlhf_tapo/adapter/seam/patches.py "
+        f"(python -m openrlhf_tapo.adapter.seam.patches prints them). To run anyway, at your own risk: "
         f"{ALLOW_UNVERIFIED_ENV}=1."
     )
     if os.environ.get(ALLOW_UNVERIFIED_ENV) == "1":

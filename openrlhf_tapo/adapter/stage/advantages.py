@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from openrlhf_tapo.adapter.openrlhf_args import parse_openrlhf_args
+from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 
 
 @lru_cache(maxsize=16)

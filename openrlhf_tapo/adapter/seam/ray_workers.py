@@ -1,14 +1,13 @@
-"""Where our code meets Ray: the ONE `ray.init` wrapper and the ONE worker setup hook.
+"""Where our code meets Ray in the driver: the ONE `ray.init` wrapper, which puts the ONE worker setup hook in.
 
 OpenRLHF's actors (the PPO trainer, the async `TrainingActor`, every model rank, the vLLM rollout actors) live in Ray
 worker processes, where no patch made in the driver reaches. Ray's `worker_process_setup_hook` makes every worker
-process of the job call `setup_worker()` before it runs any task or builds any actor; Ray takes one hook per job.
+process of the job call our hook (`SETUP_HOOK`: adapter/seam/worker_hook.py) before it runs any task or builds any
+actor; Ray takes one hook per job. The hook applies the declared patches (adapter/seam/patches.py) of the patch sets
+the job asked for, in one fixed order, named by $OPENRLHF_TAPO_PATCH_SETS in the job's runtime_env:
 
-`setup_worker()` applies the declared patches (adapter/patches.py) of the patch sets the job asked for, in one fixed
-order, named by $OPENRLHF_TAPO_PATCH_SETS in the job's runtime_env:
-
-    cpu_profile   adapter/cpu_profile.py: OpenRLHF on a CPU-only machine (asked for by `apply_cpu_profile()`)
-    injection     adapter/inject.py: our experience maker and PolicyLoss (asked for by the launcher, cli/train_ppo_ray)
+    cpu_profile   seam/cpu_profile.py: OpenRLHF on a CPU-only machine (asked for by `apply_cpu_profile()`)
+    injection     seam/inject.py: our experience maker and PolicyLoss (asked for by the launcher, cli/train_ppo_ray)
 
 A driver asks for a set with `request(set, env_vars, init_kwargs)` (or the `requested(...)` context). While any set
 is requested, `ray.init` in the driver (OpenRLHF's `train()` calls it with its own runtime_env) also carries our hook,
@@ -23,30 +22,14 @@ import functools
 import json
 import os
 
-from openrlhf_tapo.adapter import patches
+from openrlhf_tapo.adapter.seam import patches
 
-SETUP_HOOK = "openrlhf_tapo.adapter.ray_workers.setup_worker"
+SETUP_HOOK = "openrlhf_tapo.adapter.seam.worker_hook.setup_worker"  # the hook (worker_hook.py)
 PATCH_SETS_ENV = "OPENRLHF_TAPO_PATCH_SETS"
 PATCH_SETS = ("cpu_profile", "injection")  # applied in this order in every worker
 
 _REQUESTED: dict[str, tuple[dict, dict]] = {}  # patch set -> (env_vars for the workers, ray.init kwargs defaults)
 _ORIGINAL_INIT = []  # ray.init as it was before our wrapper, while the wrapper is installed
-
-
-def setup_worker() -> None:
-    """Ray `worker_process_setup_hook` (named by SETUP_HOOK): apply the job's patch sets in this worker process."""
-    sets = [name for name in os.environ.get(PATCH_SETS_ENV, "injection").split(",") if name]
-    unknown = sorted(set(sets) - set(PATCH_SETS))
-    if unknown:
-        raise ValueError(f"{PATCH_SETS_ENV}={','.join(sets)}: unknown patch set(s) {', '.join(unknown)}")
-    if "cpu_profile" in sets:
-        from openrlhf_tapo.adapter.cpu_profile import apply_cpu_profile
-
-        apply_cpu_profile()
-    if "injection" in sets:
-        from openrlhf_tapo.adapter import inject
-
-        inject.install()
 
 
 def worker_runtime_env(requested: dict[str, dict] | None = None) -> dict:
@@ -159,7 +142,7 @@ def probe_worker() -> dict:
 
     @ray.remote(num_cpus=0)
     def probe():
-        from openrlhf_tapo.adapter import inject
+        from openrlhf_tapo.adapter.seam import inject
 
         return {"hook_installed": inject.hook_installed(), "env": dict(os.environ), "pid": os.getpid()}
 

@@ -3,7 +3,7 @@
 `InProcessRL.step` is one step, top to bottom, in the order OpenRLHF's `PPOTrainer.train_step` runs it on a cluster:
 rollout -> experiences -> log-probs -> advantages -> TAPO -> update, then the step's metrics. Rollouts go through our
 `AgentExecutor` with `HFGenerationEngine` (the vLLM actor's `generate` contract on the actor's own transformers
-model, so there are no weights to sync); everything after them is OpenRLHF's code (adapter/inprocess.py says which,
+model, so there are no weights to sync); everything after them is OpenRLHF's code (inprocess/trainer.py says which,
 and what stands in for Ray and DeepSpeed), with our TAPO stage and PolicyLoss where the Ray workers have them.
 
 The OpenRLHF args come from OpenRLHF's own parser on the run spec's rendering (adapter/run_spec.py), the one the Ray
@@ -23,9 +23,8 @@ import torch
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
 
-from openrlhf_tapo.adapter.config import STEP_ESTIMATORS, estimator_namespace
-from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
-from openrlhf_tapo.adapter.inprocess import (
+from openrlhf_tapo.adapter.inprocess.agent_rollouts import rollout, sampling_params, summarize_responses
+from openrlhf_tapo.adapter.inprocess.trainer import (
     InProcessStrategy,
     attach_log_probs,
     build_actor_trainer,
@@ -34,13 +33,15 @@ from openrlhf_tapo.adapter.inprocess import (
     responses_to_experiences,
     rollout_stats,
 )
-from openrlhf_tapo.adapter.inprocess_rollout import rollout, sampling_params, summarize_responses
-from openrlhf_tapo.adapter.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
-from openrlhf_tapo.adapter.patches import INPROCESS, verify
 from openrlhf_tapo.adapter.run_spec import RLConfig, output_flags
+from openrlhf_tapo.adapter.seam.patches import INPROCESS, verify
+from openrlhf_tapo.adapter.stage.credit_args import STEP_ESTIMATORS, estimator_namespace
+from openrlhf_tapo.adapter.stage.experience_stage import TAPOExperienceMaker
+from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE, parse_openrlhf_args
 from openrlhf_tapo.agent.executor import AgentExecutor
 from openrlhf_tapo.agent.hf_engine import HFGenerationEngine
 from openrlhf_tapo.algorithms.estimators import ESTIMATORS
+from openrlhf_tapo.utils.step_line import step_line
 
 RUN_NAME = "rl"  # --logger.wandb.run_name: OpenRLHF's TensorboardLogger writes to run_dir/tensorboard/rl
 
@@ -62,6 +63,18 @@ def build_openrlhf_args(config: RLConfig, model_dir: Path, run_dir: Path):
         on = name in config.step_credit
         setattr(args, name, estimator_namespace(on, config.step_credit[name] if on else ESTIMATORS[name].config()))
     return args
+
+
+def sampled_entropy(experiences) -> float:
+    """Entropy estimate of the rollout policy: mean -log p of the sampled action tokens (one sample per position, no
+    full softmax)."""
+    tokens = sum(float(e.action_mask.sum()) for e in experiences)
+    return -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)
+
+
+def weight_change(parameters, initial: list[torch.Tensor]) -> float:
+    """L2 norm of (`parameters` now - `initial`, their detached copies from before training)."""
+    return float(torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(parameters, initial, strict=True))))
 
 
 @dataclass
@@ -122,11 +135,9 @@ class InProcessRL:
         experiences = self.maker.split_rollout_samples(responses_to_experiences(responses, args.data.max_len))
         # 3. log-probs: PolicyModelActor.forward per micro-batch (no reference model, no critic: zero KL)
         attach_log_probs(self.actor, experiences, temperature=args.rollout.temperature)
-        # entropy estimate: mean -log p of the sampled action tokens (a single-sample estimate, no full softmax)
-        tokens = sum(float(e.action_mask.sum()) for e in experiences)
-        entropy = -sum(float((e.action_log_probs * e.action_mask).sum()) for e in experiences) / max(tokens, 1.0)
+        entropy = sampled_entropy(experiences)
         # 4 + 5. advantages, then TAPO: the one call the Ray trainer makes, TAPOExperienceMaker's
-        # compute_advantages_and_returns = OpenRLHF's (group_norm over the whole batch) followed by `apply_tapo`
+        # compute_advantages_and_returns = OpenRLHF's (group_norm over the whole batch), then `apply_credit`
         experiences = self.maker.compute_advantages_and_returns(experiences)
         self.last_advantages = [(list(e.index), e.advantages.clone(), e.action_mask.clone()) for e in experiences]
         stats = rollout_stats(experiences)
@@ -166,17 +177,10 @@ class InProcessRL:
                 f.write(json.dumps(status) + "\n")
                 f.flush()
                 metrics.append(status)
-                progress(
-                    f"  step {step}/{config.steps}: reward {status['rollout/reward_mean']:.2f} "
-                    f"acc {status['accuracy']:.2f} tool calls/traj {status['agent/tool_calls']:.2f} "
-                    f"TAPO corrected {status.get('tapo/corrected_calls', 0):.0f} calls, "
-                    f"loss {status.get('policy_loss', float('nan')):.4f} ({time.time() - start:.0f} s)"
-                )
+                progress(f"  step {step}/{config.steps}: {step_line(status)} ({time.time() - start:.0f} s)")
         logger.close()
-        change = torch.sqrt(
-            sum(((p.detach() - q) ** 2).sum() for p, q in zip(self.actor.parameters(), initial, strict=True))
-        )
+        change = weight_change(self.actor.parameters(), initial)
         checkpoint = self.run_dir / "checkpoint"
         self.actor.model.save_pretrained(checkpoint)
         self.processor.save_pretrained(checkpoint)
-        return RLResult(config.steps, metrics, float(change), checkpoint, time.time() - start)
+        return RLResult(config.steps, metrics, change, checkpoint, time.time() - start)

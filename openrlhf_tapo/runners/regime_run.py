@@ -1,7 +1,7 @@
 """The regime check: a few GRPO steps on a user's own prompts, the signals that predict TAPO's gain, and their reading.
 
 `run_regime_check` checks the inputs (prompt file with labels, agent YAML whose tools can be built, a local model
-folder), then runs `steps` GRPO steps in this process with the in-process driver (adapter/inprocess_loop.py:
+folder), then runs `steps` GRPO steps in this process with the in-process driver (adapter/inprocess/loop.py:
 OpenRLHF's experience maker, PPO trainer and loss) and the TAPO stage at beta 0, which measures the correctable rate
 and changes no advantage. Per step it records the tool-call rate, accuracy, the first-error kinds of the failing
 trajectories (agent/failures.py), TAPO's failing trajectories and their correctable share, and the share of GRPO
@@ -73,7 +73,7 @@ def read_rows(config: RegimeCheckConfig) -> list[dict]:
 
 def check_inputs(config: RegimeCheckConfig):
     """The agent configuration, once its tools build; raises RegimeCheckError naming the flag otherwise."""
-    from openrlhf_tapo.adapter.preflight import check_model
+    from openrlhf_tapo.adapter.checks.preflight import check_model
     from openrlhf_tapo.agent.config import load_agent_config
     from openrlhf_tapo.tools.registry import build_tool_runner
 
@@ -175,8 +175,8 @@ def _run_steps(config: RegimeCheckConfig, rows: list[dict], agent, out: Path, co
     from openrlhf.utils import get_tokenizer
     from tqdm import tqdm
 
-    from openrlhf_tapo.adapter.inprocess import load_actor
-    from openrlhf_tapo.adapter.inprocess_loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
 

@@ -3,7 +3,7 @@
 `TAPOExperienceMaker` is OpenRLHF's `RemoteExperienceMaker` with one step added: after OpenRLHF's own
 `compute_advantages_and_returns` has computed the group advantages of the whole rollout batch (it sees every
 micro-batch of the step at once), `apply_credit` recovers each trajectory's turns and tool calls from its tokens
-(`adapter/trajectory.py`), runs the estimators switched on (`--tapo.enable`, `--gigpo.enable`,
+(`adapter/stage/trajectory.py`), runs the estimators switched on (`--tapo.enable`, `--gigpo.enable`,
 `--turn_reward.enable`) through the registry of `algorithms/estimators.py`, in its order, writes the new per-token
 advantages back into the experiences, and adds the estimators' diagnostics to each experience's `info`. Everything
 else (rewards, length penalties, group statistics, returns, logging, the PPO update) stays OpenRLHF's. With every
@@ -17,7 +17,7 @@ Inputs the estimators need, and where they come from:
 - outcome rewards (GiGPO's step returns): `experience.rewards` before OpenRLHF shapes them, the values its group
   advantages are computed from;
 - advantages / action mask: the (B, A) tensors OpenRLHF just computed, padded to one width across micro-batches;
-- turns and tool calls: rebuilt from the tokens (adapter/trajectory.py) with the tools of the run's agent YAML
+- turns and tool calls: rebuilt from the tokens (adapter/stage/trajectory.py) with the tools of the run's agent YAML
   (`args.agent.config`, else `$OPENRLHF_TAPO_AGENT_CONFIG`), so custom tools and raised limits count as in the
   rollout; calls whose execution failed are flagged and logged as `tapo/failed_calls`. GiGPO's anchor states come
   from the calls (`algorithms.gigpo.search_turns`);
@@ -45,8 +45,8 @@ import torch
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
-from openrlhf_tapo.adapter.config import check_tapo_compatible, credit_configs_from_args
-from openrlhf_tapo.adapter.trajectory import RecoveredCalls, ToolCallRecovery
+from openrlhf_tapo.adapter.stage.credit_args import check_tapo_compatible, credit_configs_from_args
+from openrlhf_tapo.adapter.stage.trajectory import RecoveredCalls, ToolCallRecovery
 from openrlhf_tapo.agent.config import AgentConfig, load_agent_config
 from openrlhf_tapo.agent.failures import hit_turn
 from openrlhf_tapo.agent.reward import parse_label

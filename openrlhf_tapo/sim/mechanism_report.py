@@ -14,7 +14,7 @@ from pathlib import Path
 
 from openrlhf_tapo.eval.stats import MeanCI, band, mean_ci, signed
 from openrlhf_tapo.sim.env import REGIMES
-from openrlhf_tapo.sim.study import ARMS, STUDY_LR, Cell, base_of
+from openrlhf_tapo.sim.mechanism_study import ARMS, STUDY_LR, Cell, base_of
 
 TITLE = "TAPO mechanism study (controlled tool-use environment)"
 

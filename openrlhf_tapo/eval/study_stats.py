@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from openrlhf_tapo.eval.stats import MeanCI, band, mean_ci, signed
+from openrlhf_tapo.eval.tapo_counts import COUNTS, stat_counts
 
 LOSS_NAMES = {"ppo": "GRPO", "sapo": "SAPO", "gspo_token": "GSPO-token", "gspo": "GSPO"}
 # result field -> what the paired comparison calls it
@@ -59,7 +60,8 @@ class RunResult:
     # eval split, sampled: share of trajectories whose first error is each kind (agent/failures.py); gates.json's
     # `eval_failures` is the warm start's, on the same questions and seeds; absent in runs before 2026-12-06
     eval_failures: dict[str, float] = field(default_factory=dict)
-    # a task with several question kinds (recall_cost preset): the sampled eval per kind (inprocess_rollout.by_kind)
+    # a task with several question kinds (recall_cost preset): the sampled eval per kind (`by_kind` of
+    # adapter/inprocess/agent_rollouts.py)
     by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -84,20 +86,15 @@ def run_curves(metrics: Sequence[dict]) -> dict[str, list[float | None]]:
 
 
 def tapo_counts(metrics: Sequence[dict]) -> dict[str, float]:
-    """TAPO diagnostics of a run pooled over its steps (per-step `tapo/*` batch statistics, as the loop logs them).
-
-    A per-step fraction is 0 when its denominator is 0, so averaging fractions over steps would count steps without
-    any failing call as "nothing correctable"; the counts are pooled instead.
-    """
+    """TAPO diagnostics of a run pooled over its steps (per-step `tapo/*` batch statistics, as the loop logs them):
+    rates are ratios of pooled counts (eval/tapo_counts.py says why)."""
 
     def total(key: str, weight: str | None = None) -> float:
         return sum(m.get(key, 0.0) * (m.get(weight, 0.0) if weight else 1.0) for m in metrics)
 
-    trajs, calls, corrected = (
-        total("tapo/failing_trajectories"),
-        total("tapo/failing_calls"),
-        total("tapo/corrected_calls"),
-    )
+    per_step = [stat_counts(m, "tapo/") for m in metrics]
+    pooled = {name: sum(step[name] for step in per_step) for name in COUNTS}
+    trajs, calls, corrected = pooled["failing_trajectories"], pooled["failing_calls"], pooled["corrected_calls"]
     steps = max(1, len(metrics))
     valid = sum(m.get(k, 0.0) for m in metrics for k in m if k.startswith("agent/calls/"))
     return {
@@ -108,12 +105,8 @@ def tapo_counts(metrics: Sequence[dict]) -> dict[str, float]:
         "failing_trajectories": trajs,
         "failing_calls": calls,
         "corrected_calls": corrected,
-        "failing_traj_correctable": total("tapo/failing_traj_correctable_frac", "tapo/failing_trajectories") / trajs
-        if trajs
-        else 0.0,
-        "failing_calls_correctable": total("tapo/failing_calls_correctable_frac", "tapo/failing_calls") / calls
-        if calls
-        else 0.0,
+        "failing_traj_correctable": pooled["correctable_trajectories"] / trajs if trajs else 0.0,
+        "failing_calls_correctable": pooled["correctable_calls"] / calls if calls else 0.0,
         "failing_calls_corrected": corrected / calls if calls else 0.0,
         "transferred_credit": total("tapo/mean_transferred_credit", "tapo/corrected_calls") / corrected
         if corrected

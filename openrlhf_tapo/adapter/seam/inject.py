@@ -6,7 +6,7 @@ module global `PolicyLoss(...)`. Both run inside Ray actors: the `PPOTrainer` ac
 `PPOTrainerAsync` starts from its own actor (`--train.async_enable`), and every `PolicyModelActor` rank. A patch
 made in the driver never reaches those processes.
 
-Mechanism: Ray's `worker_process_setup_hook` (adapter/ray_workers.py: the one hook, which calls `install()` here
+Mechanism: Ray's `worker_process_setup_hook` (adapter/seam/ray_workers.py: the one hook, which calls `install()` here
 when the job asks for the "injection" patch set) runs in every worker process of the job before it runs any task or
 builds any actor. Chosen over subclassing the trainer actor class because one hook covers every place the two names
 are used, whichever actor tree OpenRLHF builds: subclassing would need a replacement for `PPOTrainer`, for
@@ -18,7 +18,7 @@ to reach `ActorPPOTrainer`.
 patched right after it executes, before any of its code is called. vLLM engine workers, which never import them,
 are left alone (importing the training stack there would load vLLM/DeepSpeed before Ray has set up the device).
 
-The patches (declared, with the fingerprints of the sources they replace, in `adapter/patches.py`: a module is
+The patches (declared, with the fingerprints of the sources they replace, in `adapter/seam/patches.py`: a module is
 patched only once they match the installed OpenRLHF, and the launcher checks them all in the driver first):
 - `openrlhf.trainer.ppo_trainer.RemoteExperienceMaker` -> `TAPOExperienceMaker` (OpenRLHF's class exactly when
   `args.tapo.enable` is off).
@@ -37,7 +37,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-from openrlhf_tapo.adapter import patches
+from openrlhf_tapo.adapter.seam import patches
 from openrlhf_tapo.agent.config import CONFIG_ENV as AGENT_CONFIG_ENV
 from openrlhf_tapo.agent.config import MM_DTYPE_ENV
 
@@ -49,13 +49,13 @@ REQUIRE_VLLM_ENV = "OPENRLHF_TAPO_REQUIRE_VLLM"
 
 
 def _patch_ppo_trainer(module) -> None:
-    from openrlhf_tapo.adapter.experience_stage import TAPOExperienceMaker
+    from openrlhf_tapo.adapter.stage.experience_stage import TAPOExperienceMaker
 
     module.RemoteExperienceMaker = TAPOExperienceMaker
 
 
 def _patch_ppo_actor(module) -> None:
-    from openrlhf_tapo.adapter.policy_loss import build_policy_loss
+    from openrlhf_tapo.adapter.stage.openrlhf_loss import build_policy_loss
 
     trainer = module.ActorPPOTrainer
     openrlhf_init = trainer.__init__

@@ -43,7 +43,7 @@ from openrlhf.trainer.ray.ppo_actor import ActorPPOTrainer, PolicyModelActor
 from openrlhf.utils.deepspeed.deepspeed_utils import get_optimizer_grouped_parameters
 from transformers import get_scheduler
 
-from openrlhf_tapo.adapter.policy_loss import build_policy_loss
+from openrlhf_tapo.adapter.stage.openrlhf_loss import build_policy_loss
 
 
 @contextlib.contextmanager
@@ -108,7 +108,7 @@ MIN_LR_SCHEDULERS = frozenset({"cosine_with_min_lr", "cosine_warmup_with_min_lr"
 
 def build_optimizer_and_scheduler(actor: Actor, args, scheduler_steps: int):
     """The actor's optimizer and lr schedule by the rule of OpenRLHF's `DeepspeedStrategy._ds_init_train_model`
-    (reachable only through a DeepSpeed engine; declared in adapter/patches.py's INPROCESS): AdamW over OpenRLHF's
+    (reachable only through a DeepSpeed engine; declared in adapter/seam/patches.py's INPROCESS): AdamW over OpenRLHF's
     `get_optimizer_grouped_parameters` (bias and norm weights without weight decay; torch's AdamW, as DeepSpeed's
     `torch_adam`), and transformers' `get_scheduler` with `min_lr_rate` for the cosine-with-min-lr schedules only.
     `scheduler_steps` counts optimizer steps, as OpenRLHF's `max_steps`."""
@@ -213,7 +213,7 @@ def _no_weight_sync() -> Iterator[None]:
 def build_actor_trainer(strategy: InProcessStrategy, actor: Actor, optimizer, scheduler, tokenizer):
     """OpenRLHF's `ActorPPOTrainer`, built by its own `__init__` with the arguments
     `PolicyModelActor.init_model_from_pretrained` passes, and no vLLM engines (see the module doc). Its PolicyLoss is
-    then replaced by ours from the same args, as the Ray workers' patched `__init__` does (adapter/inject.py). Pinned
+    then replaced by ours from the same args, as the Ray workers' patched `__init__` does (seam/inject.py). Pinned
     memory is off: there is no GPU to copy to."""
     args = strategy.args
     with _current_device(0), _no_weight_sync():

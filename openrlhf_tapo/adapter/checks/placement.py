@@ -155,7 +155,7 @@ def cluster_to_join() -> str | None:
 def refuse_if_cluster_too_small(args) -> None:
     """Raise ClusterTooSmall when the Ray session already initialised, or the running cluster `train()` will join,
     has fewer free GPUs/CPUs than `args` reserve. A node this process starts itself is not checked: the CPU profile
-    sizes it (adapter/cpu_profile.py, CPU_NODE) and on GPUs Ray counts the node's devices."""
+    sizes it (adapter/seam/cpu_profile.py, CPU_NODE) and on GPUs Ray counts the node's devices."""
     import ray
 
     placement = job_placement(args)

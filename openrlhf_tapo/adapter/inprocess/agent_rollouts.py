@@ -2,7 +2,7 @@
 
 What OpenRLHF's `SamplesGenerator` does with the vLLM engines on a cluster, for an engine in this process
 (`HFGenerationEngine` on the actor's own model, or the scripted engines of the tests and the warm start): the
-rollout stage of the in-process loop (adapter/inprocess_loop.py), and the evaluations and gates of the bundled task.
+rollout stage of the in-process loop (adapter/inprocess/loop.py), and the evaluations and gates of the bundled task.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def sampling_params(args, temperature: float | None = None):
     """The SamplingParams OpenRLHF's `SamplesGenerator._dispatch_prompts_to_vllm` builds from the rollout flags (log-
     probs under the IS correction), by calling it for one prompt with `generate_kwargs(args)` (`temperature`
     overrides the flag's, as OpenRLHF's evaluation does) on a recording engine; its `ray.get` of the engines'
-    pending counts answers the counts themselves (a scoped stand-in, adapter/patches.py's INPROCESS)."""
+    pending counts answers the counts themselves (a scoped stand-in, adapter/seam/patches.py's INPROCESS)."""
     kwargs = generate_kwargs(args)
     if temperature is not None:
         kwargs["temperature"] = temperature

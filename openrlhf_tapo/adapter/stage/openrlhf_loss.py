@@ -17,7 +17,7 @@ from openrlhf.models.loss import PolicyLoss as OpenRLHFPolicyLoss
 from openrlhf.models.loss import aggregate_loss
 from openrlhf.models.utils import masked_mean
 
-from openrlhf_tapo.adapter.config import LOSS_FLAG_FIELDS
+from openrlhf_tapo.adapter.stage.credit_args import LOSS_FLAG_FIELDS
 from openrlhf_tapo.algorithms.policy_loss import SEQUENCE_RATIO_LOSSES, PolicyLossConfig, get_policy_loss
 
 logger = logging.getLogger(__name__)

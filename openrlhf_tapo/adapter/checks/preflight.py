@@ -7,7 +7,7 @@ OpenRLHF's parsed args with ours:
 - the prompt data (`--data.prompt_dataset`): every local file exists; EVERY row has the keys OpenRLHF reads
   (`--data.input_key`, `--data.label_key`, `--data.image_key`), at most `--data.max_images_per_prompt` images, and,
   for a vision model, fits `--data.max_len` with its images (each image's tokens from its header size alone, by the
-  processor's resize rules, adapter/mm_budget.py; the text by the model's tokenizer when one is on disk). The first
+  processor's resize rules, checks/mm_budget.py; the text by the model's tokenizer when one is on disk). The first
   rows' images are decoded in full. Bad rows are reported with their line numbers (how many, the first few);
 - the agent's tools (`--agent.config`): the YAML builds its ToolRunner, so a local index must load and a web
   provider's key variable must be set (only the variable's name is ever printed);
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openrlhf_tapo.adapter import mm_budget
+from openrlhf_tapo.adapter.checks import mm_budget
 
 ROWS_DECODED = 8  # rows from the head of each prompt file whose images are decoded in full (a truncated file)
 BAD_ROWS_SHOWN = 5  # bad rows named per kind of problem; the count covers all
@@ -336,7 +336,7 @@ def payload_warnings(args, agent_config, spec, scan) -> list[str]:
     """The step's worst-case multimodal payload against the object store Ray gives this machine by default."""
     if spec is None or agent_config is None:
         return []
-    from openrlhf_tapo.adapter.inject import trainer_compute_dtype
+    from openrlhf_tapo.adapter.seam.inject import trainer_compute_dtype
 
     dtype = trainer_compute_dtype(args)
     question_images = scan.max_images if scan is not None else 1
