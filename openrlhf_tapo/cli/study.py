@@ -46,7 +46,7 @@ from openrlhf_tapo.task.presets import TASK_PRESETS, preset_variant  # torch-fre
 
 
 def _default(flag: str) -> str:
-    return " (default: {}'s {})".format(*DEFAULTS_FROM[flag])
+    return f" (default: the study run preset's {DEFAULTS_FROM[flag]}, runners/run_presets.py)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds-other", type=int, default=5, help="paired seeds of the SAPO and GSPO-token arms")
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
     p.add_argument("--steps", type=int, help="RL steps per run" + _default("steps"))
-    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step")
-    p.add_argument("--n-samples", type=int, default=8, help="rollouts per prompt (GRPO group size)")
+    p.add_argument("--prompts-per-step", type=int, help="prompts per RL step" + _default("prompts_per_step"))
+    p.add_argument("--n-samples", type=int, help="rollouts per prompt (GRPO group size)" + _default("n_samples"))
     p.add_argument("--lr", type=float, help="RL AdamW learning rate" + _default("lr"))
     p.add_argument(
         "--updates-per-step",
@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-samples", type=int, default=4, help="T = 1 samples per eval question (final eval, gates)")
     p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
-    p.add_argument("--entities", type=int, default=512, help="knowledge-base entities (one question each)")
-    p.add_argument("--num-eval", type=int, default=128, help="entities held out for evaluation")
+    p.add_argument("--entities", type=int, help="knowledge-base entities (one question each)" + _default("entities"))
+    p.add_argument("--num-eval", type=int, help="entities held out for evaluation" + _default("num_eval"))
     p.add_argument(
         "--num-select",
         type=int,
@@ -136,12 +136,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.task_preset != "recall_cost":
             p.error("--collapse-gate-only measures the recall_cost preset's gate: add --task-preset recall_cost")
         args.arms = ["ppo"]
-    counts = (args.seeds_grpo, args.seeds_other, args.steps, args.eval_samples, args.gate_prompts, args.workers)
-    if min(n for n in counts if n is not None) < 1:  # steps None: RLConfig's (resolve_defaults)
-        p.error("--seeds-grpo, --seeds-other, --steps, --eval-samples, --gate-prompts and --workers must be >= 1")
+    counts = (args.seeds_grpo, args.seeds_other, args.steps, args.prompts_per_step, args.n_samples, args.eval_samples)
+    counts += (args.gate_prompts, args.workers)
+    if min(n for n in counts if n is not None) < 1:  # None: the run preset's (resolve_defaults)
+        p.error(
+            "--seeds-grpo, --seeds-other, --steps, --prompts-per-step, --n-samples, --eval-samples, --gate-prompts and "
+            "--workers must be >= 1"
+        )
     if args.eval_split == "select" and args.num_select < 1:
         p.error("--eval-split select needs a select split: give --num-select N (e.g. 64)")
-    if args.num_eval < 64:
+    if args.num_eval is not None and args.num_eval < 64:
         print(f"study: note: --num-eval {args.num_eval} < 64 is a smoke size, not a study", file=sys.stderr)
     return args
 

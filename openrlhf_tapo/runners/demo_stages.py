@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openrlhf_tapo.runners.ray_subprocess import ray_python, train_with_ray
+from openrlhf_tapo.runners.run_presets import run_preset
 from openrlhf_tapo.task.console import Console, quiet_output
 from openrlhf_tapo.task.presets import preset_variant
 from openrlhf_tapo.utils.step_line import step_line
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.task.prepare import TaskConfig
     from openrlhf_tapo.task.warm_start import WarmStartConfig
-
-DEMO_EVAL_QUESTIONS = 64  # held-out eval questions (issue 12: >= 64)
 
 EVAL_SAMPLES = 2  # temperature-1 samples per eval question
 
@@ -53,59 +52,21 @@ WHAT_RAN = """What ran (OpenRLHF 0.11.2's own code unless marked [ours]):
 
 
 def build_configs(args) -> tuple[TaskConfig, WarmStartConfig, RLConfig]:
-    from openrlhf_tapo.adapter.run_spec import RLConfig
-    from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
-    from openrlhf_tapo.task.prepare import TaskConfig
-    from openrlhf_tapo.task.questions import QuestionSetConfig
-    from openrlhf_tapo.task.warm_start import WarmStartConfig
-
-    variant = preset_variant(getattr(args, "task_preset", "default"))
-    if args.quick:
-        # The CI tests' sizes (tests/test_demo_pipeline.py, tests/test_demo_ray.py): a smoke run of every stage.
-        task = TaskConfig(
-            kb=KnowledgeBaseConfig(num_entities=24, seed=args.seed),
-            questions=QuestionSetConfig(num_eval=8, seed=args.seed),
-            model_seed=args.seed,
-            recall_cost=variant,
-        )
-        # whole turns from the start (no content phase): enough for a smoke run to write calls that reach the tools
-        warm = WarmStartConfig(
-            traces=16, steps=100, content_steps=0, batch_size=4, lr=5e-3, warmup_steps=2, seed=args.seed
-        )
-        rl = RLConfig(steps=2, prompts_per_step=2, n_samples_per_prompt=4, max_len=512, seed=args.seed)
-    else:
-        task = TaskConfig(
-            kb=KnowledgeBaseConfig(seed=args.seed),
-            questions=QuestionSetConfig(num_eval=DEMO_EVAL_QUESTIONS, seed=args.seed),
-            model_seed=args.seed,
-            recall_cost=variant,
-        )
-        # 100 content steps fewer than the study's warm start (the reading is learned by ~step 270), which pays for
-        # 4 more RL steps in the demo's 8 minutes. Chosen on the eval questions (docs/demo.md, "Choosing the RL
-        # settings"); paired over 4 RL seeds on 2026-12-06: +0.101 [+0.053, +0.149] (docs/demo_gain_2026-12-06)
-        warm = WarmStartConfig(steps=400, content_steps=300, seed=args.seed)
-        # GRPO groups of 8 and the learning rate as in the study (docs/results.md); 1e-3 gained less, 2e-3 collapsed
-        rl = RLConfig(
-            steps=12,
-            prompts_per_step=8,
-            n_samples_per_prompt=8,
-            micro_batch_size=8,
-            max_len=512,
-            seed=args.seed,
-        )
-    if args.steps is not None:
-        rl.steps = args.steps
-    if getattr(args, "lr", None) is not None:
-        rl.lr = args.lr
-    if getattr(args, "updates_per_step", None) is not None:
-        rl.updates_per_step = args.updates_per_step
-    if args.warm_steps is not None:
-        warm.steps = args.warm_steps
-    if getattr(args, "content_steps", None) is not None:
-        warm.content_steps = args.content_steps
-    rl.policy_loss_type = args.policy_loss_type
-    rl.tapo_enable = not args.no_tapo
-    rl.entropy_coef = getattr(args, "entropy_coef", None)
+    """The run preset (`--quick`: quick, else demo; runners/run_presets.py) with the demo's flags applied."""
+    preset = run_preset("quick" if args.quick else "demo", seed=args.seed)
+    task = dataclasses.replace(preset.task, recall_cost=preset_variant(getattr(args, "task_preset", "default")))
+    given = {
+        name: getattr(args, flag, None) for flag, name in (("warm_steps", "steps"), ("content_steps", "content_steps"))
+    }
+    warm = dataclasses.replace(preset.warm, **{k: v for k, v in given.items() if v is not None})
+    given = {name: getattr(args, name, None) for name in ("steps", "lr", "updates_per_step")}
+    rl = dataclasses.replace(
+        preset.rl,
+        **{k: v for k, v in given.items() if v is not None},
+        policy_loss_type=args.policy_loss_type,
+        tapo_enable=not args.no_tapo,
+        entropy_coef=getattr(args, "entropy_coef", None),
+    )
     return task, warm, rl
 
 

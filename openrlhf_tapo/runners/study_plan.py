@@ -1,13 +1,15 @@
 """The CPU study's plan: its arms, the (arm, seed) runs in seed-major order, each run's configurations (task, warm
 start, RL run spec) from the study's settings, and the settings an OUT was started with.
 
-The settings are `cli/study.py`'s parsed flags; flags left unset take their configuration class's default
-(`resolve_defaults`), so OUT/config.json records the values used.
+The settings are `cli/study.py`'s parsed flags; flags left unset take the study's run preset's value
+(runners/run_presets.py; `resolve_defaults`), so OUT/config.json records the values used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from operator import attrgetter
 from pathlib import Path
 
 from openrlhf_tapo.task.presets import preset_variant  # torch-free
@@ -25,38 +27,41 @@ ADDED_FLAGS = {"updates_per_step": 1, "num_select": 0, "eval_split": "eval", "ta
 ADDED_FLAGS |= {"known_share": None, "search_penalty": None, "known_search_share": None}  # recall_cost's knobs
 
 
-# flag -> (config class, field) whose default it takes (`resolve_defaults`), named in the flag's help
+# flag -> the field of the study's run preset (runners/run_presets.py) whose value it takes when left unset
+# (`resolve_defaults`), named in the flag's help
 DEFAULTS_FROM = {
-    "steps": ("RLConfig", "steps"),
-    "lr": ("RLConfig", "lr"),
-    "warm_steps": ("WarmStartConfig", "steps"),
-    "warm_batch": ("WarmStartConfig", "batch_size"),
-    "warm_lr": ("WarmStartConfig", "lr"),
-    "content_steps": ("WarmStartConfig", "content_steps"),
-    "direct_share": ("WarmStartConfig", "direct_share"),
-    "misread_share": ("WarmStartConfig", "misread_share"),
-    "beta": ("TAPOConfig", "beta"),
-    "theta": ("TAPOConfig", "theta"),
-    "alpha_min": ("TAPOConfig", "alpha_min"),
-    "span": ("TAPOConfig", "span"),
+    "steps": "rl.steps",
+    "prompts_per_step": "rl.prompts_per_step",
+    "n_samples": "rl.n_samples_per_prompt",
+    "lr": "rl.lr",
+    "entities": "task.kb.num_entities",
+    "num_eval": "task.questions.num_eval",
+    "warm_steps": "warm.steps",
+    "warm_batch": "warm.batch_size",
+    "warm_lr": "warm.lr",
+    "content_steps": "warm.content_steps",
+    "direct_share": "warm.direct_share",
+    "misread_share": "warm.misread_share",
+    "beta": "rl.tapo.beta",
+    "theta": "rl.tapo.theta",
+    "alpha_min": "rl.tapo.alpha_min",
+    "span": "rl.tapo.span",
 }
 
 
 def resolve_defaults(args) -> None:
-    """Fill the flags left unset with their config class's default, so OUT/config.json records the values used."""
-    from openrlhf_tapo.adapter.run_spec import RLConfig
-    from openrlhf_tapo.algorithms.tapo import TAPOConfig
-    from openrlhf_tapo.task.warm_start import WarmStartConfig
+    """Fill the flags left unset from the study's run preset, so OUT/config.json records the values used."""
+    from openrlhf_tapo.runners.run_presets import run_preset
 
-    configs = {"RLConfig": RLConfig(), "WarmStartConfig": WarmStartConfig(), "TAPOConfig": TAPOConfig()}
-    for flag, (cls, name) in DEFAULTS_FROM.items():
+    preset = run_preset("study")
+    for flag, path in DEFAULTS_FROM.items():
         if getattr(args, flag) is None:
-            setattr(args, flag, getattr(configs[cls], name))
+            setattr(args, flag, attrgetter(path)(preset))
     variant = preset_variant(args.task_preset, known_share=args.known_share, search_penalty=args.search_penalty)
     if variant is not None:  # the default task keeps them None: they do not apply to it
         args.known_share, args.search_penalty = variant.known_share, variant.search_penalty
         if args.known_search_share is None:
-            args.known_search_share = configs["WarmStartConfig"].known_search_share
+            args.known_search_share = preset.warm.known_search_share
 
 
 def seeds_of(arm: str, args) -> int:
@@ -94,20 +99,21 @@ def check_config(args, out: Path) -> None:
 
 
 def task_config(args):
-    from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
-    from openrlhf_tapo.task.prepare import TaskConfig
-    from openrlhf_tapo.task.questions import QuestionSetConfig
+    from openrlhf_tapo.runners.run_presets import run_preset
 
-    questions = QuestionSetConfig(args.num_eval, num_select=args.num_select)
+    task = run_preset("study").task
+    kb = dataclasses.replace(task.kb, num_entities=args.entities)
+    questions = dataclasses.replace(task.questions, num_eval=args.num_eval, num_select=args.num_select)
     variant = preset_variant(args.task_preset, known_share=args.known_share, search_penalty=args.search_penalty)
-    return TaskConfig(kb=KnowledgeBaseConfig(num_entities=args.entities), questions=questions, recall_cost=variant)
+    return dataclasses.replace(task, kb=kb, questions=questions, recall_cost=variant)
 
 
 def warm_config(args):
-    from openrlhf_tapo.task.warm_start import WarmStartConfig
+    from openrlhf_tapo.runners.run_presets import run_preset
 
     known = {} if args.known_search_share is None else {"known_search_share": args.known_search_share}
-    return WarmStartConfig(
+    return dataclasses.replace(
+        run_preset("study").warm,
         **known,
         direct_share=args.direct_share,
         misread_share=args.misread_share,
@@ -119,19 +125,21 @@ def warm_config(args):
 
 
 def rl_config(arm: str, seed: int, args):
-    from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.algorithms.estimators import ESTIMATORS
-    from openrlhf_tapo.algorithms.tapo import TAPOConfig
     from openrlhf_tapo.eval.study_stats import arm_parts
+    from openrlhf_tapo.runners.run_presets import run_preset
 
     loss, mods = arm_parts(arm)
-    tapo = TAPOConfig(
+    rl = run_preset("study").rl
+    tapo = dataclasses.replace(
+        rl.tapo,
         beta=args.beta if "tapo" in mods else 0.0,  # arms without TAPO: the stage measures, beta 0 changes nothing
         theta=args.theta,
         alpha_min=args.alpha_min,
         span=args.span,
     )
-    return RLConfig(
+    return dataclasses.replace(
+        rl,
         steps=args.steps,
         prompts_per_step=args.prompts_per_step,
         n_samples_per_prompt=args.n_samples,

@@ -47,11 +47,12 @@ class Study:
         return read_prompt_rows(self.paths.prompts[split])
 
     def openrlhf_args(self):
-        """OpenRLHF args of a default RL run: the sampling parameters of the gates and the warm-start traces."""
+        """OpenRLHF args of the study preset's RL run: the sampling parameters of the gates and the warm-start
+        traces."""
         from openrlhf_tapo.adapter.inprocess.loop import build_openrlhf_args
-        from openrlhf_tapo.adapter.run_spec import RLConfig
+        from openrlhf_tapo.runners.run_presets import run_preset
 
-        return build_openrlhf_args(RLConfig(), self.warm_dir, self.out / "gates")
+        return build_openrlhf_args(run_preset("study").rl, self.warm_dir, self.out / "gates")
 
 
 def prepare(args, out: Path, log) -> Study:
