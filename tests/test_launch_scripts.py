@@ -6,6 +6,7 @@ For every script the recorded command line must be accepted by OpenRLHF 0.11.2's
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,13 @@ import pytest
 import torch
 from _launch_inputs import launch_inputs
 
-from openrlhf_tapo.adapter.run_spec import RLConfig
 from openrlhf_tapo.adapter.seam import inject
 from openrlhf_tapo.adapter.stage.openrlhf_args import parse_openrlhf_args
 from openrlhf_tapo.adapter.stage.openrlhf_loss import build_policy_loss
 from openrlhf_tapo.algorithms.policy_loss import PolicyLossConfig
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 from openrlhf_tapo.cli.train_ppo_ray import build_parser, openrlhf_argv, resolve_args
+from openrlhf_tapo.runners.run_presets import run_preset
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "examples" / "scripts"
@@ -264,12 +265,9 @@ def test_dry_run_submits_nothing_and_prints_only_json(dry_runs, script):
         assert resolved["logger"]["wandb"]["key"] == "<redacted>"
 
 
-# The run train_tapo_cpu.sh trains without flags: its own flags are these facts, rendered by the run spec (the one
-# rendering the in-process loop parses and the Ray demo appends to the script). The script leaves OpenRLHF's default
-# --train.seed (42) and reads MAX_SAMPLES=4 prompts once: 2 steps of 2 prompts.
-CPU_SCRIPT_RUN = RLConfig(
-    steps=2, prompts_per_step=2, n_samples_per_prompt=4, micro_batch_size=4, lr=1e-3, max_len=1024, seed=42
-)
+# The run train_tapo_cpu.sh trains without flags is the run preset `cpu_script` (runners/run_presets.py), rendered by
+# the run spec (the one rendering the in-process loop parses and the Ray demo appends to the script).
+CPU_SCRIPT_RUN = run_preset("cpu_script").rl
 
 
 def _flag_values(argv: list[str]) -> dict[str, str | bool]:
@@ -293,6 +291,19 @@ def _same(got, want: str | bool) -> bool:
         return float(got) == float(want)  # "1e-3" is 0.001
     except (TypeError, ValueError):
         return False
+
+
+def test_cpu_script_writes_the_run_presets_values():
+    """Fast: every flag the script writes literally has the value the `cpu_script` preset renders (the slow test
+    below checks the resolved configuration, OpenRLHF's defaults included)."""
+    text = (SCRIPTS / "train_tapo_cpu.sh").read_text().replace("\\\n", " ")
+    literal = _flag_values([t for t in shlex.split(text[text.index("exec ") :]) if "$" not in t])
+    spec = CPU_SCRIPT_RUN
+    rendered = _flag_values([*spec.openrlhf_flags(), *spec.tapo_flags()])
+    shared = set(rendered) & set(literal)
+    assert {"rollout.batch_size", "train.batch_size", "data.max_len", "actor.adam.lr"} <= shared
+    differ = {name: (rendered[name], literal[name]) for name in shared if not _same(literal[name], rendered[name])}
+    assert differ == {}, f"train_tapo_cpu.sh's flags differ from runners/run_presets.py's cpu_script: {differ}"
 
 
 @pytest.mark.slow

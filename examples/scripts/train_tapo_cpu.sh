@@ -7,6 +7,8 @@
 #   TASK_DIR=runs/demo/task bash examples/scripts/train_tapo_cpu.sh [more flags]
 #   DRY_RUN=1 ... runs the launcher's checks and prints the resolved configuration as JSON, without starting Ray.
 #   What torch, bitsandbytes and DeepSpeed print when they load goes to SAVE_PATH/launch.log, not the console.
+# The sizes below are the run preset `cpu_script` (openrlhf_tapo/runners/run_presets.py; tests/test_launch_scripts.py
+# fails when they differ): change them there and here together.
 set -euo pipefail
 
 WORK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
