@@ -89,3 +89,38 @@ def test_the_study_resolves_to_its_preset():
 def test_an_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="choose from study, demo, quick, cpu_script"):
         run_preset("full")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"steps": 0}, r"RLConfig.steps must be an integer >= 1, got 0"),
+        ({"prompts_per_step": None}, r"RLConfig.prompts_per_step must be an integer >= 1, got None"),
+        ({"lr": 0.0}, r"lr must be > 0"),
+        ({"max_len": 0}, r"max_len >= 1"),
+        ({"policy_loss_type": "dpo"}, r"RLConfig.policy_loss_type 'dpo': choose from ppo, gspo, gspo_token, sapo"),
+        ({"updates_per_step": 3}, r"RLConfig.updates_per_step 3 must split the 16 rollout samples .* divisors of 4"),
+    ],
+)
+def test_rl_config_refuses_a_bad_field_when_built(fields, message):
+    from openrlhf_tapo.adapter.run_spec import RLConfig
+
+    with pytest.raises(ValueError, match=message):
+        RLConfig(**fields)
+    with pytest.raises(ValueError, match=message):  # a changed copy is checked too
+        dataclasses.replace(RLConfig(), **fields)
+
+
+def test_warm_start_and_task_configs_refuse_a_bad_field_when_built():
+    from openrlhf_tapo.task.knowledge_base import KnowledgeBaseConfig
+    from openrlhf_tapo.task.prepare import TaskConfig
+    from openrlhf_tapo.task.questions import QuestionSetConfig
+    from openrlhf_tapo.task.warm_start import WarmStartConfig
+
+    with pytest.raises(ValueError, match=r"WarmStartConfig.misread_share must be in \[0, 1\], got 1.5"):
+        WarmStartConfig(misread_share=1.5)
+    with pytest.raises(ValueError, match="WarmStartConfig: .* got traces 16, steps 0"):
+        dataclasses.replace(run_preset("quick").warm, steps=0)
+    with pytest.raises(ValueError, match=r"num_eval \(128\) and num_select \(0\) .* num_entities = 24"):
+        TaskConfig(kb=KnowledgeBaseConfig(num_entities=24))  # the default 128 held out of 24 entities
+    assert TaskConfig(kb=KnowledgeBaseConfig(num_entities=24), questions=QuestionSetConfig(num_eval=8)).kb.seed == 0

@@ -130,6 +130,7 @@ def test_planned_runs_are_seed_major_with_per_family_seed_counts():
 
 def test_base_arms_measure_with_beta_zero():
     args = study.parse_args(["--beta", "0.5"])
+    study_plan.resolve_defaults(args)
     assert study_plan.rl_config("sapo", 3, args).tapo.beta == 0.0
     tapo = study_plan.rl_config("sapo+tapo", 3, args)
     assert (tapo.tapo.beta, tapo.tapo_enable, tapo.policy_loss_type, tapo.seed) == (0.5, True, "sapo", 3)
@@ -177,4 +178,5 @@ def test_the_select_split_must_exist_to_be_evaluated(capsys):
         study.parse_args(["--eval-split", "select"])
     assert "--num-select" in capsys.readouterr().err
     args = study.parse_args(["--num-select", "64", "--eval-split", "select"])
+    study_plan.resolve_defaults(args)
     assert study_plan.task_config(args).questions.num_select == 64

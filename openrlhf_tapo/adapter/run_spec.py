@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from openrlhf_tapo.adapter.stage.credit_args import STEP_ESTIMATORS
+from openrlhf_tapo.adapter.stage.openrlhf_args import OPENRLHF_LOSS_TYPE
 from openrlhf_tapo.algorithms.estimators import ESTIMATORS
 from openrlhf_tapo.algorithms.tapo import TAPOConfig
 
@@ -86,16 +87,34 @@ class RLConfig:
             argv += ["--actor.entropy_coef", str(self.entropy_coef)]
         return argv
 
-    def train_batch_size(self) -> int:
-        """`--train.batch_size`: the rollout batch's samples per optimizer step."""
-        samples, updates = self.prompts_per_step * self.n_samples_per_prompt, self.updates_per_step
-        if updates < 1 or samples % updates or (samples // updates) % self.micro_batch_size:
+    def __post_init__(self) -> None:
+        """Refuse a run OpenRLHF could not train, naming the field and the fix, when the spec is built (not when
+        it is rendered, after a task and a warm start have been paid for)."""
+        for name in ("steps", "prompts_per_step", "n_samples_per_prompt", "micro_batch_size", "updates_per_step"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RLConfig.{name} must be an integer >= 1, got {value!r}")
+        if not self.lr > 0 or self.temperature < 0 or self.max_len < 1:
             raise ValueError(
-                f"updates_per_step {self.updates_per_step} must split the {samples} rollout samples of a step "
-                f"(prompts_per_step x n_samples_per_prompt) into equal mini-batches that are whole multiples of "
-                f"micro_batch_size {self.micro_batch_size}"
+                f"RLConfig: lr must be > 0, temperature >= 0 and max_len >= 1; got lr {self.lr}, temperature "
+                f"{self.temperature}, max_len {self.max_len}"
             )
-        return samples // updates
+        if self.policy_loss_type not in OPENRLHF_LOSS_TYPE:
+            raise ValueError(
+                f"RLConfig.policy_loss_type {self.policy_loss_type!r}: choose from {', '.join(OPENRLHF_LOSS_TYPE)}"
+            )
+        samples, updates = self.prompts_per_step * self.n_samples_per_prompt, self.updates_per_step
+        if samples % updates or (samples // updates) % self.micro_batch_size:
+            raise ValueError(
+                f"RLConfig.updates_per_step {updates} must split the {samples} rollout samples of a step "
+                f"(prompts_per_step x n_samples_per_prompt) into equal mini-batches that are whole multiples of "
+                f"micro_batch_size {self.micro_batch_size}: choose updates_per_step among the divisors of "
+                f"{samples // self.micro_batch_size}, or another micro_batch_size"
+            )
+
+    def train_batch_size(self) -> int:
+        """`--train.batch_size`: the rollout batch's samples per optimizer step (`__post_init__` checked the split)."""
+        return self.prompts_per_step * self.n_samples_per_prompt // self.updates_per_step
 
     def tapo_flags(self) -> list[str]:
         """Our credit flags (cli/train_ppo_ray.py's parser): TAPO's switch, then every TAPOConfig field that is not

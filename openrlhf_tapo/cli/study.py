@@ -140,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     counts += (args.gate_prompts, args.workers)
     if min(n for n in counts if n is not None) < 1:  # None: the run preset's (resolve_defaults)
         p.error(
-            "--seeds-grpo, --seeds-other, --steps, --prompts-per-step, --n-samples, --eval-samples, --gate-prompts and "
-            "--workers must be >= 1"
+            "--seeds-grpo, --seeds-other, --steps, --prompts-per-step, --n-samples, --eval-samples, --gate-prompts "
+            "and --workers must be >= 1"
         )
     if args.eval_split == "select" and args.num_select < 1:
         p.error("--eval-split select needs a select split: give --num-select N (e.g. 64)")

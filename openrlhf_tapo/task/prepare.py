@@ -78,6 +78,14 @@ class TaskConfig:
     model_family: str = "qwen2_5_vl"  # or "qwen3_vl" (task/tiny_model.py: FAMILIES)
     recall_cost: RecallCostConfig | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse sizes the task cannot be built with when the config is made (the build checks again: a field may
+        be reassigned)."""
+        self.kb.validate()
+        self.questions.validate(self.kb.num_entities)
+        if self.recall_cost is not None:
+            self.recall_cost.validate()
+
     @property
     def preset(self) -> str:
         return "default" if self.recall_cost is None else "recall_cost"

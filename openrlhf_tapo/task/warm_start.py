@@ -70,12 +70,15 @@ class WarmStartConfig:
     weight_decay: float = 0.0
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("direct_share", "misread_share", "known_search_share"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"warm start {name} must be in [0, 1], got {getattr(self, name)}")
+                raise ValueError(f"WarmStartConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if min(self.traces, self.steps, self.batch_size) < 1 or self.content_steps < 0:
-            raise ValueError("warm start traces, steps and batch_size must be >= 1, content_steps >= 0")
+            raise ValueError(
+                f"WarmStartConfig: traces, steps and batch_size must be >= 1 and content_steps >= 0; got traces "
+                f"{self.traces}, steps {self.steps}, batch_size {self.batch_size}, content_steps {self.content_steps}"
+            )
 
 
 class ScriptedEngine:
@@ -139,7 +142,6 @@ def train_warm_start(
     (`rows` are their prompt rows) and of every `held_out` question (rows, questions: the held-out splits' RECALL
     questions, `prepare.held_out_recall`, in the recall_cost preset) through the real agent, then `warm_start`.
     Returns the losses and the teacher's accuracy on its traces."""
-    config.validate()
     questions = list(questions)[: config.traces]
     rows = rows[: len(questions)] + list(held_out[0])
     questions += list(held_out[1])
