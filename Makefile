@@ -40,7 +40,7 @@ test: lint pytest
 test-fast: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# e.g. make demo DEMO_ARGS="--quick --run-dir runs/demo_quick"
+# e.g. make demo DEMO_ARGS="--quick --out runs/demo_quick"
 DEMO_ARGS ?=
 
 demo: venv venv-ray

@@ -124,3 +124,16 @@ def test_warm_start_and_task_configs_refuse_a_bad_field_when_built():
     with pytest.raises(ValueError, match=r"num_eval \(128\) and num_select \(0\) .* num_entities = 24"):
         TaskConfig(kb=KnowledgeBaseConfig(num_entities=24))  # the default 128 held out of 24 entities
     assert TaskConfig(kb=KnowledgeBaseConfig(num_entities=24), questions=QuestionSetConfig(num_eval=8)).kb.seed == 0
+
+
+@pytest.mark.parametrize(
+    "argv", [["--out", "d", "--tapo.disable"], ["--run-dir", "d", "--no-tapo"]], ids=["new", "old spelling"]
+)
+def test_demo_takes_out_and_tapo_disable_as_the_other_entry_points_and_keeps_the_old_spellings(monkeypatch, argv):
+    from openrlhf_tapo.cli import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_logged", lambda args: seen.append(args) or 0)
+    assert demo.main(argv) == 0
+    assert (seen[0].run_dir, seen[0].no_tapo) == ("d", True)
+    assert build_configs(seen[0])[2].tapo_enable is False

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on the embedded default task, on one CPU machine, in one command.
 
-    python -m openrlhf_tapo.cli.demo [--run-dir runs/demo] [--steps N] [--seed S] [--quick] [--task-preset NAME]
+    python -m openrlhf_tapo.cli.demo [--out runs/demo] [--steps N] [--seed S] [--quick] [--task-preset NAME]
 
 1. builds the synthetic visual knowledge base (seeded), its local search index and the questions;
 2. builds a tiny Qwen2.5-VL + BPE tokenizer offline;
@@ -32,7 +32,14 @@ from openrlhf_tapo.task.presets import TASK_PRESETS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/demo", help="where everything is written (default runs/demo)")
+    parser.add_argument(
+        "--out",
+        "--run-dir",  # the old spelling, kept: docs and earlier commands use it
+        dest="run_dir",
+        default="runs/demo",
+        help="where everything is written, as the study's and the simulation's --out (default runs/demo; "
+        "--run-dir is the old spelling)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default 12; 2 with --quick)")
     parser.add_argument("--warm-steps", type=int, default=None, help="warm-start optimizer steps (WarmStartConfig)")
     parser.add_argument(
@@ -76,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="optimizer steps per rollout batch (RLConfig.updates_per_step; default 1)",
     )
-    parser.add_argument("--no-tapo", action="store_true", help="plain GRPO (TAPO stage off)")
+    parser.add_argument(
+        "--tapo.disable",
+        "--no-tapo",  # the old spelling, kept: docs/demo.md and earlier commands use it
+        dest="no_tapo",
+        action="store_true",
+        help="plain GRPO (TAPO stage off), the launcher's --tapo.disable (--no-tapo is the old spelling)",
+    )
     parser.add_argument(
         "--entropy-coef",
         type=float,
