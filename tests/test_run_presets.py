@@ -137,3 +137,15 @@ def test_demo_takes_out_and_tapo_disable_as_the_other_entry_points_and_keeps_the
     assert demo.main(argv) == 0
     assert (seen[0].run_dir, seen[0].no_tapo) == ("d", True)
     assert build_configs(seen[0])[2].tapo_enable is False
+
+
+def test_every_generated_study_flag_names_a_preset_field_of_its_type():
+    from operator import attrgetter
+
+    preset = run_preset("study")
+    for flag, (path, kind, _) in study_plan.PRESET_FLAGS.items():
+        value = attrgetter(path)(preset)
+        assert value in kind if isinstance(kind, tuple) else type(value) is kind, (flag, path, value)
+    given = study.parse_args(["--steps", "3", "--span", "call", "--warm-lr", "0.01", "--num-eval", "64"])
+    study_plan.resolve_defaults(given)
+    assert (given.steps, given.span, given.warm_lr, given.num_eval, given.n_samples) == (3, "call", 0.01, 64, 8)

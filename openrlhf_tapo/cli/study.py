@@ -40,13 +40,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from openrlhf_tapo.runners.study_plan import ADDED_FLAGS, ARMS, DEFAULTS_FROM, STEP_ARMS
+from openrlhf_tapo.runners.study_plan import ADDED_FLAGS, ARMS, STEP_ARMS, preset_flags
 from openrlhf_tapo.runners.study_session import run_study
 from openrlhf_tapo.task.presets import TASK_PRESETS, preset_variant  # torch-free
-
-
-def _default(flag: str) -> str:
-    return f" (default: the study run preset's {DEFAULTS_FROM[flag]}, runners/run_presets.py)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,10 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds-grpo", type=int, default=10, help="paired seeds of the ppo and ppo+tapo arms")
     p.add_argument("--seeds-other", type=int, default=5, help="paired seeds of the SAPO and GSPO-token arms")
     p.add_argument("--seed-list", help="run only these seeds (comma list), e.g. to split a study over processes")
-    p.add_argument("--steps", type=int, help="RL steps per run" + _default("steps"))
-    p.add_argument("--prompts-per-step", type=int, help="prompts per RL step" + _default("prompts_per_step"))
-    p.add_argument("--n-samples", type=int, help="rollouts per prompt (GRPO group size)" + _default("n_samples"))
-    p.add_argument("--lr", type=float, help="RL AdamW learning rate" + _default("lr"))
+    preset_flags(p, ("steps", "prompts_per_step", "n_samples", "lr"))
     p.add_argument(
         "--updates-per-step",
         type=int,
@@ -71,8 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-samples", type=int, default=4, help="T = 1 samples per eval question (final eval, gates)")
     p.add_argument("--gate-prompts", type=int, default=32, help="training questions of the correctable gate")
-    p.add_argument("--entities", type=int, help="knowledge-base entities (one question each)" + _default("entities"))
-    p.add_argument("--num-eval", type=int, help="entities held out for evaluation" + _default("num_eval"))
+    preset_flags(p, ("entities", "num_eval"))
     p.add_argument(
         "--num-select",
         type=int,
@@ -85,14 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=ADDED_FLAGS["eval_split"],
         help="split of the gates and the final evaluation: select while choosing settings, eval to report them",
     )
-    p.add_argument("--warm-steps", type=int, help="warm-start optimizer steps" + _default("warm_steps"))
-    p.add_argument("--warm-batch", type=int, help="warm-start traces per optimizer step" + _default("warm_batch"))
-    p.add_argument("--warm-lr", type=float, help="warm-start peak AdamW learning rate" + _default("warm_lr"))
-    p.add_argument(
-        "--content-steps", type=int, help="warm-start steps on gold content tokens first" + _default("content_steps")
-    )
-    p.add_argument("--direct-share", type=float, help="teacher traces without tools" + _default("direct_share"))
-    p.add_argument("--misread-share", type=float, help="searched traces misread" + _default("misread_share"))
+    preset_flags(p, ("warm_steps", "warm_batch", "warm_lr", "content_steps", "direct_share", "misread_share"))
     p.add_argument(
         "--task-preset",
         default=ADDED_FLAGS["task_preset"],
@@ -112,10 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="recall_cost: run only the GRPO (ppo) seeds of the collapse gate and write OUT/collapse_gate.json",
     )
-    p.add_argument("--beta", type=float, help="TAPO beta of the +tapo arms (base arms: 0)" + _default("beta"))
-    p.add_argument("--theta", type=float, help="TAPO similarity threshold" + _default("theta"))
-    p.add_argument("--alpha-min", type=float, help="TAPO confidence gate" + _default("alpha_min"))
-    p.add_argument("--span", choices=["turn", "call"], help="tokens TAPO corrects" + _default("span"))
+    preset_flags(p, ("beta", "theta", "alpha_min", "span"))
     p.add_argument("--budget-min", type=float, help="start no run after this many minutes")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel, one process each (e.g. 1 per core)")

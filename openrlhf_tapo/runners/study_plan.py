@@ -27,26 +27,37 @@ ADDED_FLAGS = {"updates_per_step": 1, "num_select": 0, "eval_split": "eval", "ta
 ADDED_FLAGS |= {"known_share": None, "search_penalty": None, "known_search_share": None}  # recall_cost's knobs
 
 
-# flag -> the field of the study's run preset (runners/run_presets.py) whose value it takes when left unset
-# (`resolve_defaults`), named in the flag's help
-DEFAULTS_FROM = {
-    "steps": "rl.steps",
-    "prompts_per_step": "rl.prompts_per_step",
-    "n_samples": "rl.n_samples_per_prompt",
-    "lr": "rl.lr",
-    "entities": "task.kb.num_entities",
-    "num_eval": "task.questions.num_eval",
-    "warm_steps": "warm.steps",
-    "warm_batch": "warm.batch_size",
-    "warm_lr": "warm.lr",
-    "content_steps": "warm.content_steps",
-    "direct_share": "warm.direct_share",
-    "misread_share": "warm.misread_share",
-    "beta": "rl.tapo.beta",
-    "theta": "rl.tapo.theta",
-    "alpha_min": "rl.tapo.alpha_min",
-    "span": "rl.tapo.span",
+# The study's flags that set a field of its run preset (runners/run_presets.py): flag -> (the field, its type, help).
+# cli/study.py generates `--<flag>` from each row (`preset_flags`); a flag left unset takes the preset's value
+# (`resolve_defaults`, at run time: the config classes import torch and OpenRLHF, which print), so the value is
+# defined once, in the preset, and OUT/config.json records it.
+PRESET_FLAGS = {
+    "steps": ("rl.steps", int, "RL steps per run"),
+    "prompts_per_step": ("rl.prompts_per_step", int, "prompts per RL step"),
+    "n_samples": ("rl.n_samples_per_prompt", int, "rollouts per prompt (GRPO group size; also the micro-batch)"),
+    "lr": ("rl.lr", float, "RL AdamW learning rate"),
+    "entities": ("task.kb.num_entities", int, "knowledge-base entities (one question each)"),
+    "num_eval": ("task.questions.num_eval", int, "entities held out for evaluation"),
+    "warm_steps": ("warm.steps", int, "warm-start optimizer steps"),
+    "warm_batch": ("warm.batch_size", int, "warm-start traces per optimizer step"),
+    "warm_lr": ("warm.lr", float, "warm-start peak AdamW learning rate"),
+    "content_steps": ("warm.content_steps", int, "warm-start steps on gold content tokens first"),
+    "direct_share": ("warm.direct_share", float, "teacher traces without tools"),
+    "misread_share": ("warm.misread_share", float, "searched traces misread"),
+    "beta": ("rl.tapo.beta", float, "TAPO beta of the +tapo arms (base arms: 0)"),
+    "theta": ("rl.tapo.theta", float, "TAPO similarity threshold"),
+    "alpha_min": ("rl.tapo.alpha_min", float, "TAPO confidence gate"),
+    "span": ("rl.tapo.span", ("turn", "call"), "tokens TAPO corrects"),
 }
+
+
+def preset_flags(parser, names: tuple[str, ...]) -> None:
+    """Add `--<name>` (underscores as dashes) for each of `names` from its `PRESET_FLAGS` row."""
+    for name in names:
+        path, kind, help_text = PRESET_FLAGS[name]
+        typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        help_text += f" (default: the study run preset's {path}, runners/run_presets.py)"
+        parser.add_argument(f"--{name.replace('_', '-')}", **typed, help=help_text)
 
 
 def resolve_defaults(args) -> None:
@@ -54,7 +65,7 @@ def resolve_defaults(args) -> None:
     from openrlhf_tapo.runners.run_presets import run_preset
 
     preset = run_preset("study")
-    for flag, path in DEFAULTS_FROM.items():
+    for flag, (path, _, _) in PRESET_FLAGS.items():
         if getattr(args, flag) is None:
             setattr(args, flag, attrgetter(path)(preset))
     variant = preset_variant(args.task_preset, known_share=args.known_share, search_penalty=args.search_penalty)
