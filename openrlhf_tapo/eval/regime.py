@@ -223,8 +223,10 @@ def read_regime(s: Signals) -> Reading:
     if s.answer_step_share >= MAJORITY:
         lines.append(
             f"Most failures are in the answer step ({s.answer_step_share:.2f} of them: an observation held the answer "
-            "and the final answer was wrong or missing). TAPO never changes the answer turn's credit; a step-level "
-            "estimator targets it: --gigpo.enable or --turn_reward.enable (docs/step_credit.md)."
+            "and the final answer was wrong or missing). TAPO never changes the answer turn's credit. A step-level "
+            "estimator (--gigpo.enable, --turn_reward.enable; docs/step_credit.md) reaches it only where failing "
+            "trajectories reach different states before answering: on the bundled task, where they do not, neither "
+            "helped and the turn reward cost accuracy (docs/results.md §7)."
         )
     if s.failure_shares.get("malformed_call", 0.0) >= MAJORITY:
         lines.append(
