@@ -267,3 +267,21 @@ def test_log_probs_and_the_update_use_the_rollout_temperature(task, tmp_path, mo
     rl.step([task.rows[0]], engine=[ScriptedEngine(tokenizer, gold), ScriptedEngine(tokenizer, gold)])
     assert len(seen) >= 2 and set(seen) == {0.5}  # the log-prob forward, then the training forward
     assert rl.actor.temperature == 1.0
+
+
+def test_prompt_batches_draw_each_row_once_per_pass_in_the_seeded_order():
+    import random
+
+    from openrlhf_tapo.adapter.inprocess.loop import prompt_batches
+
+    rows = [{"id": i} for i in range(5)]
+    first, second = random.Random(7), None
+    order = list(rows)
+    first.shuffle(order)  # pass 1, popped from the end
+    second = list(rows)
+    first.shuffle(second)  # pass 2 draws from the same generator
+    expected = [order[::-1][:3], order[::-1][3:] + second[::-1][:1], second[::-1][1:4]]
+    batches = prompt_batches(rows, 3, seed=7)
+    got = [next(batches) for _ in range(3)]
+    assert got == expected
+    assert sorted(r["id"] for r in got[0] + got[1][:2]) == list(range(5))  # the first pass holds every row once

@@ -175,7 +175,7 @@ def _run_steps(config: RegimeCheckConfig, rows: list[dict], agent, out: Path, co
     from openrlhf.utils import get_tokenizer
     from tqdm import tqdm
 
-    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL
+    from openrlhf_tapo.adapter.inprocess.loop import InProcessRL, prompt_batches
     from openrlhf_tapo.adapter.inprocess.trainer import load_actor
     from openrlhf_tapo.adapter.run_spec import RLConfig
     from openrlhf_tapo.algorithms.tapo import TAPOConfig
@@ -196,17 +196,11 @@ def _run_steps(config: RegimeCheckConfig, rows: list[dict], agent, out: Path, co
     )
     processor = get_tokenizer(config.pretrain, None, "left")
     rl = InProcessRL(load_actor(config.pretrain), processor, agent, rl_config, Path(config.pretrain), out)
-    rng, order, records = random.Random(config.seed), [], []
+    batches, records = prompt_batches(rows, config.prompts_per_step, config.seed), []
     bar = tqdm(total=config.steps, desc="GRPO steps", unit="step", file=console, dynamic_ncols=True)
     with bar, (out / "metrics.jsonl").open("w") as metrics:
         for step in range(1, config.steps + 1):
-            batch = []
-            while len(batch) < config.prompts_per_step:
-                if not order:
-                    order = list(rows)
-                    rng.shuffle(order)
-                batch.append(order.pop())
-            status = rl.step(batch)
+            status = rl.step(next(batches))
             metrics.write(json.dumps({"step": step, **status}) + "\n")
             records.append(step_record(step, status, mixed_group_share(rl.last_advantages, config.n_samples)))
             bar.set_postfix_str(f"acc {status['accuracy']:.2f}, call rate {status['tool_call_rate']:.2f}")

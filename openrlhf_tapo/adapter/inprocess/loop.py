@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,20 @@ def sampled_entropy(experiences) -> float:
 def weight_change(parameters, initial: list[torch.Tensor]) -> float:
     """L2 norm of (`parameters` now - `initial`, their detached copies from before training)."""
     return float(torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(parameters, initial, strict=True))))
+
+
+def prompt_batches(rows: list[dict], per_step: int, seed: int) -> Iterator[list[dict]]:
+    """Endless batches of `per_step` rows, drawn without replacement from a seeded shuffle of `rows` that is redrawn
+    each time it runs out (a batch may straddle two passes): every row is seen once per pass."""
+    rng, order = random.Random(seed), []
+    while True:
+        batch = []
+        while len(batch) < per_step:
+            if not order:
+                order = list(rows)
+                rng.shuffle(order)
+            batch.append(order.pop())
+        yield batch
 
 
 @dataclass
@@ -154,7 +168,7 @@ class InProcessRL:
 
     def train(self, train_rows: list[dict], progress: Callable[[str], None] = print) -> RLResult:
         config = self.config
-        rng = random.Random(config.seed)
+        batches = prompt_batches(train_rows, config.prompts_per_step, config.seed)
         kinds = sorted({str(row["datasource"]) for row in train_rows if row.get("datasource") is not None})
         self.kinds = kinds if len(kinds) > 1 else None
         initial = [p.detach().clone() for p in self.actor.parameters()]
@@ -162,16 +176,9 @@ class InProcessRL:
         metrics_path = self.run_dir / "metrics.jsonl"
         metrics = []
         start = time.time()
-        order: list[dict] = []
         with metrics_path.open("w") as f:
             for step in range(1, config.steps + 1):
-                rows = []
-                while len(rows) < config.prompts_per_step:
-                    if not order:
-                        order = list(train_rows)
-                        rng.shuffle(order)
-                    rows.append(order.pop())
-                status = self.step(rows)
+                status = self.step(next(batches))
                 status["step"] = step
                 logger.log_train(step, status)
                 f.write(json.dumps(status) + "\n")
