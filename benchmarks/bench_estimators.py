@@ -14,11 +14,10 @@ Floor: each estimator's time grows at most x9 for the x8 batch (linear), as TAPO
 
 from __future__ import annotations
 
-import argparse
 import random
 
 import torch
-from bench_tapo import N_SAMPLES, _best_cpu_time, _experiences, _openrlhf_maker, make_batch
+from bench_tapo import N_SAMPLES, _best_cpu_time, _experiences, bench_setup, make_batch
 
 ARMS = {"gigpo": ("gigpo",), "turn_reward": ("turn_reward",), "tapo": ("tapo",), "gigpo+tapo": ("gigpo", "tapo")}
 
@@ -62,15 +61,7 @@ def run_size(maker, prompts: int, micro: int, reps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 and 128 prompts instead of 128 and 1024")
-    parser.add_argument("--micro-batch", type=int, default=16, help="OpenRLHF --rollout.micro_batch_size")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (least CPU time reported)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-
-    maker = _openrlhf_maker(args.micro_batch)
-    sizes = (16, 128) if args.quick else (128, 1024)
+    args, maker, sizes = bench_setup(__doc__, argv)
     print(f"estimators vs OpenRLHF compute_advantages_and_returns (group_norm), {N_SAMPLES} samples per prompt")
     rows = [run_size(maker, prompts, args.micro_batch, args.reps) for prompts in sizes]
     for row in rows:

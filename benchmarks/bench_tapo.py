@@ -202,16 +202,20 @@ def run_size(maker, prompts: int, micro: int, reps: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_setup(doc: str, argv: list[str] | None):
+    """The flags this benchmark and bench_estimators.py share, one torch thread, OpenRLHF's experience maker:
+    (args, maker, the two batch sizes in prompts)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16 and 128 prompts instead of 128 and 1024")
     parser.add_argument("--micro-batch", type=int, default=16, help="OpenRLHF --rollout.micro_batch_size")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (least CPU time reported)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    return args, _openrlhf_maker(args.micro_batch), (16, 128) if args.quick else (128, 1024)
 
-    maker = _openrlhf_maker(args.micro_batch)
-    sizes = (16, 128) if args.quick else (128, 1024)
+
+def main(argv: list[str] | None = None) -> None:
+    args, maker, sizes = bench_setup(__doc__, argv)
     print(f"TAPO stage vs OpenRLHF compute_advantages_and_returns (group_norm), micro batch {args.micro_batch}")
     columns = ("prompts", "trajectories", "calls", "baseline_ms", "tapo_ms", "ratio", "correctable", "corrected")
     columns += ("batch_scope_ms", "adversarial_ms")

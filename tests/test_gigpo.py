@@ -4,27 +4,19 @@ import math
 
 import pytest
 import torch
+from _turn_layout import WIDTH, turn_mask
 
 from openrlhf_tapo.adapter.stage.advantages import openrlhf_group_advantages
 from openrlhf_tapo.algorithms.gigpo import GiGPOConfig, gigpo_advantages, search_turns, step_groups
 from openrlhf_tapo.algorithms.tapo import ToolCall
 from openrlhf_tapo.algorithms.turns import Turn
 
-WIDTH = 12
 A_OBS, B_OBS = ("text_search", '{"query": "a"}', "fact a"), ("text_search", '{"query": "b"}', "fact b")
 
 
 def _turns(traj, states):
     # Turn k of a trajectory covers columns [4k, 4k + 2): columns 4k + 2, 4k + 3 play the masked tool response.
     return [Turn(traj, k, (4 * k, 4 * k + 2), state) for k, state in enumerate(states)]
-
-
-def _mask(counts):
-    mask = torch.zeros(len(counts), WIDTH, dtype=torch.bool)
-    for row, count in enumerate(counts):
-        for k in range(count):
-            mask[row, 4 * k : 4 * k + 2] = True
-    return mask
 
 
 def _batch():
@@ -37,7 +29,7 @@ def _batch():
         + _turns(3, [()])
     )
     episode = torch.tensor([0.5, -1.25, 0.5, 0.0])[:, None].expand(4, WIDTH).contiguous()
-    return episode, _mask([2, 2, 3, 1]), [0, 0, 0, 1], [1.0, 0.0, 1.0, 1.0], turns
+    return episode, turn_mask([2, 2, 3, 1]), [0, 0, 0, 1], [1.0, 0.0, 1.0, 1.0], turns
 
 
 def _turn_values(advantages, row, count):
@@ -75,7 +67,7 @@ def test_mean_std_norm_divides_by_the_unbiased_std_plus_epsilon():
 def test_omega_zero_is_grpo_bit_for_bit():
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
     grpo = openrlhf_group_advantages(rewards, n_samples=4)[:, None].expand(8, WIDTH).contiguous()
-    mask = _mask([2, 2, 3, 1, 2, 2, 3, 1])
+    mask = turn_mask([2, 2, 3, 1, 2, 2, 3, 1])
     states = [[(), (A_OBS,)], [(), (A_OBS,)], [(), (B_OBS,), (B_OBS, A_OBS)], [()]] * 2
     turns = [t for i, s in enumerate(states) for t in _turns(i, s)]
     groups = [0] * 4 + [1] * 4
@@ -87,17 +79,17 @@ def test_omega_zero_is_grpo_bit_for_bit():
 
 
 def test_equal_rewards_and_lengths_change_nothing_but_unequal_lengths_do():
-    mask = _mask([2, 2, 2])
+    mask = turn_mask([2, 2, 2])
     episode = torch.zeros(3, WIDTH)
     turns = _turns(0, [(), (A_OBS,)]) + _turns(1, [(), (A_OBS,)]) + _turns(2, [(), (B_OBS,)])
     out, stats = gigpo_advantages(episode, mask, [0, 0, 0], [1.0, 1.0, 1.0], turns, GiGPOConfig(gamma=0.9))
     assert torch.equal(out, episode) and stats["mean_abs_step_advantage"] == 0
     # All rewards 0: every return is 0 whatever the lengths.
     turns3 = _turns(0, [(), (A_OBS,)]) + _turns(1, [()]) + _turns(2, [(), (B_OBS,), (B_OBS, A_OBS)])
-    out, _ = gigpo_advantages(episode, _mask([2, 1, 3]), [0, 0, 0], [0.0] * 3, turns3, GiGPOConfig(gamma=0.9))
+    out, _ = gigpo_advantages(episode, turn_mask([2, 1, 3]), [0, 0, 0], [0.0] * 3, turns3, GiGPOConfig(gamma=0.9))
     assert torch.equal(out, episode)
     # Equal rewards, a trajectory that ends early: at the shared first state the shorter one has the larger return.
-    out, _ = gigpo_advantages(episode, _mask([2, 1, 3]), [0, 0, 0], [1.0] * 3, turns3, GiGPOConfig(gamma=0.9))
+    out, _ = gigpo_advantages(episode, turn_mask([2, 1, 3]), [0, 0, 0], [1.0] * 3, turns3, GiGPOConfig(gamma=0.9))
     returns = [0.9, 1.0, 0.81]  # gamma^(n - 1) for n = 2, 1, 3
     mean = sum(returns) / 3
     assert [out[i, 0].item() for i in range(3)] == pytest.approx([r - mean for r in returns])
@@ -107,7 +99,7 @@ def test_equal_rewards_and_lengths_change_nothing_but_unequal_lengths_do():
 def test_anchor_differing_only_in_an_observation_is_another_step_group():
     a_other = ("text_search", '{"query": "a"}', "fact a, updated")
     turns = _turns(0, [(), (A_OBS,)]) + _turns(1, [(), (a_other,)])
-    episode, mask = torch.zeros(2, WIDTH), _mask([2, 2])
+    episode, mask = torch.zeros(2, WIDTH), turn_mask([2, 2])
     out, stats = gigpo_advantages(episode, mask, [0, 0], [1.0, 0.0], turns, GiGPOConfig(gamma=1.0))
     assert out[0, 4].item() == 0 and out[1, 4].item() == 0  # two singletons
     assert out[0, 0].item() == pytest.approx(0.5) and out[1, 0].item() == pytest.approx(-0.5)  # shared first state
@@ -167,7 +159,7 @@ def test_config_rejects_bad_values(kwargs, message):
 
 
 def test_bad_turn_records_are_refused():
-    episode, mask = torch.zeros(2, WIDTH), _mask([2, 2])
+    episode, mask = torch.zeros(2, WIDTH), turn_mask([2, 2])
     config = GiGPOConfig()
     with pytest.raises(ValueError, match="expected 0..1"):
         gigpo_advantages(episode, mask, [0, 0], [1, 0], [Turn(0, 0, (0, 2)), Turn(0, 2, (4, 6))], config)

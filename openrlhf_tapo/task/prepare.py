@@ -82,9 +82,7 @@ class TaskConfig:
         """Refuse sizes the task cannot be built with when the config is made (the build checks again: a field may
         be reassigned)."""
         self.kb.validate()
-        self.questions.validate(self.kb.num_entities)
-        if self.recall_cost is not None:
-            self.recall_cost.validate()
+        self.questions.validate(self.kb.num_entities)  # recall_cost (frozen) validated itself when made
 
     @property
     def preset(self) -> str:
@@ -152,8 +150,6 @@ def prepare_task(
     kb = KnowledgeBase.generate(config.kb)
     index_dir = kb.build_index(kb_dir)
     progress(f"  knowledge base: {len(kb.entities)} entities, {2 * len(kb.entities)} passages, index at {index_dir}")
-    if config.recall_cost is not None:
-        config.recall_cost.validate()
     known_share = config.recall_cost.known_share if config.recall_cost else None
     splits = generate_questions(kb, config.questions, kb_dir, known_share)
     questions = write_questions(splits, kb_dir)

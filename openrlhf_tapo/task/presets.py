@@ -30,7 +30,7 @@ class RecallCostConfig:
     known_share: float = 0.5
     search_penalty: float = 0.1
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("known_share", "search_penalty"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"recall_cost {name} must be in [0, 1], got {getattr(self, name)}")
@@ -51,6 +51,4 @@ def preset_variant(name: str, **overrides) -> RecallCostConfig | None:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ValueError(f"{flags}: only the recall_cost preset has these knobs; add --task-preset recall_cost")
         return None
-    variant = replace(variant, **given)
-    variant.validate()
-    return variant
+    return replace(variant, **given)  # validated by RecallCostConfig.__post_init__
